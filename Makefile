@@ -1,0 +1,29 @@
+# Two commands from nothing: `make demo` and `make test`. Each creates the venv on first use.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint bench check-upstream clean
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev,cli]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/genesis-grad demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check genesis_grad_patch tests benchmarks examples
+	$(VENV)/bin/ruff format --check genesis_grad_patch tests benchmarks examples
+
+bench: $(STAMP)
+	$(PY) benchmarks/overhead.py
+
+clean:
+	rm -rf $(VENV)
