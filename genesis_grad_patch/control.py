@@ -1,0 +1,153 @@
+"""
+Differentiable control inputs: PD targets on entities and on the solver, and tape hygiene for every control call.
+
+Genesis already tapes the control calls of a differentiable scene (`@tracked` on the entity methods), replays them
+when it rebuilds a checkpoint window, and gives the tracked tensors of each step to the autograd node of that step
+(`genesis.grad.bridge.StepNode`). Its reverse pass also accumulates the gradients of the PD targets in
+`dofs.ctrl_pos.grad` and `dofs.ctrl_vel.grad`; only the hand-over at `RigidEntity.process_input_grad` was missing.
+
+A control target persists in its field until the next call that writes it, so the gradient accumulated in a target's
+field while reversing belongs to the last call that wrote it. Reversing a step therefore reads and clears the fields
+of every control call of that step, tracked or not: otherwise the gradient of steps driven by untracked calls leaks
+into an earlier tracked input (the stale `ctrl_force.grad` of stock Genesis).
+"""
+
+import sys
+from functools import wraps
+from inspect import signature
+
+import genesis as gs
+import torch
+from genesis.engine.entities.rigid_entity.rigid_entity import RigidEntity
+from genesis.engine.solvers.rigid.rigid_solver import RigidSolver
+
+from . import patching
+from .kernels import kernel_get_dofs_ctrl_pd_grad
+
+# Control method -> (its target arguments, the gradient field each one reads).
+CONTROL_TARGETS: dict[str, tuple[tuple[str, str], ...]] = {
+    "control_dofs_force": (("force", "force"),),
+    "control_dofs_position": (("position", "position"),),
+    "control_dofs_velocity": (("velocity", "velocity"),),
+    "control_dofs_position_velocity": (("position", "position"), ("velocity", "velocity")),
+}
+
+
+def _is_tracked(value) -> bool:
+    return isinstance(value, torch.Tensor) and value.requires_grad
+
+
+def _consume_ctrl_grads(entity: RigidEntity, method: str, dofs_idx_local, envs_idx) -> dict[str, torch.Tensor]:
+    """Read and clear the gradient fields written by one control call, in the layout of a full input of that call."""
+    solver = entity._solver
+    dofs_idx = entity._get_global_idx(dofs_idx_local, entity.n_dofs, entity._dof_start, unsafe=True)
+    buffer, dofs_idx_, envs_idx_ = solver._sanitize_io_variables(None, dofs_idx, solver.n_dofs, "dofs_idx", envs_idx)
+    if method == "control_dofs_force":
+        # Genesis's own kernel reads and clears `ctrl_force.grad`.
+        solver.set_dofs_force_grad(dofs_idx, envs_idx, buffer)
+        return {"force": buffer}
+    velocity = torch.empty_like(buffer)
+    batched = (buffer, velocity) if solver.n_envs > 0 else (buffer[None], velocity[None])
+    kernel_get_dofs_ctrl_pd_grad(dofs_idx_, envs_idx_, *batched, solver.dyn_state, solver.rigid_config)
+    return {"position": buffer, "velocity": velocity}
+
+
+def _grad_like(grad: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Bring the gradient of a full input to the shape the user gave, summing over broadcast dimensions."""
+    if grad.shape != target.shape:
+        if torch.broadcast_shapes(target.shape, grad.shape) == grad.shape:
+            grad = grad.sum_to_size(target.shape)
+        elif grad.numel() == target.numel():
+            grad = grad.reshape(target.shape)
+        else:
+            gs.raise_exception(
+                f"Cannot map the gradient of shape {tuple(grad.shape)} back to a control input of shape "
+                f"{tuple(target.shape)}. Pass a target of shape {tuple(grad.shape)}."
+            )
+    return grad.to(dtype=target.dtype, device=target.device)
+
+
+def entity_process_input_grad(self: RigidEntity) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """
+    Return the pairs (input, gradient) of the inputs this entity applied at the current step that track gradients.
+
+    Replaces `RigidEntity.process_input_grad`: control calls are handled here, every other taped setter by the
+    original method.
+    """
+    index = self._sim.cur_step_local - self._sim._steps_local
+    taped = self._tgt_buffer[index]
+    controls = [(key, kwargs) for key, kwargs in taped.items() if key[0] in CONTROL_TARGETS]
+    others = {key: kwargs for key, kwargs in taped.items() if key[0] not in CONTROL_TARGETS}
+
+    inputs_grad = []
+    # Reverse order of the calls: a later call on the same dofs overwrote an earlier one, so it takes the gradient
+    # and the earlier one gets zero.
+    for (method, *_), kwargs in reversed(controls):
+        grads = _consume_ctrl_grads(self, method, kwargs["dofs_idx_local"], kwargs["envs_idx"])
+        for arg, field in CONTROL_TARGETS[method]:
+            target = kwargs.get(arg)
+            if _is_tracked(target):
+                inputs_grad.append((target, _grad_like(grads[field], target)))
+
+    if others:
+        self._tgt_buffer[index] = others
+        try:
+            inputs_grad += patching.original(RigidEntity, "process_input_grad")(self)
+        finally:
+            self._tgt_buffer[index] = taped
+    return inputs_grad
+
+
+def _is_called_by_genesis(depth: int) -> bool:
+    """Whether the frame `depth` levels above the caller belongs to Genesis itself (e.g. an entity method)."""
+    return sys._getframe(depth + 1).f_globals.get("__name__", "").startswith("genesis.")
+
+
+def _columns(value, cols: torch.Tensor, n_cols: int):
+    """Select the dof columns of a control input, leaving inputs that broadcast over dofs untouched."""
+    if not isinstance(value, torch.Tensor):
+        value = torch.as_tensor(value, dtype=gs.tc_float, device=gs.device)
+    if value.ndim > 0 and value.shape[-1] == n_cols:
+        return value.index_select(-1, cols.to(value.device))
+    return value
+
+
+def _route_to_entities(solver: RigidSolver, method: str, targets: dict, dofs_idx, envs_idx) -> None:
+    """Split a solver-level control call into entity calls, so that Genesis tapes it like any entity call."""
+    _, dofs_idx_, _ = solver._sanitize_io_variables(
+        None, dofs_idx, solver.n_dofs, "dofs_idx", envs_idx, skip_allocation=True
+    )
+    dofs = dofs_idx_.reshape(-1).to(torch.long).cpu()
+    for entity in solver.entities:
+        in_entity = (dofs >= entity.dof_start) & (dofs < entity.dof_start + entity.n_dofs)
+        if not in_entity.any():
+            continue
+        cols = torch.nonzero(in_entity).reshape(-1)
+        local = (dofs[cols] - entity.dof_start).tolist()
+        entity_targets = {arg: _columns(value, cols, len(dofs)) for arg, value in targets.items()}
+        getattr(entity, method)(**entity_targets, dofs_idx_local=local, envs_idx=envs_idx)
+
+
+def _solver_control(method: str):
+    stock = getattr(RigidSolver, method)
+    sig = signature(stock)
+    target_args = [arg for arg, _ in CONTROL_TARGETS[method]]
+
+    @wraps(stock)
+    def wrapper(self: RigidSolver, *args, **kwargs):
+        # Calls from Genesis (an entity method, a replay of the tape) are already taped: they write the field.
+        if not self._requires_grad or _is_called_by_genesis(1):
+            return stock(self, *args, **kwargs)
+        bound = sig.bind(self, *args, **kwargs)
+        bound.apply_defaults()
+        arguments = bound.arguments
+        targets = {arg: arguments[arg] for arg in target_args}
+        _route_to_entities(self, method, targets, arguments["dofs_idx"], arguments["envs_idx"])
+
+    return wrapper
+
+
+def install() -> None:
+    patching.patch(RigidEntity, "process_input_grad", entity_process_input_grad)
+    for method in CONTROL_TARGETS:
+        patching.patch(RigidSolver, method, _solver_control(method))

@@ -1,0 +1,248 @@
+"""
+Differentiable state getters.
+
+`RigidSolver.get_state()` is already part of the autograd graph of a differentiable scene: its tensors are the outputs
+of a read node of the current step (`genesis.grad.bridge.ReadNode`), and the reverse pass hands their gradients to the
+solver. The getters below are torch functions of that state, so autograd carries their gradients back to it. Entity
+getters (`get_qpos`, `get_pos`, `get_quat`, `get_vel`, ...) call these solver getters and so need no patch of their own.
+
+The state is read once per step however many getters are called: the cache is keyed by the step and the rollout, and
+any solver setter drops it (through Genesis's own mutation notifications).
+"""
+
+import weakref
+from typing import NamedTuple
+
+import genesis as gs
+import genesis.utils.geom as gu
+import torch
+from genesis.constants import link_ref_frame
+from genesis.engine.solvers.base_solver import StateChange, Subscriber
+from genesis.engine.solvers.kinematic_solver import _offset_world_shift, _select_links_offset
+from genesis.engine.solvers.rigid.rigid_solver import RigidSolver
+from genesis.utils.misc import indices_to_mask, qd_to_torch
+
+from . import patching
+
+_CACHE_ATTR = "_grad_patch_state_cache"
+_DOFS_MAP_ATTR = "_grad_patch_dofs_map"
+_subscribed: "weakref.WeakKeyDictionary[RigidSolver, Subscriber]" = weakref.WeakKeyDictionary()
+
+
+def is_differentiable(solver: RigidSolver) -> bool:
+    """Whether a getter called now on this solver must return a tensor of the autograd graph."""
+    return solver._requires_grad and solver.is_active and torch.is_grad_enabled()
+
+
+def _drop_cache(solver_ref: weakref.ref) -> None:
+    solver = solver_ref()
+    if solver is not None:
+        solver.__dict__.pop(_CACHE_ATTR, None)
+
+
+def read_state(solver: RigidSolver):
+    """Return the differentiable state of the current step, reading it at most once per step."""
+    sim = solver._sim
+    key = (sim.cur_step_global, sim._grad_epoch)
+    cached = solver.__dict__.get(_CACHE_ATTR)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    if solver not in _subscribed:
+        solver_ref = weakref.ref(solver)
+        subscriber = Subscriber(to=frozenset(StateChange), callback=lambda *_: _drop_cache(solver_ref))
+        solver.subscribe(subscriber)
+        _subscribed[solver] = subscriber
+    state = solver.get_state()
+    solver.__dict__[_CACHE_ATTR] = (key, state)
+    return state
+
+
+def clear_caches() -> None:
+    """Forget every cached state and unsubscribe from the solvers (used by `uninstall`)."""
+    for solver, subscriber in list(_subscribed.items()):
+        solver._subscribers.discard(subscriber)
+        solver.__dict__.pop(_CACHE_ATTR, None)
+    _subscribed.clear()
+
+
+def _select(solver: RigidSolver, tensor: torch.Tensor, envs_idx, idx) -> torch.Tensor:
+    """Index a (n_envs, n, ...) state tensor exactly as the stock getters index their fields."""
+    tensor = tensor[indices_to_mask(envs_idx, idx)]
+    return tensor[0] if solver.n_envs == 0 else tensor
+
+
+class _DofsMap(NamedTuple):
+    """Where forward kinematics takes each dof position from in qpos."""
+
+    lin_dofs: torch.Tensor  # dofs whose position is one qpos entry ...
+    lin_qs: torch.Tensor
+    lin_is_offset: torch.Tensor  # ... minus its rest value for hinges and slides, as is for free translations
+    rot_dofs: torch.Tensor  # first of three dofs whose position is the xyz angles of a quaternion in qpos ...
+    rot_qs: torch.Tensor
+    rot_is_normalized: torch.Tensor  # ... normalized first for free joints, not for ball joints
+    free_dofs: dict[int, int]  # base link of a free joint -> its first dof
+
+
+def _dofs_map(solver: RigidSolver) -> _DofsMap:
+    dofs_map = solver.__dict__.get(_DOFS_MAP_ATTR)
+    if dofs_map is not None:
+        return dofs_map
+    lin, rot, free_dofs = [], [], {}
+    for joint in (joint for entity in solver.entities for joint in entity.joints):
+        if joint.type == gs.JOINT_TYPE.FREE:
+            lin += [(joint.dof_start + i, joint.q_start + i, False) for i in range(3)]
+            rot.append((joint.dof_start + 3, joint.q_start + 3, True))
+            free_dofs[joint.link.idx] = joint.dof_start
+        elif joint.type == gs.JOINT_TYPE.SPHERICAL:
+            rot.append((joint.dof_start, joint.q_start, False))
+        elif joint.type in (gs.JOINT_TYPE.REVOLUTE, gs.JOINT_TYPE.PRISMATIC):
+            lin.append((joint.dof_start, joint.q_start, True))
+
+    def columns(rows, dtypes):
+        return [
+            torch.tensor(col, dtype=dtype, device=gs.device)
+            for col, dtype in zip(zip(*rows, strict=True), dtypes, strict=True)
+        ]
+
+    idx_types = (torch.long, torch.long, torch.bool)
+    lin_cols = columns(lin, idx_types) if lin else [torch.zeros(0, dtype=t, device=gs.device) for t in idx_types]
+    rot_cols = columns(rot, idx_types) if rot else [torch.zeros(0, dtype=t, device=gs.device) for t in idx_types]
+    dofs_map = _DofsMap(*lin_cols, *rot_cols, free_dofs)
+    solver.__dict__[_DOFS_MAP_ATTR] = dofs_map
+    return dofs_map
+
+
+def _dofs_position(solver: RigidSolver, qpos: torch.Tensor) -> torch.Tensor:
+    """The dofs' positions as forward kinematics derives them from qpos, as a torch function of qpos."""
+    m = _dofs_map(solver)
+    dofs_pos = qpos.new_zeros((qpos.shape[0], solver.n_dofs))
+    qpos0 = qd_to_torch(solver.rigid_info.qpos0, transpose=True)[..., m.lin_qs]
+    dofs_pos[:, m.lin_dofs] = qpos[:, m.lin_qs] - torch.where(m.lin_is_offset, qpos0, 0.0)
+    if len(m.rot_dofs):
+        quat = qpos[:, m.rot_qs[:, None] + torch.arange(4, device=gs.device)]
+        quat = torch.where(m.rot_is_normalized[:, None], quat / quat.norm(dim=-1, keepdim=True), quat)
+        dofs_pos[:, m.rot_dofs[:, None] + torch.arange(3, device=gs.device)] = gu.quat_to_xyz(quat)
+    return dofs_pos
+
+
+def _free_root_dofs(solver: RigidSolver, links_idx) -> torch.Tensor:
+    """The first dof of each requested link, which must be the body of a free joint to read its velocity from dofs."""
+    links = torch.arange(solver.n_links)[indices_to_mask(links_idx)].reshape(-1).tolist()
+    free_dofs = _dofs_map(solver).free_dofs
+    missing = [i_l for i_l in links if i_l not in free_dofs]
+    if missing:
+        gs.raise_exception(
+            f"The velocity of links {missing} is not differentiable: only the base link of a free-floating entity "
+            "has its velocity in the differentiable state. Read 'get_dofs_velocity()' instead, or call this getter "
+            "under 'torch.no_grad()' if no gradient is needed."
+        )
+    return torch.tensor([free_dofs[i_l] for i_l in links], dtype=torch.long, device=gs.device)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Replacements of the RigidSolver getters. Each one runs the stock getter unless the call must be differentiable.
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def get_qpos(self: RigidSolver, qs_idx=None, envs_idx=None):
+    if not is_differentiable(self):
+        return patching.original(RigidSolver, "get_qpos")(self, qs_idx, envs_idx)
+    return _select(self, read_state(self).qpos, envs_idx, qs_idx)
+
+
+def get_dofs_velocity(self: RigidSolver, dofs_idx=None, envs_idx=None):
+    if not is_differentiable(self):
+        return patching.original(RigidSolver, "get_dofs_velocity")(self, dofs_idx, envs_idx)
+    return _select(self, read_state(self).dofs_vel, envs_idx, dofs_idx)
+
+
+def get_dofs_position(self: RigidSolver, dofs_idx=None, envs_idx=None):
+    if not is_differentiable(self):
+        return patching.original(RigidSolver, "get_dofs_position")(self, dofs_idx, envs_idx)
+    return _select(self, _dofs_position(self, read_state(self).qpos), envs_idx, dofs_idx)
+
+
+def get_links_pos(self: RigidSolver, links_idx=None, envs_idx=None, *, ref=link_ref_frame.link_origin, relative=False):
+    if not is_differentiable(self):
+        return patching.original(RigidSolver, "get_links_pos")(self, links_idx, envs_idx, ref=ref, relative=relative)
+    if self._sanitize_ref_frame(ref) != link_ref_frame.link_origin:
+        gs.raise_exception(
+            f"'get_links_pos(ref={ref})' is not differentiable: only 'ref=gs.link_ref_frame.link_origin' is part of "
+            "the differentiable state. Use the link origin, or call it under 'torch.no_grad()'."
+        )
+    state = read_state(self)
+    tensor = state.links_pos[indices_to_mask(envs_idx, links_idx)]
+    idx = links_idx if isinstance(links_idx, int) else slice(None)
+    if relative and not self._links_offset_pos_is_identity[idx].all():
+        quat = state.links_quat[indices_to_mask(envs_idx, links_idx)]
+        offset_pos = _select_links_offset(self._links_offset_pos, links_idx, envs_idx)
+        offset_quat = _select_links_offset(self._links_offset_quat, links_idx, envs_idx)
+        tensor = tensor - _offset_world_shift(offset_pos, offset_quat, quat)
+    return tensor[0] if self.n_envs == 0 else tensor
+
+
+def get_links_quat(self: RigidSolver, links_idx=None, envs_idx=None, *, relative=False):
+    if not is_differentiable(self):
+        return patching.original(RigidSolver, "get_links_quat")(self, links_idx, envs_idx, relative=relative)
+    tensor = read_state(self).links_quat[indices_to_mask(envs_idx, links_idx)]
+    idx = links_idx if isinstance(links_idx, int) else slice(None)
+    if relative and not self._links_offset_quat_is_identity[idx].all():
+        offset_quat = _select_links_offset(self._links_offset_quat, links_idx, envs_idx)
+        tensor = gu.transform_quat_by_quat(gu.inv_quat(offset_quat), tensor)
+    return tensor[0] if self.n_envs == 0 else tensor
+
+
+def _free_base_velocity(solver: RigidSolver, links_idx, envs_idx) -> tuple[torch.Tensor, torch.Tensor]:
+    """World linear velocity of the solver's origin, and world angular velocity, of free base links (n_envs, n, 3)."""
+    state = read_state(solver)
+    dofs = _free_root_dofs(solver, links_idx)[:, None] + torch.arange(6, device=gs.device)
+    dofs_vel = state.dofs_vel[indices_to_mask(envs_idx)][:, dofs]
+    # A free joint holds its linear velocity in the world frame, and its angular velocity in the body frame.
+    quat = state.links_quat[indices_to_mask(envs_idx, links_idx)]
+    return dofs_vel[..., :3], gu.transform_by_quat(dofs_vel[..., 3:], quat)
+
+
+def get_links_vel(self: RigidSolver, links_idx=None, envs_idx=None, *, ref=link_ref_frame.link_origin, relative=False):
+    if not is_differentiable(self):
+        return patching.original(RigidSolver, "get_links_vel")(self, links_idx, envs_idx, ref=ref, relative=relative)
+    if self._sanitize_ref_frame(ref, has_root_COM=False) != link_ref_frame.link_origin:
+        gs.raise_exception(
+            f"'get_links_vel(ref={ref})' is not differentiable: only the velocity of the link origin is part of the "
+            "differentiable state. Use 'ref=gs.link_ref_frame.link_origin', or call it under 'torch.no_grad()'."
+        )
+    tensor, ang = _free_base_velocity(self, links_idx, envs_idx)
+    idx = links_idx if isinstance(links_idx, int) else slice(None)
+    if relative and not self._links_offset_pos_is_identity[idx].all():
+        # The authored origin moves with the body: transport the velocity by 'omega x d', as the stock getter does.
+        quat = read_state(self).links_quat[indices_to_mask(envs_idx, links_idx)]
+        offset_pos = _select_links_offset(self._links_offset_pos, links_idx, envs_idx)
+        offset_quat = _select_links_offset(self._links_offset_quat, links_idx, envs_idx)
+        tensor = tensor - ang.cross(_offset_world_shift(offset_pos, offset_quat, quat), dim=-1)
+    return tensor[0] if self.n_envs == 0 else tensor
+
+
+def get_links_ang(self: RigidSolver, links_idx=None, envs_idx=None):
+    if not is_differentiable(self):
+        return patching.original(RigidSolver, "get_links_ang")(self, links_idx, envs_idx)
+    _, tensor = _free_base_velocity(self, links_idx, envs_idx)
+    return tensor[0] if self.n_envs == 0 else tensor
+
+
+GETTERS = {
+    "get_qpos": get_qpos,
+    "get_dofs_position": get_dofs_position,
+    "get_dofs_velocity": get_dofs_velocity,
+    "get_links_pos": get_links_pos,
+    "get_links_quat": get_links_quat,
+    "get_links_vel": get_links_vel,
+    "get_links_ang": get_links_ang,
+}
+
+
+def install() -> None:
+    for name, getter in GETTERS.items():
+        patching.patch(RigidSolver, name, getter)
+
+
+def uninstall() -> None:
+    clear_caches()
