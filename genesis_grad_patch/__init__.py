@@ -17,15 +17,22 @@ Importing the package installs the patches, so that in a scene built with `SimOp
 import os
 
 from . import patching
+from .doctor import doctor
+from .gradcheck import gradcheck
+from .strict import get_mode, set_mode
 from .version import SUPPORTED_GENESIS_VERSION, UnsupportedGenesisVersion, check_genesis_version
 
 __version__ = "0.1.0"
 __all__ = [
     "SUPPORTED_GENESIS_VERSION",
     "UnsupportedGenesisVersion",
+    "doctor",
+    "get_mode",
+    "gradcheck",
     "install",
     "is_disabled",
     "is_installed",
+    "set_mode",
     "uninstall",
 ]
 
@@ -42,11 +49,12 @@ def install() -> None:
     if patching.is_patched():
         return
     check_genesis_version()
-    from . import compat, control, getters
+    from . import compat, control, getters, strict
 
     control.install()
     getters.install()
     compat.install()
+    strict.install()
 
 
 def uninstall() -> None:
