@@ -1,0 +1,256 @@
+"""
+Reference paths for the steering task.
+
+A reference is a read-only mapping with the four arrays the users' script indexes, ``pos_x``, ``pos_y``, ``yaw`` and
+``speed``, sampled at (roughly) uniform arc-length spacing. Derived quantities the controllers need (arc length,
+curvature) are attributes, so that ``dict(reference)`` stays exactly the format of the report.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+
+import numpy as np
+
+REFERENCE_KEYS = ("pos_x", "pos_y", "yaw", "speed")
+
+# Default spacing between reference points, in meters. The nearest-point search quantizes the along-track position to
+# this spacing; on a curve of radius R the lateral error it induces is about ds^2 / (8 R), i.e. < 0.1 mm here.
+DEFAULT_DS = 0.05
+
+
+def wrap_angle(angle):
+    """Wrap angles to [-pi, pi). Works on floats, numpy arrays and torch tensors."""
+    return (angle + math.pi) % (2.0 * math.pi) - math.pi
+
+
+class ReferencePath(Mapping):
+    """
+    A reference path: arrays ``pos_x``, ``pos_y``, ``yaw`` (rad) and ``speed`` (m/s) of equal length.
+
+    Parameters
+    ----------
+    pos_x, pos_y, yaw, speed : array_like
+        The reference samples, in driving order.
+    name : str, optional
+        A label used in reports and plots.
+
+    Attributes
+    ----------
+    s : np.ndarray
+        Cumulative arc length (m), starting at 0.
+    curvature : np.ndarray
+        Signed curvature d(yaw)/ds (1/m), positive when turning left.
+    """
+
+    def __init__(self, pos_x, pos_y, yaw, speed, name: str = "path"):
+        self._data = {
+            "pos_x": np.asarray(pos_x, dtype=np.float64).copy(),
+            "pos_y": np.asarray(pos_y, dtype=np.float64).copy(),
+            "yaw": wrap_angle(np.asarray(yaw, dtype=np.float64)),
+            "speed": np.asarray(speed, dtype=np.float64).copy(),
+        }
+        for value in self._data.values():
+            value.flags.writeable = False
+        self.name = name
+        seg = np.hypot(np.diff(self._data["pos_x"]), np.diff(self._data["pos_y"]))
+        self.s = np.concatenate([[0.0], np.cumsum(seg)])
+        yaw_unwrapped = np.unwrap(self._data["yaw"])
+        if len(self) > 2:
+            curvature = np.gradient(yaw_unwrapped, self.s)
+        else:
+            curvature = np.zeros(len(self))
+        self.curvature = curvature
+        self.s.flags.writeable = False
+        self.curvature.flags.writeable = False
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        return self._data[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data["pos_x"])
+
+    @property
+    def length(self) -> float:
+        """Total arc length (m)."""
+        return float(self.s[-1])
+
+    @property
+    def duration(self) -> float:
+        """Time (s) to drive the whole path at the reference speed."""
+        ds = np.diff(self.s)
+        v = 0.5 * (self._data["speed"][1:] + self._data["speed"][:-1])
+        return float(np.sum(ds / np.maximum(v, 1e-3)))
+
+    def __repr__(self) -> str:
+        return f"ReferencePath(name={self.name!r}, n={len(self)}, length={self.length:.2f} m)"
+
+
+def _from_curve(
+    xy: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
+    t_end: float,
+    speed: float | Callable[[np.ndarray], np.ndarray],
+    name: str,
+    ds: float = DEFAULT_DS,
+) -> ReferencePath:
+    """Sample a parametric curve t in [0, t_end] uniformly in arc length, with yaw from its tangent."""
+    t = np.linspace(0.0, t_end, 20001)
+    x, y = xy(t)
+    s = np.concatenate([[0.0], np.cumsum(np.hypot(np.diff(x), np.diff(y)))])
+    n = max(int(round(s[-1] / ds)), 1) + 1
+    s_new = np.linspace(0.0, s[-1], n)
+    t_new = np.interp(s_new, s, t)
+    x, y = xy(t_new)
+    # Tangent from a small parametric step, which is exact up to O(dt^2) and needs no finite difference over samples.
+    dt = 1e-6 * t_end
+    x1, y1 = xy(t_new + dt)
+    x0, y0 = xy(t_new - dt)
+    yaw = np.arctan2(y1 - y0, x1 - x0)
+    v = speed(s_new) if callable(speed) else np.full(n, float(speed))
+    return ReferencePath(x, y, yaw, v, name=name)
+
+
+def straight(length: float = 20.0, speed: float = 1.5, ds: float = DEFAULT_DS) -> ReferencePath:
+    """A straight line along +x from the origin."""
+    return _from_curve(lambda t: (t, np.zeros_like(t)), length, speed, "straight", ds)
+
+
+def lane_change(
+    length: float = 24.0, offset: float = 1.5, transition: float = 6.0, speed: float = 1.5, ds: float = DEFAULT_DS
+) -> ReferencePath:
+    """Straight, then a smooth (cosine) lateral shift of ``offset`` over ``transition`` meters, then straight."""
+    start = 0.5 * (length - transition)
+
+    def xy(t):
+        u = np.clip((t - start) / transition, 0.0, 1.0)
+        return t, offset * 0.5 * (1.0 - np.cos(np.pi * u))
+
+    return _from_curve(xy, length, speed, "lane_change", ds)
+
+
+def circle(radius: float = 4.0, laps: float = 1.0, speed: float = 1.5, ds: float = DEFAULT_DS) -> ReferencePath:
+    """A counter-clockwise circle starting at the origin heading +x (center at (0, radius))."""
+
+    def xy(t):
+        return radius * np.sin(t), radius * (1.0 - np.cos(t))
+
+    return _from_curve(xy, 2.0 * np.pi * laps, speed, "circle", ds)
+
+
+def sine(
+    length: float = 30.0, amplitude: float = 1.0, wavelength: float = 10.0, speed: float = 1.5, ds: float = DEFAULT_DS
+) -> ReferencePath:
+    """A sine wave y = A sin(2 pi x / wavelength) along +x."""
+    k = 2.0 * np.pi / wavelength
+    return _from_curve(lambda t: (t, amplitude * np.sin(k * t)), length, speed, "sine", ds)
+
+
+def figure_eight(size: float = 10.0, speed: float = 1.5, ds: float = DEFAULT_DS) -> ReferencePath:
+    """
+    A flattened figure eight, x = a sin t, y = (a / 4) sin 2t, driven once from the crossing.
+
+    Flattening the lemniscate of Gerono (y = (a / 2) sin 2t) halves its peak curvature: about 4.3 / a, so 0.43 1/m
+    (2.3 m radius) for the default ``size`` a = 10 m, within the car's reach at 0.5 rad of steering.
+    """
+
+    def xy(t):
+        return size * np.sin(t), 0.25 * size * np.sin(2.0 * t)
+
+    return _from_curve(xy, 2.0 * np.pi, speed, "figure_eight", ds)
+
+
+GENERATORS: dict[str, Callable[..., ReferencePath]] = {
+    "straight": straight,
+    "lane_change": lane_change,
+    "circle": circle,
+    "sine": sine,
+    "figure_eight": figure_eight,
+}
+
+
+def make_path(name: str, **kwargs) -> ReferencePath:
+    """Build a reference path by generator name (see ``GENERATORS``)."""
+    if name not in GENERATORS:
+        raise ValueError(f"Unknown path '{name}', expected one of {sorted(GENERATORS)}.")
+    return GENERATORS[name](**kwargs)
+
+
+def load_reference_csv(path: str | Path, name: str | None = None) -> ReferencePath:
+    """
+    Read a reference path from a CSV file with a header holding the columns ``pos_x``, ``pos_y``, ``yaw``, ``speed``.
+
+    Other columns are ignored. Raises ``ValueError`` with the offending row (1-based, header excluded) when a column is
+    missing, a value is not a finite number, the file has fewer than 2 rows, the speed is negative, or the arc length is
+    not strictly increasing: consecutive repeated points, or a point behind the previous one with respect to the
+    reference heading (the path goes backwards).
+    """
+    path = Path(path)
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        header = [h.strip() for h in (reader.fieldnames or [])]
+        missing = [key for key in REFERENCE_KEYS if key not in header]
+        if missing:
+            raise ValueError(f"{path}: missing column(s) {missing}; expected a header with {list(REFERENCE_KEYS)}.")
+        rows = [{k.strip(): v for k, v in row.items() if k is not None} for row in reader]
+    if len(rows) < 2:
+        raise ValueError(f"{path}: a reference path needs at least 2 rows, got {len(rows)}.")
+
+    columns = {key: np.empty(len(rows)) for key in REFERENCE_KEYS}
+    for i, row in enumerate(rows):
+        for key in REFERENCE_KEYS:
+            raw = row.get(key)
+            try:
+                value = float(raw)
+            except (TypeError, ValueError):
+                raise ValueError(f"{path}: row {i + 1}, column '{key}': {raw!r} is not a number.") from None
+            if not math.isfinite(value):
+                raise ValueError(f"{path}: row {i + 1}, column '{key}' is {raw!r} (NaN or infinite).")
+            columns[key][i] = value
+
+    if (columns["speed"] < 0.0).any():
+        i = int(np.argmax(columns["speed"] < 0.0))
+        raise ValueError(f"{path}: row {i + 1}: negative speed {columns['speed'][i]}.")
+
+    dx, dy = np.diff(columns["pos_x"]), np.diff(columns["pos_y"])
+    seg = np.hypot(dx, dy)
+    # Arc-length progress of each segment along the reference heading at its start: zero for a repeated point,
+    # negative when the path doubles back. Either makes the nearest-point search (and e_lat) ambiguous.
+    progress = dx * np.cos(columns["yaw"][:-1]) + dy * np.sin(columns["yaw"][:-1])
+    bad = (seg <= 1e-9) | (progress <= 0.0)
+    if bad.any():
+        i = int(np.argmax(bad))
+        reason = "repeats the previous point" if seg[i] <= 1e-9 else "goes backwards with respect to the heading"
+        raise ValueError(
+            f"{path}: arc length is not strictly increasing: row {i + 2} {reason} "
+            f"(step {seg[i]:.3g} m, progress along yaw {progress[i]:.3g} m)."
+        )
+    return ReferencePath(**columns, name=name or path.stem)
+
+
+def save_reference_csv(reference: Mapping, path: str | Path) -> None:
+    """Write a reference mapping to CSV with the columns read by ``load_reference_csv``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrays = [np.asarray(reference[key], dtype=np.float64) for key in REFERENCE_KEYS]
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(REFERENCE_KEYS)
+        for row in zip(*arrays, strict=True):
+            writer.writerow([repr(float(v)) for v in row])
+
+
+# Paths the controllers are tuned / trained on, and the held-out one they are evaluated on without having seen it.
+def training_paths(speed: float = 1.5) -> list[ReferencePath]:
+    """The training set: a lane change, a sine and a circle, at ``speed``."""
+    return [lane_change(speed=speed), sine(speed=speed), circle(speed=speed)]
+
+
+def held_out_path(speed: float = 1.5) -> ReferencePath:
+    """The held-out path: a figure eight (both turning directions, a crossing, curvature never seen whole)."""
+    return figure_eight(speed=speed)
