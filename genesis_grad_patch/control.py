@@ -19,6 +19,7 @@ from inspect import signature
 import genesis as gs
 import torch
 from genesis.engine.entities.rigid_entity.rigid_entity import RigidEntity
+from genesis.engine.solvers.rigid import rigid_solver
 from genesis.engine.solvers.rigid.rigid_solver import RigidSolver
 
 from . import patching
@@ -147,7 +148,21 @@ def _solver_control(method: str):
     return wrapper
 
 
+def _assign_detached(tensor, indices, value, *args, **kwargs):
+    """
+    Write a value into a zero-copy view of a solver field without recording it in autograd.
+
+    The stock zero-copy writers assign the user's tensor as is: a target that tracks gradients then gives the cached
+    field view an autograd history, and the next plain write to it fails ("a leaf Variable that requires grad is being
+    used in an in-place operation"). The tape holds the tracked tensor; the field only needs its value.
+    """
+    if isinstance(value, torch.Tensor):
+        value = value.detach()
+    return patching.original(rigid_solver, "assign_indexed_tensor")(tensor, indices, value, *args, **kwargs)
+
+
 def install() -> None:
+    patching.patch(rigid_solver, "assign_indexed_tensor", _assign_detached)
     patching.patch(RigidEntity, "process_input_grad", entity_process_input_grad)
     for method in CONTROL_TARGETS:
         patching.patch(RigidSolver, method, _solver_control(method))
