@@ -25,5 +25,9 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/overhead.py
 
+# The regression suite against Genesis patched with patches/*.patch, the plugin disabled (see CONTRIBUTING.md).
+check-upstream: $(STAMP)
+	PYTHON=$(abspath $(PY)) scripts/check_upstream_patch.sh
+
 clean:
 	rm -rf $(VENV)
