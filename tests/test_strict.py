@@ -1,0 +1,352 @@
+"""Strict mode: every silent gradient break is reported at the user's line, with its cause and what to change."""
+
+import inspect
+import warnings
+from pathlib import Path
+
+import genesis as gs
+import numpy as np
+import pytest
+import torch
+
+import genesis_grad_patch as ggp
+from genesis_grad_patch import patching, strict
+from genesis_grad_patch.strict import GradientBreakError, GradientBreakWarning
+
+pytestmark = pytest.mark.plugin_only
+
+ARM = str(Path(__file__).parent / "assets" / "diag_arm.xml")
+
+
+def build_arm(requires_grad: bool):
+    if not gs._initialized:
+        gs.init(backend=gs.cpu, precision="64", logging_level="warning")
+    scene = gs.Scene(
+        sim_options=gs.options.SimOptions(dt=0.01, requires_grad=requires_grad, gravity=(0, 0, 0)), show_viewer=False
+    )
+    arm = scene.add_entity(gs.morphs.MJCF(file=ARM))
+    scene.build()
+    return scene, arm
+
+
+@pytest.fixture(scope="module")
+def grad_arm():
+    return build_arm(requires_grad=True)
+
+
+@pytest.fixture(scope="module")
+def plain_arm():
+    return build_arm(requires_grad=False)
+
+
+@pytest.fixture(autouse=True)
+def warn_mode():
+    strict.clear_events()
+    with ggp.set_mode("warn"):
+        yield
+
+
+def next_line() -> str:
+    """'this_file:N' for the line after the caller's: where the call under test is."""
+    frame = inspect.currentframe().f_back
+    return f"{frame.f_code.co_filename}:{frame.f_lineno + 1}"
+
+
+def tracked(*values) -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.float64, requires_grad=True)
+
+
+def only_break(record) -> str:
+    messages = [str(w.message) for w in record if issubclass(w.category, GradientBreakWarning)]
+    assert len(messages) == 1, messages
+    return messages[0]
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Tracked inputs to a scene built without requires_grad=True
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def test_tracked_control_in_non_differentiable_scene(plain_arm):
+    scene, arm = plain_arm
+    scene.reset()
+    x = tracked(0.2, -0.1)
+    with pytest.warns(GradientBreakWarning) as record:
+        where = next_line()
+        arm.control_dofs_position(x * 2)
+    message = only_break(record)
+    assert where in message and "requires_grad=True" in message and "control_dofs_position" in message
+    assert record[0].filename == __file__  # the warning points at the user's line
+
+    with ggp.set_mode("raise"), pytest.raises(GradientBreakError, match="SimOptions") as info:
+        where = next_line()
+        scene.sim.rigid_solver.control_dofs_position(x, dofs_idx=[0, 1])
+    assert where in str(info.value)
+    assert isinstance(info.value, gs.GenesisException) and isinstance(info.value, RuntimeError)
+
+    with pytest.warns(GradientBreakWarning, match="requires_grad=True") as record:
+        where = next_line()
+        arm.set_dofs_velocity(x)
+    assert where in only_break(record)
+
+    # Untracked inputs, or tracked ones with strict mode off: silent, and the value still applies.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", GradientBreakWarning)
+        arm.control_dofs_position(x.detach())
+        with ggp.set_mode("off"):
+            arm.control_dofs_position(x)
+        scene.step()
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Conversions and detaches
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def test_from_torch_detach_of_tracked_tensor(grad_arm):
+    scene, arm = grad_arm
+    scene.reset()
+    action = tracked(0.3, 0.1) * 2
+    with pytest.warns(GradientBreakWarning) as record:
+        where_convert = next_line()
+        target = gs.from_torch(action, detach=True)
+    message = only_break(record)
+    assert where_convert in message and "detach=True" in message
+
+    # Fed to a control, the converted tensor is recognized as a detached copy, and the conversion named.
+    with pytest.warns(GradientBreakWarning) as record:
+        where = next_line()
+        arm.control_dofs_position(target)
+    message = only_break(record)
+    assert where in message and f"gs.from_torch(..., detach=True) at {where_convert}" in message
+
+    # Without detach=True, or of an untracked tensor: no break.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", GradientBreakWarning)
+        gs.from_torch(action)
+        gs.from_torch(action.detach(), detach=True)
+
+
+def test_detached_control_input(grad_arm):
+    scene, arm = grad_arm
+    scene.reset()
+    action = tracked(0.3, 0.1) * 2
+    with pytest.warns(GradientBreakWarning) as record:
+        where = next_line()
+        arm.control_dofs_position(action.detach())
+    message = only_break(record)
+    assert where in message and "detached copy of the tracked tensor `action`" in message
+
+    with pytest.warns(GradientBreakWarning, match="numpy view of the tracked tensor `action`"):
+        arm.control_dofs_position(action.detach().numpy())
+
+    # A fresh untracked target is no detach.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", GradientBreakWarning)
+        arm.control_dofs_position(torch.tensor([0.1, 0.2], dtype=torch.float64))
+        arm.control_dofs_position(np.array([0.1, 0.2]))
+
+
+def test_list_of_tracked_tensors(grad_arm):
+    scene, arm = grad_arm
+    scene.reset()
+    action = tracked(0.3, 0.1) * 2
+    with pytest.warns(GradientBreakWarning) as record:
+        where = next_line()
+        arm.control_dofs_position([action[0], action[1]])
+    message = only_break(record)
+    assert where in message and "torch.stack" in message
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Getters
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def test_getter_under_no_grad_during_tracked_rollout(grad_arm):
+    scene, arm = grad_arm
+    scene.reset()
+    # No tracked input yet: reading without gradients is nothing to report.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", GradientBreakWarning)
+        with torch.no_grad():
+            arm.get_qpos()
+    arm.control_dofs_position(tracked(0.2, 0.1) * 1.0)
+    scene.step()
+    with pytest.warns(GradientBreakWarning) as record:
+        with torch.no_grad():
+            where = next_line()
+            arm.get_qpos()
+    message = only_break(record)
+    assert where in message and "torch.no_grad()" in message and "get_qpos" in message
+
+    with ggp.set_mode("raise"), pytest.raises(GradientBreakError, match=r"torch\.inference_mode\(\)") as info:
+        with torch.inference_mode():
+            where = next_line()
+            arm.get_pos()
+    assert where in str(info.value)
+
+    # An explicit opt-out for values that are only logged.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", GradientBreakWarning)
+        with ggp.set_mode("off"), torch.no_grad():
+            arm.get_dofs_position()
+        assert arm.get_qpos().requires_grad
+
+
+def test_non_differentiable_getter_during_tracked_rollout(grad_arm):
+    scene, arm = grad_arm
+    scene.reset()
+    arm.control_dofs_position(tracked(0.2, 0.1) * 1.0)
+    scene.step()
+    with pytest.warns(GradientBreakWarning) as record:
+        where = next_line()
+        arm.get_dofs_force()
+    message = only_break(record)
+    assert where in message and "get_dofs_force" in message and "outside the autograd graph" in message
+
+    for getter in ("get_links_acc", "get_dofs_control_force", "get_links_net_contact_force", "get_contacts"):
+        with pytest.warns(GradientBreakWarning, match=getter):
+            getattr(arm, getter)()
+
+    # Under no_grad the user asked for the value only.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", GradientBreakWarning)
+        with torch.no_grad():
+            arm.get_dofs_force()
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Setters without a gradient path
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def test_setter_dropping_tracked_input(grad_arm):
+    scene, arm = grad_arm
+    scene.reset()
+    x = tracked(0.2, 0.1) * 1.0
+    with pytest.warns(GradientBreakWarning) as record:
+        where = next_line()
+        arm.set_dofs_position(x)
+    message = only_break(record)
+    assert where in message and "set_dofs_position" in message and "control_dofs_position" in message
+
+    with pytest.warns(GradientBreakWarning, match="set_dofs_kp"):
+        arm.set_dofs_kp(x * 10 + 5)
+    with ggp.set_mode("raise"), pytest.raises(GradientBreakError, match="set_qpos") as info:
+        where = next_line()
+        scene.sim.rigid_solver.set_qpos(x)
+    assert where in str(info.value)
+
+    # The setters Genesis tapes carry the gradient: no break.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", GradientBreakWarning)
+        arm.set_dofs_velocity(x)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Backward misuse
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def short_rollout(scene, arm, x: torch.Tensor, n: int = 3) -> torch.Tensor:
+    scene.reset()
+    for i in range(n):
+        arm.control_dofs_position(x * (i + 1))
+        scene.step()
+    return (arm.get_dofs_position() ** 2).sum()
+
+
+def test_backward_after_reset(grad_arm):
+    scene, arm = grad_arm
+    loss = short_rollout(scene, arm, tracked(0.2, -0.1))
+    where_reset = next_line()
+    scene.reset()
+    with pytest.raises(GradientBreakError, match=r"reset since \(`scene.reset\(\)`") as info:
+        where = next_line()
+        loss.backward()
+    assert where in str(info.value) and where_reset in str(info.value) and "before `scene.reset()`" in str(info.value)
+
+
+def test_backward_twice(grad_arm):
+    scene, arm = grad_arm
+    x = tracked(0.2, -0.1)
+    loss = short_rollout(scene, arm, x)
+    where_first = next_line()
+    loss.backward(retain_graph=True)
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    with pytest.raises(GradientBreakError, match="backward was called twice") as info:
+        where = next_line()
+        loss.backward()
+    message = str(info.value)
+    assert where in message and f"first backward at {where_first}" in message and "sum the losses" in message
+
+
+def test_backward_after_destroy():
+    scene, arm = build_arm(requires_grad=True)
+    loss = short_rollout(scene, arm, tracked(0.2, -0.1), n=2)
+    scene.destroy()
+    # Stock Genesis runs the reverse pass of the destroyed scene anyway, since the entity keeps the simulator alive.
+    with pytest.raises(GradientBreakError, match="destroyed") as info:
+        where = next_line()
+        loss.backward()
+    assert where in str(info.value) and "before destroying the scene" in str(info.value)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Modes, silence on healthy code, uninstall
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def test_healthy_rollout_is_silent(grad_arm):
+    scene, arm = grad_arm
+    x = tracked(0.2, -0.1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", GradientBreakWarning)
+        loss = short_rollout(scene, arm, x)
+        loss.backward()
+    assert x.grad.abs().sum() > 0
+    assert not strict.events()
+
+
+def test_modes(monkeypatch):
+    assert ggp.get_mode() == "warn"
+    with ggp.set_mode("raise"):
+        assert ggp.get_mode() == "raise"
+    assert ggp.get_mode() == "warn"
+    with pytest.raises(ValueError, match="strict mode"):
+        ggp.set_mode("loud")
+    monkeypatch.setenv(strict.MODE_ENV_VAR, "RAISE")
+    assert strict._mode_from_env() == "raise"
+    monkeypatch.setenv(strict.MODE_ENV_VAR, "nonsense")
+    with pytest.warns(RuntimeWarning, match=strict.MODE_ENV_VAR):
+        assert strict._mode_from_env() == "warn"
+
+
+def test_uninstall_reverts_strict_patches():
+    from genesis.engine.entities.rigid_entity.rigid_entity import RigidEntity
+    from genesis.engine.simulator import Simulator
+    from genesis.engine.solvers.rigid.rigid_solver import RigidSolver
+
+    patched = [
+        (RigidEntity, "control_dofs_position"),
+        (RigidEntity, "set_dofs_position"),
+        (RigidEntity, "get_dofs_force"),
+        (RigidSolver, "get_qpos"),
+        (RigidSolver, "set_qpos"),
+        (Simulator, "reverse_step"),
+        (Simulator, "reset_grad"),
+    ]
+
+    def is_strict(owner, name) -> bool:
+        return getattr(owner, name).__code__.co_filename == strict.__file__
+
+    assert all(is_strict(owner, name) for owner, name in patched)
+    stock = {(owner, name): patching.original(owner, name) for owner, name in patched}
+    ggp.uninstall()
+    try:
+        assert all(getattr(owner, name) is stock[owner, name] for owner, name in patched)
+        assert not hasattr(gs, "from_torch")
+    finally:
+        ggp.install()
+    assert all(is_strict(owner, name) for owner, name in patched)
