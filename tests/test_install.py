@@ -1,0 +1,97 @@
+"""install() / uninstall() / version guard / gs.from_torch compat."""
+
+import genesis as gs
+import pytest
+import torch
+from conftest import PLANAR_CAR, make_scene
+from genesis.engine.entities.rigid_entity.rigid_entity import RigidEntity
+from genesis.engine.solvers.rigid import rigid_solver
+from genesis.engine.solvers.rigid.rigid_solver import RigidSolver
+
+import genesis_grad_patch as ggp
+from genesis_grad_patch import version
+
+pytestmark = pytest.mark.plugin_only
+
+PATCHED = [
+    (RigidEntity, "process_input_grad"),
+    (rigid_solver, "assign_indexed_tensor"),
+    *[(RigidSolver, name) for name in ("control_dofs_position", "control_dofs_velocity", "control_dofs_force")],
+    *[(RigidSolver, name) for name in ("get_qpos", "get_dofs_position", "get_links_pos", "get_links_quat")],
+]
+
+
+def _resolved():
+    return {(owner, name): getattr(owner, name) for owner, name in PATCHED}
+
+
+def test_uninstall_restores_every_original_object():
+    assert ggp.is_installed()
+    patched = _resolved()
+    ggp.uninstall()
+    try:
+        assert not ggp.is_installed()
+        stock = _resolved()
+        assert not hasattr(gs, "from_torch")
+        for key in PATCHED:
+            assert stock[key] is not patched[key], key
+        # Attributes RigidSolver inherited are inherited again rather than copied onto it.
+        assert "get_links_quat" not in vars(RigidSolver)
+        ggp.uninstall()  # idempotent
+    finally:
+        ggp.install()
+    reinstalled = _resolved()
+    ggp.install()  # idempotent
+    assert _resolved() == reinstalled
+    assert all(reinstalled[key] is not stock[key] for key in PATCHED)
+    assert hasattr(gs, "from_torch")
+
+
+def test_version_guard(monkeypatch):
+    monkeypatch.setattr(version, "genesis_version", lambda: "1.4.4")
+    monkeypatch.delenv(version.FORCE_ENV_VAR, raising=False)
+    with pytest.raises(ggp.UnsupportedGenesisVersion, match=r"genesis-world==1\.4\.5.*1\.4\.4"):
+        version.check_genesis_version()
+    monkeypatch.setenv(version.FORCE_ENV_VAR, "1")
+    version.check_genesis_version()
+
+
+def test_install_after_scene_is_built():
+    """Patches act at class level, so a scene built before `install()` becomes differentiable too."""
+    ggp.uninstall()
+    try:
+        scene, (car,) = make_scene(gs.morphs.MJCF(file=PLANAR_CAR))
+    finally:
+        ggp.install()
+    target = torch.tensor([0.2, -0.1], dtype=torch.float64, requires_grad=True)
+    car.control_dofs_position(target, dofs_idx_local=[3, 4])
+    for _ in range(3):
+        scene.step()
+    car.get_qpos()[2].backward()
+    assert target.grad is not None and target.grad.abs().max() > 0
+
+
+def test_from_torch_keeps_the_graph():
+    x = torch.tensor([1.0, 2.0], dtype=torch.float32, requires_grad=True)
+    y = gs.from_torch(x * 2)
+    assert y.requires_grad and y.dtype == gs.tc_float and y.device == gs.device
+    y.sum().backward()
+    torch.testing.assert_close(x.grad, torch.tensor([2.0, 2.0]))
+    assert not gs.from_torch(x, detach=True).requires_grad
+    assert gs.from_torch(torch.ones(2), requires_grad=True).requires_grad
+    assert gs.from_torch(torch.arange(3)).dtype == torch.int64
+    with pytest.raises(gs.GenesisException, match="expects a torch.Tensor"):
+        gs.from_torch([1.0, 2.0])
+
+
+def test_disable_env_var_makes_import_a_noop(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    code = "import genesis_grad_patch as g, genesis as gs; print(g.is_installed(), hasattr(gs, 'from_torch'))"
+    env = {**os.environ, ggp.DISABLE_ENV_VAR: "1"}
+    out = subprocess.run([sys.executable, "-W", "always", "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False", "False"]
+    assert "disabled" in out.stderr
