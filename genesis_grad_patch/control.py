@@ -158,7 +158,10 @@ def _assign_detached(tensor, indices, value, *args, **kwargs):
     """
     if isinstance(value, torch.Tensor):
         value = value.detach()
-    return patching.original(rigid_solver, "assign_indexed_tensor")(tensor, indices, value, *args, **kwargs)
+    return _stock_assign(tensor, indices, value, *args, **kwargs)
+
+
+_stock_assign = rigid_solver.assign_indexed_tensor
 
 
 def install() -> None:

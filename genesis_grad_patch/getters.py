@@ -20,6 +20,7 @@ from genesis.constants import link_ref_frame
 from genesis.engine.solvers.base_solver import StateChange, Subscriber
 from genesis.engine.solvers.kinematic_solver import _offset_world_shift, _select_links_offset
 from genesis.engine.solvers.rigid.rigid_solver import RigidSolver
+from genesis.engine.states.solvers import RigidSolverState
 from genesis.utils.misc import indices_to_mask, qd_to_torch
 
 from . import patching
@@ -52,8 +53,26 @@ def read_state(solver: RigidSolver):
         subscriber = Subscriber(to=frozenset(StateChange), callback=lambda *_: _drop_cache(solver_ref))
         solver.subscribe(subscriber)
         _subscribed[solver] = subscriber
-    state = solver.get_state()
+    state = _get_state_zerocopy(solver) if gs.use_zerocopy else solver.get_state()
     solver.__dict__[_CACHE_ATTR] = (key, state)
+    return state
+
+
+def _get_state_zerocopy(solver: RigidSolver) -> RigidSolverState:
+    """
+    `RigidSolver.get_state()` with torch copies of the zero-copy field views instead of `kernel_get_state`.
+
+    Same values, same registration (read node of the current step, gradients handed back by `add_grad_from_state`),
+    but a few tensor copies cost far less than the launch of a kernel with six array arguments on the CPU backend.
+    """
+    solver.update_forward_pos()
+    state = RigidSolverState.__new__(RigidSolverState)
+    state.scene, state._s_global = solver._scene, solver.sim.cur_step_global
+    dofs, links = solver.dyn_state.dofs, solver.dyn_state.links
+    fields = (solver.rigid_info.qpos, dofs.vel, dofs.acc, links.pos, links.quat, solver.dyn_state.geoms.friction_ratio)
+    copies = (qd_to_torch(field, transpose=True).clone(memory_format=torch.contiguous_format) for field in fields)
+    state.qpos, state.dofs_vel, state.dofs_acc, state.links_pos, state.links_quat, state.friction_ratio = copies
+    solver._queried_states.append(state)
     return state
 
 
