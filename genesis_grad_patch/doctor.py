@@ -327,14 +327,29 @@ def doctor(loss: torch.Tensor, params_or_module=None) -> DoctorReport:
         raise TypeError(f"doctor expects the loss tensor, got {type(loss).__name__}.")
     loss_walk = _walk([loss.grad_fn])
     named = _named_params(params_or_module, loss_walk)
-    rollouts = _rollouts(loss_walk)
     plugin = patching.is_patched()
 
-    # Breaks recorded during the rollouts, oldest first, without duplicates.
+    # The rollouts that concern this loss: the loss passes through them, the parameters drive them, or a break
+    # recorded during them cut the parameters off. Other live scenes (an evaluation scene, a stale one) stay out.
+    param_set = {id(p) for _, p in named}
+    candidates = _rollouts(loss_walk)
+    rollouts = []
     events: dict[int, strict.BreakEvent] = {}
-    for rollout in rollouts:
-        for event in strict.events(rollout.sim, rollout.epoch):
-            events[event.seq] = event
+    loose: dict[int, strict.BreakEvent] = {}  # breaks tied to no scene (gs.from_torch), cutting the parameters off
+    event_leaves: dict[int, set[int]] = {}
+    for rollout in candidates:
+        rollout_events = strict.events(rollout.sim, rollout.epoch)
+        for event in rollout_events:
+            if event.seq not in event_leaves:
+                event_leaves[event.seq] = _sources_leaves(event.sources)
+        cut = [e for e in rollout_events if event_leaves[e.seq] & param_set]
+        if rollout.reached or rollout.leaves & param_set or any(e.sim is not None for e in cut):
+            rollouts.append(rollout)
+            events.update((e.seq, e) for e in rollout_events)
+        else:
+            loose.update((e.seq, e) for e in cut)
+    if not rollouts:
+        events = loose
     events = dict(sorted(events.items()))
 
     # Inputs of the rollouts: who gave them, which parameters feed them directly, whether the loss reaches them.
@@ -365,16 +380,12 @@ def doctor(loss: torch.Tensor, params_or_module=None) -> DoctorReport:
 
     # Reads of the loss graph, with the getters strict mode saw serve them.
     reads_raw = []
-    read_getters = [strict.read_records(r.sim) for r in rollouts]
     for node in loss_walk.reads:
-        getters = []
-        for records in read_getters:
-            getters += [f"{name} ({location.short()})" for name, location in records.get(node, ())]
+        getters = [f"{name} ({location.short()})" for name, location in strict.read_getters(node)]
         reads_raw.append((_read_step(node), tuple(dict.fromkeys(getters))))
     reads = [ReadInfo(steps, list(key)) for steps, key in _group(reads_raw)]
     loss_read_steps = sorted({_read_step(n) for n in loss_walk.reads})
 
-    event_leaves = {seq: _sources_leaves(e.sources) for seq, e in events.items()}
     read_events = [e for e in events.values() if e.kind in _READ_BREAKS]
 
     params = []
@@ -382,7 +393,9 @@ def doctor(loss: torch.Tensor, params_or_module=None) -> DoctorReport:
         info = ParamInfo(name, tuple(tensor.shape), id(tensor) in loss_walk.leaves)
         info.steps = sorted(param_steps.get(id(tensor), ()))
         if not info.gets_gradient:
-            info.reason_kind, info.reason = _reason(tensor, events, event_leaves, rollouts, loss_read_steps, plugin)
+            info.reason_kind, info.reason = _reason(
+                tensor, events, event_leaves, rollouts, candidates, loss_read_steps, plugin
+            )
             if info.reason_kind == NON_DIFFERENTIABLE_GETTER and read_events:
                 where = dict.fromkeys(f"'{e.call.split('.')[-1]}' at {e.location}" for e in read_events)
                 info.reason += " Reads outside the graph during the rollout: " + "; ".join(where) + "."
@@ -445,7 +458,7 @@ def _loss_info(loss: torch.Tensor) -> dict[str, Any]:
     }
 
 
-def _reason(tensor, events, event_leaves, rollouts, loss_read_steps, plugin) -> tuple[str, str]:
+def _reason(tensor, events, event_leaves, rollouts, live, loss_read_steps, plugin) -> tuple[str, str]:
     """The nearest reason a parameter gets no gradient."""
     if not tensor.requires_grad:
         return REQUIRES_GRAD_FALSE, "The tensor has requires_grad=False: autograd does not track it."
@@ -478,8 +491,7 @@ def _reason(tensor, events, event_leaves, rollouts, loss_read_steps, plugin) -> 
             f"It drives the simulation at steps {_steps_text(steps)}, but the loss passes through none of the "
             f"rollout's state reads: {why}"
         )
-    live = [r.sim for r in rollouts]
-    if live and not any(sim.requires_grad for sim in live):
+    if live and not any(r.sim.requires_grad for r in live):
         return SCENE_NOT_DIFFERENTIABLE, (
             "No scene of this process is differentiable: build it with `gs.options.SimOptions(requires_grad=True)`."
         )
@@ -534,11 +546,8 @@ def _findings(report: DoctorReport, loss, rollouts, plugin) -> list[str]:
             "gradient ignores how each action changes later observations."
         )
     if report.params and not starved and not report.breaks:
-        findings.append(
-            f"Healthy: every parameter reaches the loss through the control inputs of steps "
-            f"{_steps_text(s for p in report.params for s in p.steps) if any(p.steps for p in report.params) else 'none'}"
-            "."
-        )
+        steps = _steps_text(s for p in report.params for s in p.steps)
+        findings.append(f"Healthy: every parameter reaches the loss through the control inputs of steps {steps}.")
     return findings
 
 

@@ -16,8 +16,8 @@ Every way a differentiable rollout can lose its gradient without an error is det
 
 `set_mode("warn")` (default) issues a `GradientBreakWarning` pointing at the user's line, `set_mode("raise")` raises a
 `GradientBreakError`, `set_mode("off")` disables the checks. The environment variable `GENESIS_GRAD_PATCH_MODE` sets the
-initial mode. Every break is also recorded (see `events`), with the inputs each step took and the getters each state read
-served, for `genesis_grad_patch.doctor` to explain a loss afterwards.
+initial mode. Every break is also recorded (see `events`), with the inputs each step took and the getters each state
+read served, for `genesis_grad_patch.doctor` to explain a loss afterwards.
 
 Off-grad cost: a wrapper checks the mode, the solver's `_requires_grad` flag and whether an argument tracks gradients,
 then calls the wrapped method. Nothing else runs unless a check fails or the scene is differentiable.
@@ -56,7 +56,6 @@ CUT_AT_CONVERSION = "cut_at_conversion"
 READ_UNDER_NO_GRAD = "read_under_no_grad"
 NON_DIFFERENTIABLE_GETTER = "non_differentiable_getter"
 DROPPED_INPUT = "dropped_input"
-BACKWARD_MISUSE = "backward_misuse"
 
 
 class GradientBreakWarning(UserWarning):
@@ -142,7 +141,7 @@ def _is_internal_file(filename: str) -> bool:
 
 
 def user_frame(frame: FrameType | None = None) -> FrameType | None:
-    """The first frame, from `frame` (the caller's by default) outwards, that is outside genesis/, torch/ and the plugin."""
+    """The first frame from `frame` (the caller's by default) outwards that is outside genesis/, torch/, the plugin."""
     frame = sys._getframe(1) if frame is None else frame
     while frame is not None and _is_internal_file(frame.f_code.co_filename):
         frame = frame.f_back
@@ -150,7 +149,7 @@ def user_frame(frame: FrameType | None = None) -> FrameType | None:
 
 
 def _is_internal_caller(frame: FrameType) -> bool:
-    """Whether a call was made by Genesis itself or by the plugin (on the user's behalf: checked where the user made it)."""
+    """Whether Genesis or the plugin made a call (the plugin calls on the user's behalf: checked where the user did)."""
     return frame.f_globals.get("__name__", "").startswith(("genesis.", "genesis_grad_patch."))
 
 
@@ -229,10 +228,11 @@ _events: deque = deque(maxlen=_MAX_EVENTS)
 _seq = itertools.count()
 
 _INPUTS_ATTR = "_grad_patch_inputs"  # sim -> {epoch: {id(tensor): InputRecord}}
-_READS_ATTR = "_grad_patch_reads"  # sim -> WeakKeyDictionary {ReadNodeBackward: [(getter, Location)]}
+_READ_GETTERS_ATTR = "_grad_patch_getters"  # ReadNodeBackward -> [(getter, filename, lineno)]
+_STATE_CACHE_ATTR = "_grad_patch_state_cache"  # getters.py: solver -> ((step, rollout), state read at that step)
 _TRACKED_ATTR = "_grad_patch_tracked_epoch"  # sim -> the last epoch in which a tracked input was taped
 _RESET_AT_ATTR = "_grad_patch_reset_at"  # sim -> Location of the last reset
-_BACKWARD_AT_ATTR = "_grad_patch_backward_at"  # sim -> (epoch, Location, from step, to step) of the last backward
+_BACKWARD_AT_ATTR = "_grad_patch_backward_at"  # sim -> (epoch, Location) of the last backward
 
 # Tensors returned by `gs.from_torch(..., detach=True)` of a tracked tensor: id -> (weakref, Location, source).
 _detached: dict[int, tuple] = {}
@@ -273,9 +273,12 @@ def input_records(sim: "Simulator", epoch: int) -> dict[int, InputRecord]:
     return sim.__dict__.get(_INPUTS_ATTR, {}).get(epoch, {})
 
 
-def read_records(sim: "Simulator") -> "weakref.WeakKeyDictionary":
-    """The getters served by each read node of `sim` (read node -> list of (getter, Location))."""
-    return sim.__dict__.get(_READS_ATTR, weakref.WeakKeyDictionary())
+def read_getters(node) -> list[tuple[str, Location]]:
+    """The getters a read node (`ReadNodeBackward`) served, with the user's line of each call."""
+    return [
+        (name, Location(filename, lineno, linecache.getline(filename, lineno).strip()))
+        for name, filename, lineno in getattr(node, _READ_GETTERS_ATTR, ())
+    ]
 
 
 def has_tracked_inputs(sim: "Simulator") -> bool:
@@ -361,13 +364,23 @@ def _tracks(value) -> bool:
     return False
 
 
+_Tensor = torch.Tensor
+
+
 def _any_tracked(args: tuple, kwargs: dict) -> bool:
-    for value in args:
-        if _tracks(value):
-            return True
-    for value in kwargs.values():
-        if _tracks(value):
-            return True
+    """Whether an argument tracks gradients: the off-grad fast path, so exact class checks first and no calls."""
+    for values in (args, kwargs.values()) if kwargs else (args,):
+        for value in values:
+            cls = value.__class__
+            if cls is _Tensor:
+                if value.requires_grad:
+                    return True
+            elif cls is list or cls is tuple:
+                for item in value:
+                    if isinstance(item, _Tensor) and item.requires_grad:
+                        return True
+            elif isinstance(value, _Tensor) and value.requires_grad:
+                return True
     return False
 
 
@@ -387,8 +400,8 @@ def _detached_source(value, frame: FrameType | None):
     """
     If `value` looks like a detached copy of a tracked tensor, return (how it was cut, the tracked source).
 
-    "As far as can be seen at the call": the output of `gs.from_torch(..., detach=True)`, or memory shared with a tracked
-    tensor among the caller's local variables (`x.detach()`, `x.data`, `x.detach().numpy()` all share it).
+    "As far as can be seen at the call": the output of `gs.from_torch(..., detach=True)`, or memory shared with a
+    tracked tensor among the caller's local variables (`x.detach()`, `x.data`, `x.detach().numpy()` all share it).
     """
     entry = _detached.get(id(value))
     if entry is not None and entry[0]() is value:
@@ -533,13 +546,13 @@ def _record_input(sim: "Simulator", tensor: torch.Tensor, call: str, arg: str, f
     sim.__dict__[_TRACKED_ATTR] = epoch
 
 
-def _check_inputs(owner: str, name: str, category: str, solver, arguments: dict, frame: FrameType, report: bool):
+def _check_inputs(owner: str, name: str, category: str, solver, arguments: Iterable, frame: FrameType, report: bool):
     """Check (and, in a differentiable scene, record) the inputs of one control or setter call."""
     sim = solver._sim
     requires_grad = solver._requires_grad
     call = f"{owner}.{name}"
     user = user_frame(frame)
-    for arg, value in arguments.items():
+    for arg, value in arguments:
         if _tracks(value):
             if not requires_grad and category != "dropping":
                 if report:
@@ -599,36 +612,34 @@ def _check_inputs(owner: str, name: str, category: str, solver, arguments: dict,
                 )
 
 
-def _arguments(sig, self, args: tuple, kwargs: dict) -> dict | None:
-    """The arguments of a call by name (self excluded), or None if they do not fit: the method then raises its error."""
-    try:
-        return dict(tuple(sig.bind(self, *args, **kwargs).arguments.items())[1:])
-    except TypeError:
-        return None
+def _arguments(names: tuple[str, ...], args: tuple, kwargs: dict):
+    """(name, value) of each argument of a call, self excluded; positional names come from the signature."""
+    yield from zip(names, args, strict=False)
+    yield from kwargs.items()
 
 
 def _entity_input(name: str, inner: Callable, category: str) -> Callable:
-    sig = signature(inner)
+    names = tuple(signature(inner).parameters)[1:]
 
     @wraps(inner)
     def wrapper(self, *args, **kwargs):
         solver = self._solver
-        if _mode == "off" or not (solver._requires_grad or _any_tracked(args, kwargs)):
+        if solver._requires_grad:
+            # Genesis replays the tape of a differentiable scene with taping off: those calls are not the user's.
+            if _mode == "off" or not self._update_tgt_while_set:
+                return inner(self, *args, **kwargs)
+        elif _mode == "off" or not _any_tracked(args, kwargs):
             return inner(self, *args, **kwargs)
-        # Genesis replays the tape of a differentiable scene with taping switched off: those calls are not the user's.
-        if solver._requires_grad and not self._update_tgt_while_set:
-            return inner(self, *args, **kwargs)
-        arguments = _arguments(sig, self, args, kwargs)
-        if arguments is not None:
-            frame = sys._getframe(1)
-            _check_inputs(type(self).__name__, name, category, solver, arguments, frame, not _is_internal_caller(frame))
+        frame = sys._getframe(1)
+        arguments = _arguments(names, args, kwargs)
+        _check_inputs(type(self).__name__, name, category, solver, arguments, frame, not _is_internal_caller(frame))
         return inner(self, *args, **kwargs)
 
     return wrapper
 
 
 def _solver_input(name: str, inner: Callable, category: str) -> Callable:
-    sig = signature(inner)
+    names = tuple(signature(inner).parameters)[1:]
     # `control._solver_control` runs the stock method for calls made by Genesis and routes user calls to the entities,
     # telling them apart by the caller's frame, which this wrapper hides: it makes that choice itself.
     from genesis.engine.solvers.rigid.rigid_solver import RigidSolver
@@ -637,20 +648,25 @@ def _solver_input(name: str, inner: Callable, category: str) -> Callable:
 
     @wraps(inner)
     def wrapper(self, *args, **kwargs):
+        # Off-grad, the control wrapper runs the stock method whoever calls: nothing to choose.
+        if not self._requires_grad and (_mode == "off" or not _any_tracked(args, kwargs)):
+            return inner(self, *args, **kwargs)
         frame = sys._getframe(1)
         if _is_internal_caller(frame):
             return stock(self, *args, **kwargs)
-        if _mode != "off" and (self._requires_grad or _any_tracked(args, kwargs)):
-            arguments = _arguments(sig, self, args, kwargs)
-            if arguments is not None:
-                _check_inputs(type(self).__name__, name, category, self, arguments, frame, True)
+        if _mode != "off":
+            _check_inputs(type(self).__name__, name, category, self, _arguments(names, args, kwargs), frame, True)
         return inner(self, *args, **kwargs)
 
     return wrapper
 
 
-def _read_node(tensor) -> Any:
-    """The read node a getter's output comes from, a few differentiable views away at most."""
+def _read_node(solver, tensor) -> Any:
+    """The read node a getter's output comes from: the one of the state the getters cache, or a few views away."""
+    cached = solver.__dict__.get(_STATE_CACHE_ATTR)
+    node = getattr(cached[1].qpos, "grad_fn", None) if cached is not None else None
+    if node is not None and type(node).__name__ == "ReadNodeBackward":
+        return node
     node = getattr(tensor, "grad_fn", None)
     for _ in range(8):
         if node is None:
@@ -681,12 +697,17 @@ def _differentiable_getter(name: str, inner: Callable) -> Callable:
         out = inner(self, *args, **kwargs)
         sim = self._sim
         if torch.is_grad_enabled():
-            node = _read_node(out)
+            # Named for the doctor only where there is something to explain: a rollout with tracked inputs (and its
+            # initial state, read before the first of them).
+            node = _read_node(self, out) if has_tracked_inputs(sim) or sim.cur_step_global == 0 else None
             if node is not None:
                 user = _getter_caller(sys._getframe(1))
                 if user is not None:
-                    reads = sim.__dict__.setdefault(_READS_ATTR, weakref.WeakKeyDictionary())
-                    reads.setdefault(node, []).append((name, Location.of(user)))
+                    # On the node itself (a custom Function's context takes attributes): it lives as long as the graph.
+                    entry = (name, user.f_code.co_filename, user.f_lineno)
+                    getters = node.__dict__.setdefault(_READ_GETTERS_ATTR, [])
+                    if entry not in getters:
+                        getters.append(entry)
         elif has_tracked_inputs(sim):
             user = _getter_caller(sys._getframe(1))
             if user is not None:
@@ -698,8 +719,8 @@ def _differentiable_getter(name: str, inner: Callable) -> Callable:
                     f"'{name}' was called under `{how}` during a rollout whose inputs track gradients: the state it "
                     "returns is outside the autograd graph, so a loss or a policy input computed from it gets no "
                     "gradient through the simulation.",
-                    "Read it with gradients enabled (outside the `no_grad` block). If the value is only logged, read it "
-                    "under `with genesis_grad_patch.set_mode('off'):`.",
+                    "Read it with gradients enabled (outside the `no_grad` block). If the value is only logged, "
+                    "read it under `with genesis_grad_patch.set_mode('off'):`.",
                     sim,
                     sim.cur_step_global,
                 )

@@ -122,6 +122,7 @@ def test_doctor_healthy(arm_scene):
     report = ggp.doctor(loss, model)
 
     assert report.healthy and all(p.gets_gradient for p in report.params)
+    assert len(report.scenes) == 1  # other live scenes of the session do not concern this loss
     assert report.steps == list(range(1, HORIZON + 1))
     assert all(p.steps == list(range(1, HORIZON + 1)) for p in report.params)
     (inputs,) = report.inputs
