@@ -25,6 +25,16 @@ if [ "${1:-}" = "--patch-tests" ]; then
     shift
 fi
 
+# Two checks sharing a tree would rebuild it under each other's feet: the second one waits for the first.
+mkdir -p "$(dirname "$TREE")"
+if command -v flock >/dev/null 2>&1; then
+    exec 9>"$TREE.lock"
+    if ! flock -n 9; then
+        echo "check-upstream: waiting for another check using $TREE ..." >&2
+        flock 9
+    fi
+fi
+
 if ! "$ROOT/scripts/make_upstream_tree.sh" "$TREE"; then
     echo "check-upstream: FAILED, the patches do not apply (see above)." >&2
     exit 1

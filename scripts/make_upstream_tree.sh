@@ -11,11 +11,12 @@
 # PYTHONPATH to import the patched Genesis. The same DEST path keeps Quadrants' kernel cache warm across runs: its keys
 # include the source file path.
 #
-# Environment: PYTHON (default: .venv/bin/python of this repo), the interpreter whose site-packages hold Genesis.
+# Environment: PYTHON (default: .venv/bin/python of this repo), the interpreter whose site-packages hold Genesis;
+# PATCH_DIR (default: patches/ of this repo).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-PATCH_DIR="$ROOT/patches"
+PATCH_DIR="${PATCH_DIR:-$ROOT/patches}"
 PYTHON="${PYTHON:-$ROOT/.venv/bin/python}"
 EXPECTED_VERSION="1.4.5"
 
@@ -23,7 +24,7 @@ mode=apply
 case "${1:-}" in
 --pristine) mode=pristine; shift ;;
 --export) mode=export; shift ;;
--h | --help) sed -n '2,14p' "${BASH_SOURCE[0]}"; exit 0 ;;
+-h | --help) sed -n '2,15p' "${BASH_SOURCE[0]}"; exit 0 ;;
 esac
 DEST="${1:-$ROOT/build/upstream-genesis}"
 
