@@ -148,9 +148,16 @@ def user_frame(frame: FrameType | None = None) -> FrameType | None:
     return frame
 
 
+# The plugin's own machinery: its calls are made on the user's behalf, and were checked where the user made them.
+_PLUGIN_MODULES = frozenset(
+    f"genesis_grad_patch.{name}" for name in ("compat", "control", "doctor", "getters", "gradcheck", "strict")
+)
+
+
 def _is_internal_caller(frame: FrameType) -> bool:
-    """Whether Genesis or the plugin made a call (the plugin calls on the user's behalf: checked where the user did)."""
-    return frame.f_globals.get("__name__", "").startswith(("genesis.", "genesis_grad_patch."))
+    """Whether Genesis itself or the plugin's machinery made a call."""
+    name = frame.f_globals.get("__name__", "")
+    return name.startswith("genesis.") or name in _PLUGIN_MODULES
 
 
 @dataclass(frozen=True)
@@ -652,7 +659,7 @@ def _solver_input(name: str, inner: Callable, category: str) -> Callable:
         if not self._requires_grad and (_mode == "off" or not _any_tracked(args, kwargs)):
             return inner(self, *args, **kwargs)
         frame = sys._getframe(1)
-        if _is_internal_caller(frame):
+        if frame.f_globals.get("__name__", "").startswith("genesis."):
             return stock(self, *args, **kwargs)
         if _mode != "off":
             _check_inputs(type(self).__name__, name, category, self, _arguments(names, args, kwargs), frame, True)

@@ -244,6 +244,21 @@ def test_setter_dropping_tracked_input(grad_arm):
         arm.set_dofs_velocity(x)
 
 
+def test_solver_control_from_plugin_code_keeps_its_gradient(grad_arm):
+    # The strict wrapper of a solver control decides between the stock method (calls made by Genesis) and the
+    # routing to the entities (everyone else, plugin modules such as the steering demo included).
+    scene, arm = grad_arm
+    namespace = {"__name__": "genesis_grad_patch.steering.diag"}
+    exec("def drive(solver, x):\n    solver.control_dofs_position(x, dofs_idx=[0, 1])\n", namespace)
+    x = tracked(0.2, -0.1)
+    scene.reset()
+    for _ in range(2):
+        namespace["drive"](scene.sim.rigid_solver, x)
+        scene.step()
+    (arm.get_dofs_position() ** 2).sum().backward()
+    assert x.grad is not None and x.grad.abs().min() > 0
+
+
 # ------------------------------------------------------------------------------------------------------------------
 # Backward misuse
 # ------------------------------------------------------------------------------------------------------------------
