@@ -355,7 +355,8 @@ def doctor(loss: torch.Tensor, params_or_module=None) -> DoctorReport:
     # Inputs of the rollouts: who gave them, which parameters feed them directly, whether the loss reaches them.
     loss_step_ids = {id(n) for n in loss_walk.steps}
     inputs_raw: list[tuple[int, tuple]] = []
-    param_steps: dict[int, set[int]] = {}
+    param_steps: dict[int, set[int]] = {}  # leaf -> steps whose inputs it feeds directly and that reach the loss
+    input_steps: dict[int, set[int]] = {}  # leaf -> steps whose inputs it feeds directly
     for rollout in rollouts:
         step_nodes = rollout.step_nodes or [n for n in loss_walk.steps if n.sim() is rollout.sim]
         records = strict.input_records(rollout.sim, rollout.epoch)
@@ -371,8 +372,9 @@ def doctor(loss: torch.Tensor, params_or_module=None) -> DoctorReport:
                 upstream = _walk([fn], stop_at_sim=True)
                 feeding = [name for name, p in named if id(p) in upstream.leaves]
                 reaches = id(node) in loss_step_ids
-                if reaches:
-                    for i in upstream.leaves:
+                for i in upstream.leaves:
+                    input_steps.setdefault(i, set()).add(node.step)
+                    if reaches:
                         param_steps.setdefault(i, set()).add(node.step)
                 key = (call, location, reaches, tuple(feeding), bool(upstream.reads))
                 inputs_raw.append((node.step, key))
@@ -394,7 +396,7 @@ def doctor(loss: torch.Tensor, params_or_module=None) -> DoctorReport:
         info.steps = sorted(param_steps.get(id(tensor), ()))
         if not info.gets_gradient:
             info.reason_kind, info.reason = _reason(
-                tensor, events, event_leaves, rollouts, candidates, loss_read_steps, plugin
+                tensor, events, event_leaves, rollouts, candidates, input_steps, loss_read_steps, plugin
             )
             if info.reason_kind == NON_DIFFERENTIABLE_GETTER and read_events:
                 where = dict.fromkeys(f"'{e.call.split('.')[-1]}' at {e.location}" for e in read_events)
@@ -458,7 +460,7 @@ def _loss_info(loss: torch.Tensor) -> dict[str, Any]:
     }
 
 
-def _reason(tensor, events, event_leaves, rollouts, live, loss_read_steps, plugin) -> tuple[str, str]:
+def _reason(tensor, events, event_leaves, rollouts, live, input_steps, loss_read_steps, plugin) -> tuple[str, str]:
     """The nearest reason a parameter gets no gradient."""
     if not tensor.requires_grad:
         return REQUIRES_GRAD_FALSE, "The tensor has requires_grad=False: autograd does not track it."
@@ -469,8 +471,7 @@ def _reason(tensor, events, event_leaves, rollouts, live, loss_read_steps, plugi
     for rollout in rollouts:
         if id(tensor) not in rollout.leaves:
             continue
-        steps = sorted(n.step for n in rollout.step_nodes if id(tensor) in _sources_leaves(_step_inputs(n)))
-        steps = steps or sorted(n.step for n in rollout.step_nodes)
+        steps = sorted(input_steps.get(id(tensor), ())) or sorted(n.step for n in rollout.step_nodes)
         if rollout.reached and loss_read_steps and steps and steps[0] > max(loss_read_steps):
             return AFTER_LAST_READ, (
                 f"It enters the simulation at steps {_steps_text(steps)}, after the last state the loss reads "
@@ -496,11 +497,6 @@ def _reason(tensor, events, event_leaves, rollouts, live, loss_read_steps, plugi
             "No scene of this process is differentiable: build it with `gs.options.SimOptions(requires_grad=True)`."
         )
     return NOT_IN_GRAPH, "It is used neither by the loss nor by any input of the rollout."
-
-
-def _step_inputs(node) -> list:
-    """The grad nodes of the inputs of a step node (a list, for `_sources_leaves`)."""
-    return [fn for fn, _ in node.next_functions[1:] if fn is not None]
 
 
 def _findings(report: DoctorReport, loss, rollouts, plugin) -> list[str]:
@@ -588,14 +584,18 @@ def _format(report: DoctorReport) -> str:
     for i, scene in enumerate(report.scenes):
         lines.append(
             f"scene {i}: {'differentiable' if scene.requires_grad else 'NOT differentiable'}, {scene.steps} steps, "
-            f"tracked inputs at steps {_steps_text(scene.tracked_input_steps)}, "
-            f"{'reached' if scene.reached_by_loss else 'not reached'} by the loss"
+            + (
+                f"tracked inputs at steps {_steps_text(scene.tracked_input_steps)}, "
+                if scene.tracked_input_steps
+                else "no tracked input, "
+            )
+            + f"{'reached' if scene.reached_by_loss else 'not reached'} by the loss"
         )
     lines += ["", "Graph behind the loss", f"  simulation steps: {_steps_text(report.steps)}"]
     if report.reads:
         lines.append("  state reads:")
         for read in report.reads:
-            getters = ", ".join(read.getters) if read.getters else "(getters not recorded)"
+            getters = ", ".join(read.getters) if read.getters else "(getter names not recorded)"
             lines.append(f"    {_steps_label(read.steps)}: {getters}")
     else:
         lines.append("  state reads: none")
