@@ -227,7 +227,13 @@ class InputRecord:
     call: str
     arg: str
     step: int
-    location: Location
+    filename: str
+    lineno: int
+
+    @property
+    def location(self) -> Location:
+        # Built on demand: recording runs at every control call of a differentiable rollout.
+        return Location(self.filename, self.lineno, linecache.getline(self.filename, self.lineno).strip())
 
 
 _MAX_EVENTS = 512
@@ -243,6 +249,8 @@ _BACKWARD_AT_ATTR = "_grad_patch_backward_at"  # sim -> (epoch, Location) of the
 
 # Tensors returned by `gs.from_torch(..., detach=True)` of a tracked tensor: id -> (weakref, Location, source).
 _detached: dict[int, tuple] = {}
+# Call sites whose caller's locals were scanned for the tracked source of a detached input: (file, line) -> rollout.
+_scanned_sites: dict[tuple[str, int], int] = {}
 
 
 def events(sim: "Simulator | None" = None, epoch: int | None = None) -> list[BreakEvent]:
@@ -403,7 +411,7 @@ def _storage_span(value) -> tuple[int, int] | None:
     return (start, start + size) if start and size else None
 
 
-def _detached_source(value, frame: FrameType | None):
+def _detached_source(value, frame: FrameType | None, epoch: int):
     """
     If `value` looks like a detached copy of a tracked tensor, return (how it was cut, the tracked source).
 
@@ -413,8 +421,16 @@ def _detached_source(value, frame: FrameType | None):
     entry = _detached.get(id(value))
     if entry is not None and entry[0]() is value:
         return f"gs.from_torch(..., detach=True) at {entry[1]}", entry[2]
+    if frame is None:
+        return None
+    # The caller's locals are scanned once per call site and rollout: a detach at a line shows at its first call, and
+    # a module-level loop would otherwise scan every global of the script at every step.
+    site = (frame.f_code.co_filename, frame.f_lineno)
+    if _scanned_sites.get(site) == epoch:
+        return None
+    _scanned_sites[site] = epoch
     span = _storage_span(value)
-    if span is None or frame is None:
+    if span is None:
         return None
     device = value.device if isinstance(value, torch.Tensor) else torch.device("cpu")
     for name, local in frame.f_locals.items():
@@ -549,7 +565,9 @@ def _record_input(sim: "Simulator", tensor: torch.Tensor, call: str, arg: str, f
         for old in [e for e in by_epoch if e < epoch - 1]:
             del by_epoch[old]
         by_epoch[epoch] = {}
-    by_epoch[epoch][id(tensor)] = InputRecord(call, arg, _step_of(sim), Location.of(user_frame(frame)))
+    user = user_frame(frame)
+    filename, lineno = (user.f_code.co_filename, user.f_lineno) if user is not None else ("<unknown>", 0)
+    by_epoch[epoch][id(tensor)] = InputRecord(call, arg, _step_of(sim), filename, lineno)
     sim.__dict__[_TRACKED_ATTR] = epoch
 
 
@@ -603,7 +621,7 @@ def _check_inputs(owner: str, name: str, category: str, solver, arguments: Itera
             elif category != "solver":
                 _record_input(sim, value, call, arg, user)
         elif requires_grad and category != "dropping" and isinstance(value, (torch.Tensor, np.ndarray)) and report:
-            found = _detached_source(value, user)
+            found = _detached_source(value, user, sim._grad_epoch)
             if found is not None:
                 how, source = found
                 _report(
@@ -706,7 +724,7 @@ def _differentiable_getter(name: str, inner: Callable) -> Callable:
         if torch.is_grad_enabled():
             # Named for the doctor only where there is something to explain: a rollout with tracked inputs (and its
             # initial state, read before the first of them).
-            node = _read_node(self, out) if has_tracked_inputs(sim) or sim.cur_step_global == 0 else None
+            node = _read_node(self, out) if has_tracked_inputs(sim) or sim._cur_substep_global < sim._substeps else None
             if node is not None:
                 user = _getter_caller(sys._getframe(1))
                 if user is not None:
