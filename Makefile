@@ -12,8 +12,9 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install -q -c constraints.txt -e '.[dev,cli]'
 	touch $(STAMP)
 
+# Until the steering trainer lands (issue 3), the demo is the report's pattern 2.3: autograd next to finite differences.
 demo: $(STAMP)
-	$(VENV)/bin/genesis-grad demo
+	$(PY) examples/report_pattern_2_3.py
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
