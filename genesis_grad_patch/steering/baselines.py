@@ -172,15 +172,26 @@ def train_es(
     b1, b2, eps_adam = 0.9, 0.999, 1e-8
     history = {"env_steps": [], "loss": [], "eval_env_steps": [], "lateral_rms": [], "wall_clock": []}
     steps_at_start = sim.env_steps
+    eval_steps = 0  # simulated by the evaluations: not training steps, excluded from the count
+
+    def used() -> int:
+        return sim.env_steps - steps_at_start - eval_steps
+
+    def run_eval() -> None:
+        nonlocal eval_steps
+        before = sim.env_steps
+        policy.load_flat_parameters(theta)
+        history["eval_env_steps"].append(used())
+        history["lateral_rms"].append(eval_fn(policy))
+        eval_steps += sim.env_steps - before
+
     next_eval = 0
     t0 = time.time()
     bar = _progress(env_step_budget, progress, "ES")
     it = 0
-    while sim.env_steps - steps_at_start < env_step_budget:
-        if eval_fn is not None and sim.env_steps - steps_at_start >= next_eval:
-            policy.load_flat_parameters(theta)
-            history["eval_env_steps"].append(sim.env_steps - steps_at_start)
-            history["lateral_rms"].append(eval_fn(policy))
+    while used() < env_step_budget:
+        if eval_fn is not None and used() >= next_eval:
+            run_eval()
             next_eval += eval_every_env_steps or env_step_budget
         it += 1
         noise = torch.randn(es.population, theta.numel(), generator=gen, dtype=theta.dtype)
@@ -208,16 +219,15 @@ def train_es(
         step = es.lr * (adam_m / (1 - b1**it)) / (torch.sqrt(adam_v / (1 - b2**it)) + eps_adam)
         theta = theta - step
         loss = float(member_loss.mean())
-        history["env_steps"].append(sim.env_steps - steps_at_start)
+        history["env_steps"].append(used())
         history["loss"].append(loss)
         history["wall_clock"].append(time.time() - t0)
         if bar is not None:
             bar.update(sim.n_envs * cfg.horizon)
             bar.set_postfix(loss=f"{loss:.4g}")
-    policy.load_flat_parameters(theta)
     if eval_fn is not None:
-        history["eval_env_steps"].append(sim.env_steps - steps_at_start)
-        history["lateral_rms"].append(eval_fn(policy))
+        run_eval()
+    policy.load_flat_parameters(theta)
     if bar is not None:
         bar.close()
     return history

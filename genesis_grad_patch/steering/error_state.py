@@ -88,12 +88,16 @@ class TorchReference(Mapping):
         return torch.minimum(ahead, (self.n - 1)[:, None])
 
 
+def _as_tensor(values) -> torch.Tensor:
+    # torch.tensor copies: the arrays of a ReferencePath are read-only, which torch.as_tensor warns about.
+    return values if torch.is_tensor(values) else torch.tensor(np.asarray(values))
+
+
 def _ref_values(reference, key: str, ref_idx: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """Reference values at ``ref_idx`` as constants (no gradient), for a mapping of (N,) or (B, N) arrays."""
     if isinstance(reference, TorchReference):
         return reference.at(key, ref_idx).to(like)
-    values = torch.as_tensor(np.asarray(reference[key]) if not torch.is_tensor(reference[key]) else reference[key])
-    values = values.to(like)
+    values = _as_tensor(reference[key]).to(like)
     if values.dim() == 2:
         return torch.gather(values, 1, ref_idx.long().reshape(-1, 1)).reshape(ref_idx.shape)
     return values[ref_idx.long()]
@@ -125,9 +129,7 @@ def nearest_reference_index(
     """
     like = pos_x.detach()
     px, py = like[:, None], pos_y.detach().to(like)[:, None]
-    ref_x = reference["pos_x"] if torch.is_tensor(reference["pos_x"]) else torch.as_tensor(reference["pos_x"])
-    ref_y = reference["pos_y"] if torch.is_tensor(reference["pos_y"]) else torch.as_tensor(reference["pos_y"])
-    ref_x, ref_y = ref_x.to(like), ref_y.to(like)
+    ref_x, ref_y = _as_tensor(reference["pos_x"]).to(like), _as_tensor(reference["pos_y"]).to(like)
     if ref_x.dim() == 1:
         ref_x, ref_y = ref_x[None].expand(len(like), -1), ref_y[None].expand(len(like), -1)
     n_valid = reference.n.to(like.device) if isinstance(reference, TorchReference) else None

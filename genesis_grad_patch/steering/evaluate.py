@@ -51,6 +51,12 @@ class RunRecord:
     active: np.ndarray
     dt: float
 
+    @property
+    def n_active(self) -> int:
+        """Steps up to the end of the scored part of the run (finishing the path, failing, or the time limit)."""
+        idx = np.nonzero(self.active)[0]
+        return int(idx[-1]) + 2 if len(idx) else 1
+
 
 ControllerFactory = Callable[[TorchReference, np.ndarray], Callable[[Observation], torch.Tensor]]
 
@@ -178,7 +184,8 @@ def plot_trajectories(runs: dict[str, Sequence[RunRecord]], path: str | Path, ti
         ax.plot(ref["pos_x"], ref["pos_y"], "k--", lw=1.5, label="reference")
         for label in labels:
             rec = runs[label][j]
-            ax.plot(rec.x, rec.y, lw=1.2, label=label)
+            n = rec.n_active
+            ax.plot(rec.x[:n], rec.y[:n], lw=1.2, label=label)
         ax.set_title(ref.name)
         ax.set_aspect("equal", adjustable="datalim")
         ax.set_xlabel("x (m)")
@@ -200,10 +207,11 @@ def plot_errors(runs: dict[str, Sequence[RunRecord]], path: str | Path) -> Path:
     for j in range(n_paths):
         for label in labels:
             rec = runs[label][j]
-            t = np.arange(len(rec.e_lat)) * rec.dt
-            axes[0, j].plot(t, rec.e_lat, lw=1, label=label)
-            axes[1, j].plot(t, rec.e_head, lw=1, label=label)
-            axes[2, j].plot(t[: len(rec.steer_cmd)], rec.steer_cmd, lw=1, label=label)
+            n = min(rec.n_active, len(rec.steer_cmd))
+            t = np.arange(n) * rec.dt
+            axes[0, j].plot(t, rec.e_lat[:n], lw=1, label=label)
+            axes[1, j].plot(t, rec.e_head[:n], lw=1, label=label)
+            axes[2, j].plot(t, rec.steer_cmd[:n], lw=1, label=label)
         axes[0, j].set_title(runs[labels[0]][j].path.name)
         axes[2, j].set_xlabel("time (s)")
     axes[0, 0].set_ylabel("e_lat (m)")
