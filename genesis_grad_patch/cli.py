@@ -46,11 +46,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, command in SUBCOMMANDS.items():
         command.add_arguments(sub.add_parser(name, help=command.help, description=command.help))
+    # `doctor` and `gradcheck` (issue 4) set their own handler as `func`.
+    from . import cli_diagnostics
+
+    cli_diagnostics.register(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command not in SUBCOMMANDS:
+        return int(args.func(args) or 0)
     return int(SUBCOMMANDS[args.command].run(args) or 0)
 
 
