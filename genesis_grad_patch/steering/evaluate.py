@@ -241,7 +241,10 @@ def plot_training_curve(curves: dict[str, dict[str, Sequence[float]]], path: str
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+        else:
+            ax.set_visible(False)
     fig.tight_layout()
     return _save(fig, path)
 
