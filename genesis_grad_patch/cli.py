@@ -76,7 +76,12 @@ def _add_path_arguments(p: argparse.ArgumentParser, default_paths: str) -> None:
         metavar="FILE.csv",
         help="reference path CSV (columns pos_x, pos_y, yaw, speed); repeatable; replaces --paths",
     )
-    p.add_argument("--speed", type=float, default=1.5, help="reference speed of generated paths (m/s)")
+    p.add_argument(
+        "--speed",
+        default="1.5",
+        help="reference speed of generated paths (m/s); a comma-separated list makes one copy of each path per speed "
+        "(e.g. 0.5,1.5,3 to train a policy for the whole speed range)",
+    )
 
 
 def _paths_from_args(args):
@@ -84,7 +89,19 @@ def _paths_from_args(args):
 
     if args.reference:
         return [P.load_reference_csv(f) for f in args.reference]
-    return [P.make_path(name.strip(), speed=args.speed) for name in args.paths.split(",") if name.strip()]
+    speeds = _speeds(args)
+    paths = []
+    for name in (n.strip() for n in args.paths.split(",")):
+        for speed in speeds if name else ():
+            path = P.make_path(name, speed=speed)
+            if len(speeds) > 1:
+                path.name = f"{name}@{speed:g}"
+            paths.append(path)
+    return paths
+
+
+def _speeds(args) -> list[float]:
+    return [float(v) for v in str(args.speed).split(",") if v.strip()]
 
 
 def _add_train_arguments(p: argparse.ArgumentParser, iterations: int) -> None:
@@ -225,7 +242,7 @@ def _cmd_demo(args) -> int:
     t_start = time.time()
     out = Path(args.out)
     train_paths = _paths_from_args(args)
-    eval_paths = train_paths + ([P.make_path(args.held_out, speed=args.speed)] if args.held_out else [])
+    eval_paths = train_paths + ([P.make_path(args.held_out, speed=_speeds(args)[0])] if args.held_out else [])
     print(f"[demo] building the car scene ({args.n_envs} envs; the first run compiles kernels, ~1-2 min)")
     sim = SteeringSim(n_envs=args.n_envs, requires_grad=True)
     print(f"[demo] scene ready after {time.time() - t_start:.0f} s")
