@@ -12,9 +12,9 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install -q -c constraints.txt -e '.[dev,cli]'
 	touch $(STAMP)
 
-# Until the steering trainer lands (issue 3), the demo is the report's pattern 2.3: autograd next to finite differences.
+# Short end-to-end steering run (~3-5 min on 2 cores once the kernels are cached): Stanley, MLP before/after, plots.
 demo: $(STAMP)
-	$(PY) examples/report_pattern_2_3.py
+	$(VENV)/bin/genesis-grad demo --out out/demo
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
