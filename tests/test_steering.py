@@ -5,7 +5,9 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import UPSTREAM_MODE, assert_grad_close, central_fd
 
+import genesis_grad_patch
 from genesis_grad_patch.steering import paths as P
 from genesis_grad_patch.steering.error_state import (
     TorchReference,
@@ -93,6 +95,11 @@ def test_windowed_nearest_index_follows_progress_on_figure_eight():
 # ------------------------------------------------------------------ the car (one scene per module)
 
 
+def _skip_unless_differentiable_targets() -> None:
+    if not (genesis_grad_patch.is_installed() or UPSTREAM_MODE):
+        pytest.skip("neither the plugin nor the upstream patch: PD steering targets are not differentiable")
+
+
 @pytest.fixture(scope="module")
 def sim():
     from genesis_grad_patch.steering.sim import SteeringSim
@@ -131,11 +138,7 @@ def test_stanley_converges_on_straight_path(sim):
 
 
 def test_few_training_iterations_lower_the_loss(sim):
-    import genesis_grad_patch
-    from conftest import UPSTREAM_MODE
-
-    if not (genesis_grad_patch.is_installed() or UPSTREAM_MODE):
-        pytest.skip("genesis_grad_patch is not installed: PD steering targets are not differentiable")
+    _skip_unless_differentiable_targets()
     from genesis_grad_patch.steering.policy import SteeringMLP
     from genesis_grad_patch.steering.train import TrainConfig, sample_window_starts, train_gradient, window_loss
 
@@ -162,11 +165,7 @@ def test_few_training_iterations_lower_the_loss(sim):
 def test_closed_loop_gradient_through_contact_matches_finite_differences(sim):
     """The policy gradient of a closed-loop window (four sphere-plane wheel contacts per car, the pose read back by the
     getters into the next command) against central finite differences of the same rollout."""
-    import genesis_grad_patch
-    from conftest import UPSTREAM_MODE, assert_grad_close, central_fd
-
-    if not (genesis_grad_patch.is_installed() or UPSTREAM_MODE):
-        pytest.skip("genesis_grad_patch is not installed: PD steering targets are not differentiable")
+    _skip_unless_differentiable_targets()
     from genesis_grad_patch.steering.policy import SteeringMLP
     from genesis_grad_patch.steering.train import TrainConfig, sample_window_starts, window_loss
 
@@ -195,4 +194,3 @@ def test_closed_loop_gradient_through_contact_matches_finite_differences(sim):
     assert_grad_close(autograd, fd, rtol=1e-5)
     with torch.no_grad():
         last.weight.copy_(weight0)
-
