@@ -13,6 +13,7 @@ import genesis_grad_patch as ggp
 
 ASSETS = Path(__file__).parent / "assets"
 PLANAR_CAR = str(ASSETS / "planar_car.xml")
+DIAG_ARM = str(ASSETS / "diag_arm.xml")
 # The plugin is disabled when the suite runs against the upstream patch (scripts/check_upstream_patch.sh).
 UPSTREAM_MODE = os.environ.get(ggp.DISABLE_ENV_VAR) == "1"
 
@@ -76,3 +77,9 @@ def make_scene(*entities, n_envs: int = 0, dt: float = 0.01, substeps: int = 1, 
     added = [scene.add_entity(morph) for morph in entities]
     scene.build(n_envs=n_envs)
     return scene, added
+
+
+def build_diag_arm(requires_grad: bool = True):
+    """The two-joint arm of the strict-mode / doctor / gradcheck tests, without gravity. Returns (scene, arm)."""
+    scene, (arm,) = make_scene(gs.morphs.MJCF(file=DIAG_ARM), requires_grad=requires_grad)
+    return scene, arm

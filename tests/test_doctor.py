@@ -16,6 +16,7 @@ from pathlib import Path
 import genesis as gs
 import pytest
 import torch
+from conftest import build_diag_arm
 
 import genesis_grad_patch as ggp
 from genesis_grad_patch import strict
@@ -32,25 +33,13 @@ from genesis_grad_patch.doctor import (
 
 pytestmark = pytest.mark.plugin_only
 
-ARM = str(Path(__file__).parent / "assets" / "diag_arm.xml")
 HORIZON = 4
 REF = torch.tensor([0.4, -0.3], dtype=torch.float64)
 
 
-def build_arm(requires_grad: bool):
-    if not gs._initialized:
-        gs.init(backend=gs.cpu, precision="64", logging_level="warning")
-    scene = gs.Scene(
-        sim_options=gs.options.SimOptions(dt=0.01, requires_grad=requires_grad, gravity=(0, 0, 0)), show_viewer=False
-    )
-    arm = scene.add_entity(gs.morphs.MJCF(file=ARM))
-    scene.build()
-    return scene, arm
-
-
 @pytest.fixture(scope="module")
 def arm_scene():
-    return build_arm(requires_grad=True)
+    return build_diag_arm(requires_grad=True)
 
 
 @pytest.fixture(autouse=True)
@@ -247,7 +236,7 @@ def test_doctor_other_reasons(arm_scene):
 
 
 def test_doctor_scene_not_differentiable():
-    scene, arm = build_arm(requires_grad=False)
+    scene, arm = build_diag_arm(requires_grad=False)
     x = torch.tensor([0.2, 0.1], dtype=torch.float64, requires_grad=True)
     arm.control_dofs_position(x * 2)  # <non-differentiable scene>
     scene.step()

@@ -4,11 +4,10 @@ import argparse
 import json
 import sys
 import types
-from pathlib import Path
 
-import genesis as gs
 import pytest
 import torch
+from conftest import build_diag_arm
 
 import genesis_grad_patch as ggp
 from genesis_grad_patch.cli_diagnostics import register
@@ -17,20 +16,12 @@ from genesis_grad_patch.strict import GradientBreakWarning
 
 pytestmark = pytest.mark.plugin_only
 
-ARM = str(Path(__file__).parent / "assets" / "diag_arm.xml")
 HORIZON = 5
 
 
 @pytest.fixture(scope="module")
 def arm_scene():
-    if not gs._initialized:
-        gs.init(backend=gs.cpu, precision="64", logging_level="warning")
-    scene = gs.Scene(
-        sim_options=gs.options.SimOptions(dt=0.01, requires_grad=True, gravity=(0, 0, 0)), show_viewer=False
-    )
-    arm = scene.add_entity(gs.morphs.MJCF(file=ARM))
-    scene.build()
-    return scene, arm
+    return build_diag_arm(requires_grad=True)
 
 
 class DoubleGrad(torch.autograd.Function):

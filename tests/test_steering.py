@@ -194,3 +194,38 @@ def test_closed_loop_gradient_through_contact_matches_finite_differences(sim):
     assert_grad_close(autograd, fd, rtol=1e-5)
     with torch.no_grad():
         last.weight.copy_(weight0)
+
+
+def test_training_is_deterministic_for_a_seed(sim):
+    _skip_unless_differentiable_targets()
+    from genesis_grad_patch.steering.policy import SteeringMLP
+    from genesis_grad_patch.steering.train import TrainConfig, train_gradient
+
+    cfg = TrainConfig(horizon=30, seed=7)
+    weights, losses = [], []
+    for _ in range(2):
+        torch.manual_seed(0)
+        policy = SteeringMLP(hidden=(16,))
+        history = train_gradient(policy, sim, [P.sine(length=15.0)], iterations=2, cfg=cfg, progress=False)
+        weights.append(policy.flat_parameters())
+        losses.append(history["loss"])
+    assert losses[0] == losses[1]
+    torch.testing.assert_close(weights[0], weights[1], rtol=0.0, atol=0.0)
+
+
+def test_cli_train_then_eval_on_a_reference_csv(tmp_path, capsys):
+    _skip_unless_differentiable_targets()
+    from genesis_grad_patch.cli import main
+
+    csv = tmp_path / "ref.csv"
+    P.save_reference_csv(P.lane_change(length=4.0, offset=0.3, transition=2.0, speed=1.5), csv)
+    out = tmp_path / "out"
+    common = ["--reference", str(csv), "--out", str(out)]
+    train = ["train", *common, "--iterations", "1", "--horizon", "20", "--n-envs", "2", "--no-progress"]
+    assert main(train) == 0
+    checkpoint = out / "checkpoints" / "policy_last.pt"
+    assert checkpoint.is_file() and (out / "training_curve.png").is_file()
+    assert main(["eval", *common, "--policy", str(checkpoint), "--stanley", "--n-envs", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert "| mlp |" in printed and "| stanley" in printed
+    assert (out / "eval_trajectories.png").is_file() and (out / "eval_errors.png").is_file()

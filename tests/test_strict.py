@@ -2,12 +2,12 @@
 
 import inspect
 import warnings
-from pathlib import Path
 
 import genesis as gs
 import numpy as np
 import pytest
 import torch
+from conftest import build_diag_arm
 
 import genesis_grad_patch as ggp
 from genesis_grad_patch import patching, strict
@@ -15,28 +15,15 @@ from genesis_grad_patch.strict import GradientBreakError, GradientBreakWarning
 
 pytestmark = pytest.mark.plugin_only
 
-ARM = str(Path(__file__).parent / "assets" / "diag_arm.xml")
-
-
-def build_arm(requires_grad: bool):
-    if not gs._initialized:
-        gs.init(backend=gs.cpu, precision="64", logging_level="warning")
-    scene = gs.Scene(
-        sim_options=gs.options.SimOptions(dt=0.01, requires_grad=requires_grad, gravity=(0, 0, 0)), show_viewer=False
-    )
-    arm = scene.add_entity(gs.morphs.MJCF(file=ARM))
-    scene.build()
-    return scene, arm
-
 
 @pytest.fixture(scope="module")
 def grad_arm():
-    return build_arm(requires_grad=True)
+    return build_diag_arm(requires_grad=True)
 
 
 @pytest.fixture(scope="module")
 def plain_arm():
-    return build_arm(requires_grad=False)
+    return build_diag_arm(requires_grad=False)
 
 
 @pytest.fixture(autouse=True)
@@ -298,7 +285,7 @@ def test_backward_twice(grad_arm):
 
 
 def test_backward_after_destroy():
-    scene, arm = build_arm(requires_grad=True)
+    scene, arm = build_diag_arm(requires_grad=True)
     loss = short_rollout(scene, arm, tracked(0.2, -0.1), n=2)
     scene.destroy()
     # Stock Genesis runs the reverse pass of the destroyed scene anyway, since the entity keeps the simulator alive.
