@@ -31,6 +31,7 @@ from genesis_grad_patch.steering.evaluate import (
     evaluate_policy,
     format_metrics_table,
     mean_lateral_rms,
+    plot_errors,
     plot_training_curve,
     plot_trajectories,
 )
@@ -172,9 +173,9 @@ def main() -> None:
         f"forward only, incl. {len(es_hist['eval_env_steps'])} evals |"
     )
 
-    plot_trajectories(
-        {"MLP (gradient)": grad_runs, "Stanley": stanley_runs}, out / "benchmark_trajectories.png", "closed-loop"
-    )
+    runs = {"MLP (gradient)": grad_runs, "Stanley": stanley_runs}
+    plot_trajectories(runs, out / "benchmark_trajectories.png", "closed-loop")
+    plot_errors(runs, out / "benchmark_errors.png")
     plot_training_curve(
         {
             "gradient": {

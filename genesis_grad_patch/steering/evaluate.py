@@ -231,7 +231,12 @@ def plot_training_curve(curves: dict[str, dict[str, Sequence[float]]], path: str
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for label, c in curves.items():
         if c.get("loss"):
-            axes[0].plot(c["loss_env_steps"] if "loss_env_steps" in c else c["env_steps"], c["loss"], lw=1, label=label)
+            steps, loss = np.asarray(c["env_steps"]), np.asarray(c["loss"])
+            # Each window is one sample of a noisy loss: show it faint, and its running mean over 25 windows.
+            (line,) = axes[0].plot(steps, loss, lw=0.5, alpha=0.3)
+            k = min(25, len(loss))
+            smooth = np.convolve(loss, np.ones(k) / k, mode="valid")
+            axes[0].plot(steps[k - 1 :], smooth, lw=1.5, color=line.get_color(), label=f"{label} (mean of {k})")
         if c.get("lateral_rms"):
             axes[1].plot(c["eval_env_steps"], c["lateral_rms"], "o-", lw=1, ms=3, label=label)
     axes[0].set_ylabel("training loss (window)")

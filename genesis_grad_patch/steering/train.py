@@ -15,9 +15,9 @@ that of the policy; over many steps the product can explode (an aggressive polic
    heading, then lateral position, ~0.5 s) and to see a curve coming through the preview, and short enough that
    the Jacobian product stays well conditioned. Restarting from states sampled around the whole path, with offsets,
    instead of continuing the previous window, gives independent windows (decorrelated mini-batches) and covers the
-   recovery states a policy must handle. Measured: with the initial policy the gradient norm grows smoothly with the
-   window (no blow-up up to 300 steps), and the gradient through contact matches central finite differences to
-   1e-9 (see the report in the README).
+   recovery states a policy must handle. Measured (``gradient_norm_vs_horizon``, README): with the untrained policy
+   the gradient of a late error grows like ~h^3 with the window (polynomial, not geometric); with a trained one it
+   stays flat. The closed-loop gradient through the wheel contacts matches central finite differences to ~1e-9.
 2. Per-step loss discounting (``gamma``): step t weighs gamma^t (normalized). Late steps are reached through the
    longest Jacobian chains, where explosion/vanishing happens first, and a late error is also the least attributable
    to the first actions of the window; gamma = 0.99 halves the weight over ~0.7 s.
