@@ -156,7 +156,7 @@ def _assign_detached(tensor, indices, value, *args, **kwargs):
     field view an autograd history, and the next plain write to it fails ("a leaf Variable that requires grad is being
     used in an in-place operation"). The tape holds the tracked tensor; the field only needs its value.
     """
-    if isinstance(value, torch.Tensor):
+    if isinstance(value, torch.Tensor) and value.requires_grad:
         value = value.detach()
     return _stock_assign(tensor, indices, value, *args, **kwargs)
 

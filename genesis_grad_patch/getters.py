@@ -20,7 +20,6 @@ from genesis.constants import link_ref_frame
 from genesis.engine.solvers.base_solver import StateChange, Subscriber
 from genesis.engine.solvers.kinematic_solver import _offset_world_shift, _select_links_offset
 from genesis.engine.solvers.rigid.rigid_solver import RigidSolver
-from genesis.engine.states.solvers import RigidSolverState
 from genesis.utils.misc import indices_to_mask, qd_to_torch
 
 from . import patching
@@ -58,20 +57,40 @@ def read_state(solver: RigidSolver):
     return state
 
 
-def _get_state_zerocopy(solver: RigidSolver) -> RigidSolverState:
+class GetterState:
     """
-    `RigidSolver.get_state()` with torch copies of the zero-copy field views instead of `kernel_get_state`.
+    The part of a `RigidSolverState` that carries gradient back into the rigid solver.
+
+    `KinematicSolver.add_grad_from_state`, which the rigid solver inherits, reads the gradients of `qpos`, `dofs_vel`,
+    `links_pos` and `links_quat` only: the `dofs_acc` and `friction_ratio` of a full state would be copied, taped and
+    given a gradient that nothing reads, on every step a getter is called.
+    """
+
+    __slots__ = ("scene", "_s_global", "qpos", "dofs_vel", "links_pos", "links_quat")
+
+    @property
+    def grad_tensors(self) -> tuple[torch.Tensor, ...]:
+        return (self.qpos, self.dofs_vel, self.links_pos, self.links_quat)
+
+    @property
+    def s_global(self) -> int:
+        return self._s_global
+
+
+def _get_state_zerocopy(solver: RigidSolver) -> GetterState:
+    """
+    The differentiable fields of `RigidSolver.get_state()`, as torch copies of the zero-copy field views.
 
     Same values, same registration (read node of the current step, gradients handed back by `add_grad_from_state`),
     but a few tensor copies cost far less than the launch of a kernel with six array arguments on the CPU backend.
     """
     solver.update_forward_pos()
-    state = RigidSolverState.__new__(RigidSolverState)
+    state = GetterState()
     state.scene, state._s_global = solver._scene, solver.sim.cur_step_global
     dofs, links = solver.dyn_state.dofs, solver.dyn_state.links
-    fields = (solver.rigid_info.qpos, dofs.vel, dofs.acc, links.pos, links.quat, solver.dyn_state.geoms.friction_ratio)
+    fields = (solver.rigid_info.qpos, dofs.vel, links.pos, links.quat)
     copies = (qd_to_torch(field, transpose=True).clone(memory_format=torch.contiguous_format) for field in fields)
-    state.qpos, state.dofs_vel, state.dofs_acc, state.links_pos, state.links_quat, state.friction_ratio = copies
+    state.qpos, state.dofs_vel, state.links_pos, state.links_quat = copies
     solver._queried_states.append(state)
     return state
 
