@@ -447,9 +447,8 @@ def _detached_source(value, frame: FrameType | None, epoch: int):
 CONTROLS = ("control_dofs_force", "control_dofs_velocity", "control_dofs_position", "control_dofs_position_velocity")
 TAPED_SETTERS = ("set_pos", "set_quat", "set_dofs_velocity")
 # Setters that take state or parameters without any gradient path: a tracked input is dropped.
-DROPPING_ENTITY_SETTERS = (
-    "set_qpos",
-    "set_dofs_position",
+# Dof parameters: set on an entity or on the solver alike, never differentiated.
+_DOF_PARAMETER_SETTERS = (
     "set_dofs_kp",
     "set_dofs_kv",
     "set_dofs_act_gain",
@@ -457,10 +456,15 @@ DROPPING_ENTITY_SETTERS = (
     "set_dofs_force_range",
     "set_dofs_limit",
     "set_dofs_stiffness",
-    "set_dofs_invweight",
     "set_dofs_armature",
     "set_dofs_damping",
     "set_dofs_frictionloss",
+)
+DROPPING_ENTITY_SETTERS = (
+    "set_qpos",
+    "set_dofs_position",
+    *_DOF_PARAMETER_SETTERS,
+    "set_dofs_invweight",
     "set_links_mass",
     "set_links_invweight",
     "set_links_COM",
@@ -482,16 +486,7 @@ DROPPING_SOLVER_SETTERS = (
     "set_links_mass",
     "set_links_inertia",
     "set_links_COM",
-    "set_dofs_kp",
-    "set_dofs_kv",
-    "set_dofs_act_gain",
-    "set_dofs_act_bias",
-    "set_dofs_force_range",
-    "set_dofs_limit",
-    "set_dofs_stiffness",
-    "set_dofs_armature",
-    "set_dofs_damping",
-    "set_dofs_frictionloss",
+    *_DOF_PARAMETER_SETTERS,
     "apply_links_external_wrench",
 )
 # Getters of state whose gradient is supported neither by Genesis nor by the plugin: their tensors are detached.
