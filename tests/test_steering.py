@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import UPSTREAM_MODE, assert_grad_close, central_fd
+from conftest import UPSTREAM_MODE, assert_grad_close, central_fd, stock_genesis
 
 import genesis_grad_patch
 from genesis_grad_patch.steering import paths as P
@@ -194,6 +194,16 @@ def test_closed_loop_gradient_through_contact_matches_finite_differences(sim):
     assert_grad_close(autograd, fd, rtol=1e-5)
     with torch.no_grad():
         last.weight.copy_(weight0)
+    if not UPSTREAM_MODE:
+        # Stock Genesis breaks the chain: its zero-copy writer refuses the tracked steering target once the field view
+        # was cached by the untracked FD rollouts, and otherwise the pose is read back detached.
+        with stock_genesis():
+            try:
+                traj = sim.rollout(reference, policy, start, cfg.horizon, preview_distances=policy.preview_distances)
+                broken = not traj.stack("e_lat").requires_grad
+            except RuntimeError as exc:
+                broken = "view was created in no_grad mode" in str(exc)
+        assert broken
 
 
 def test_training_is_deterministic_for_a_seed(sim):
