@@ -49,9 +49,10 @@ def install() -> None:
     if patching.is_patched():
         return
     check_genesis_version()
-    from . import compat, control, getters, strict
+    from . import compat, control, getters, replay, strict
 
     control.install()
+    replay.install()
     getters.install()
     compat.install()
     strict.install()
@@ -61,9 +62,10 @@ def uninstall() -> None:
     """Revert every patch: Genesis behaves exactly as stock again (idempotent)."""
     if not patching.is_patched():
         return
-    from . import getters
+    from . import getters, replay
 
     getters.uninstall()
+    replay.clear()
     patching.revert_all()
 
 

@@ -1,0 +1,201 @@
+"""
+Replay fidelity: the reverse pass rebuilds every step with the controls and model parameters that step ran with.
+
+In a differentiable scene Genesis checkpoints each step, but a checkpoint holds only `qpos`, `dofs_vel` and
+`dofs_acc`. To reverse a step it restores that state and replays the calls taped at that step alone. Everything else a
+step reads that user calls can change between steps keeps its backward-time value: the control fields
+(`ctrl_force/pos/vel/mode`), which a call leaves in place for every later step, and the model parameters (gains,
+damping, masses, gravity, ...). A step without a call of its own (a decimated policy, a held target) was therefore
+replayed with the targets, mode and gains of the last call of the rollout, silently.
+
+This module records, per rollout, every change of such data at the step it took effect, and writes the right values
+back before each replayed step:
+
+- the control fields and gravity are compared with their last recorded value after every step (a few small arrays);
+- the other model parameters (every array Genesis classifies as `DataKind.INFO`) are compared only after Genesis
+  notified a model change (`StateChange.MODEL`, which every `@mutates`-tagged setter sends);
+- only the arrays that changed are copied, once per change: a rollout whose controls and parameters stay the same pays
+  for the comparisons and nothing else.
+
+The gradient fields are never touched, so the gradient a held target accumulates over the steps it drove reaches the
+call that wrote it. After the reverse pass the solver holds the data of the earliest reversed step, as its state does;
+`scene.reset()` puts back the model parameters of the end of the rollout, which stock Genesis keeps across a reset.
+"""
+
+import weakref
+
+import genesis as gs
+import torch
+from genesis.engine.solvers.base_solver import StateChange, Subscriber
+from genesis.engine.solvers.rigid.rigid_solver import RigidSolver
+from genesis.utils.array_class import ArrayItem, DataKind
+from genesis.utils.misc import data_to_array
+
+from . import patching
+
+# Arrays compared after every step: the control fields (written by every control call, taped or not) and gravity
+# (written by `set_gravity`, which sends no mutation notification).
+WATCHED = (
+    "dyn_state.dofs.ctrl_force",
+    "dyn_state.dofs.ctrl_pos",
+    "dyn_state.dofs.ctrl_vel",
+    "dyn_state.dofs.ctrl_mode",
+    "rigid_info.gravity",
+)
+
+
+def _read(array) -> torch.Tensor:
+    return data_to_array(array, to_torch=True, copy=True)
+
+
+def _write(array, value: torch.Tensor) -> None:
+    if gs.use_zerocopy:
+        data_to_array(array, to_torch=True, copy=False).copy_(value)
+    else:
+        array.from_numpy(value.cpu().numpy())
+
+
+class ReplayRecord:
+    """
+    The controls and model parameters of one rigid solver, as each step of the current rollout ran with them.
+
+    `versions[name]` lists `(first substep, value)` for every array that changed during the rollout, the value before
+    the first change included; `applied[name]` is the version the array holds now (by identity), so that replaying a
+    window of steps without a change writes nothing.
+    """
+
+    def __init__(self, solver: RigidSolver):
+        self._sim = solver.sim
+        items = {
+            item.name: item.array
+            for item in solver.data
+            if isinstance(item, ArrayItem)
+            and (item.kind == DataKind.INFO or item.name in WATCHED)
+            and not item.name.endswith(".grad")
+            and "adjoint_cache" not in item.name
+        }
+        self.watched = {name: items.pop(name) for name in WATCHED if name in items}
+        self.model = items
+        # Lazy subscription: model changes accumulate until the next step looks at them.
+        self.subscriber = Subscriber(to=frozenset({StateChange.MODEL}))
+        solver.subscribe(self.subscriber)
+        self.current = {name: _read(array) for name, array in (self.watched | self.model).items()}
+        self.epoch = None
+        self.versions: dict[str, list[tuple[int, torch.Tensor]]] = {}
+        self.applied: dict[str, torch.Tensor] = {}
+        self.end_values: dict[str, torch.Tensor] = {}
+        self.rewinding = False
+
+    def _record(self, name: str, array, first_substep: int) -> None:
+        """Compare one array with its last recorded value and record a new version if it changed."""
+        value = data_to_array(array, to_torch=True, copy=False) if gs.use_zerocopy else _read(array)
+        previous = self.current[name]
+        if torch.equal(value, previous):
+            return
+        value = value.clone()
+        versions = self.versions.setdefault(name, [(0, previous)])
+        if self.rewinding:
+            # Changed after the last step of the rollout (by a call that no step followed): every replayed step ran
+            # with the recorded value, and the value of the end goes back at reset like any rewound one.
+            self.end_values.setdefault(name, value)
+            self.applied.pop(name, None)
+            return
+        versions.append((first_substep, value))
+        self.current[name] = self.applied[name] = value
+
+    def _scan(self, first_substep: int) -> None:
+        for name, array in self.watched.items():
+            self._record(name, array, first_substep)
+        if self.subscriber.pending:
+            self.subscriber.clear()
+            for name, array in self.model.items():
+                self._record(name, array, first_substep)
+
+    def after_step(self, first_substep: int) -> None:
+        """Record what changed for the step that starts at global substep `first_substep` and just ran."""
+        epoch = self._sim._grad_epoch
+        if epoch != self.epoch:
+            self.epoch = epoch
+            self.versions.clear()
+            self.applied.clear()
+            self.end_values.clear()
+        self.rewinding = False
+        self._scan(first_substep)
+
+    def before_replay(self, first_substep: int) -> None:
+        """Write back the data the step starting at global substep `first_substep` ran with, before it is replayed."""
+        if self.epoch != self._sim._grad_epoch:
+            return
+        if not self.rewinding:
+            # First replay of this backward pass: data changed since the last step must be rewound as well.
+            self.rewinding = True
+            self._scan(first_substep)
+        for name, versions in self.versions.items():
+            value = next(value for start, value in reversed(versions) if start <= first_substep)
+            if self.applied.get(name) is value:
+                continue
+            array = self.watched.get(name, self.model.get(name))
+            if name not in self.end_values:
+                self.end_values[name] = _read(array)
+            _write(array, value)
+            self.applied[name] = value
+
+    def restart(self) -> None:
+        """
+        Forget the rollout at `scene.reset()`, first putting back the model parameters it ended with if the reverse
+        pass rewound them (the reset itself restarts the controls).
+        """
+        if self.rewinding:
+            for name, value in self.end_values.items():
+                if name not in self.model and name != "rigid_info.gravity":
+                    continue
+                _write(self.watched.get(name, self.model.get(name)), value)
+                self.current[name] = value
+        self.rewinding = False
+        self.end_values.clear()
+        self.versions.clear()
+        self.applied.clear()
+        self.epoch = None
+
+
+_records: "weakref.WeakKeyDictionary[RigidSolver, ReplayRecord]" = weakref.WeakKeyDictionary()
+
+
+def record_of(solver: RigidSolver) -> ReplayRecord:
+    record = _records.get(solver)
+    if record is None:
+        record = _records[solver] = ReplayRecord(solver)
+    return record
+
+
+def save_ckpt(self: RigidSolver, ckpt_name: str) -> None:
+    patching.original(RigidSolver, "save_ckpt")(self, ckpt_name)
+    if self._requires_grad:
+        record_of(self).after_step(int(ckpt_name))
+
+
+def load_ckpt(self: RigidSolver, ckpt_name: str) -> None:
+    patching.original(RigidSolver, "load_ckpt")(self, ckpt_name)
+    record = _records.get(self)
+    if record is not None:
+        record.before_replay(int(ckpt_name))
+
+
+def reset_grad(self: RigidSolver) -> None:
+    record = _records.get(self)
+    if record is not None:
+        record.restart()
+    patching.original(RigidSolver, "reset_grad")(self)
+
+
+def install() -> None:
+    patching.patch(RigidSolver, "save_ckpt", save_ckpt)
+    patching.patch(RigidSolver, "load_ckpt", load_ckpt)
+    patching.patch(RigidSolver, "reset_grad", reset_grad)
+
+
+def clear() -> None:
+    """Forget every record and unsubscribe from the solvers (used by `uninstall`)."""
+    for solver, record in list(_records.items()):
+        solver._subscribers.discard(record.subscriber)
+    _records.clear()

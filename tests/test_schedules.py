@@ -1,0 +1,156 @@
+"""
+Control schedules a real controller uses: decimated, held, overridden targets, mode switches, gains changed mid-rollout.
+
+In a differentiable scene the reverse pass rebuilds each step from its checkpoint and replays the calls taped at that
+step. A step without a call must then be replayed with the targets, modes and parameters it ran with, not with those
+of the last call of the rollout. Each test is one row of the table of issue 9 (measured on the old main: 2e-3 to 0.76
+relative error), checked against central finite differences in float64.
+"""
+
+import genesis as gs
+import pytest
+import torch
+from conftest import DIAG_ARM, UPSTREAM_MODE, assert_grad_close, central_fd, make_scene, stock_genesis
+
+
+@pytest.fixture(scope="module")
+def arm():
+    scene, (arm,) = make_scene(gs.morphs.MJCF(file=DIAG_ARM))
+    return scene, arm
+
+
+@pytest.fixture(scope="module")
+def arms4():
+    scene, (arm,) = make_scene(gs.morphs.MJCF(file=DIAG_ARM), n_envs=4)
+    return scene, arm
+
+
+def observe(scene) -> torch.Tensor:
+    """A loss every dof reaches, through `get_state()` (differentiable on stock Genesis too)."""
+    state = scene.sim.rigid_solver.get_state()
+    return (state.qpos**2).sum() + 0.1 * (state.dofs_vel**2).sum()
+
+
+def rollout(scene, apply, x: torch.Tensor, horizon: int) -> torch.Tensor:
+    scene.reset()
+    loss = 0.0
+    for t in range(horizon):
+        apply(t, x)
+        scene.step()
+        loss = loss + observe(scene)
+    return loss
+
+
+def autograd_and_fd(scene, apply, x, horizon, coords=None, eps=1e-5):
+    x = x.detach().clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(rollout(scene, apply, x, horizon), x)
+    coords = list(range(x.numel())) if coords is None else coords
+    fd = central_fd(lambda y: rollout(scene, apply, y, horizon), x, coords, eps=eps)
+    return grad.reshape(-1)[coords], fd
+
+
+def check(scene, apply, x, horizon, coords=None):
+    grad, fd = autograd_and_fd(scene, apply, x, horizon, coords)
+    assert grad.abs().max() > 0
+    assert_grad_close(grad, fd, rtol=1e-6)
+
+
+def relative_error(grad, fd) -> float:
+    return ((grad - fd).abs().max() / fd.abs().max()).item()
+
+
+def _arg(values) -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.float64)
+
+
+def test_decimated_position_target(arm):
+    """A policy at 1/5 of the simulation rate: a tracked target every 5th step, held in between (old main: 2.1e-3)."""
+    scene, arm = arm
+
+    def apply(t, x):
+        if t % 5 == 0:
+            arm.control_dofs_position(x[t // 5])
+
+    check(scene, apply, _arg([[0.3, -0.2], [0.1, 0.4], [-0.3, 0.2], [0.25, -0.1]]), horizon=20)
+
+
+def test_held_position_target_then_force(arm):
+    """A tracked target held 4 steps, then an untracked force takes the dofs over (old main: 0.64)."""
+    scene, arm = arm
+
+    def apply(t, x):
+        if t == 0:
+            arm.control_dofs_position(x)
+        elif t == 5:
+            arm.control_dofs_force(_arg([0.1, -0.05]))
+
+    check(scene, apply, _arg([0.3, -0.2]), horizon=10)
+
+
+def test_held_force_then_position_target(arm):
+    """A tracked force held 4 steps, then an untracked position target (old main and stock Genesis: 0.76)."""
+    scene, arm = arm
+
+    def apply(t, x):
+        if t == 0:
+            arm.control_dofs_force(x)
+        elif t == 5:
+            arm.control_dofs_position(_arg([0.2, 0.1]))
+
+    x = _arg([0.8, -0.5])
+    check(scene, apply, x, horizon=10)
+    if not UPSTREAM_MODE:
+        with stock_genesis():
+            grad, fd = autograd_and_fd(scene, apply, x, horizon=10)
+        assert relative_error(grad, fd) > 1e-2, "stock Genesis replays the held force with the later mode"
+
+
+def test_velocity_then_position_target(arm):
+    """A tracked velocity target at step 0, a tracked position target at step 3 (old main: 8.7e-4)."""
+    scene, arm = arm
+
+    def apply(t, x):
+        if t == 0:
+            arm.control_dofs_velocity(x[0])
+        elif t == 3:
+            arm.control_dofs_position(x[1])
+
+    check(scene, apply, _arg([[0.5, -0.4], [0.2, 0.3]]), horizon=8)
+
+
+def test_decimated_env_subset_with_untracked_call(arms4):
+    """4 envs: a tracked target every 4th step on envs 1 and 3, an untracked one on all envs at step 2 (7.1e-4)."""
+    scene, arm = arms4
+
+    def apply(t, x):
+        if t % 4 == 0:
+            arm.control_dofs_position(x[t // 4], envs_idx=[1, 3])
+        if t == 2:
+            arm.control_dofs_position(torch.full((4, 2), 0.05, dtype=torch.float64))
+
+    x = 0.3 * torch.sin(torch.arange(12, dtype=torch.float64)).reshape(3, 2, 2)
+    check(scene, apply, x, horizon=12)
+
+
+def test_gain_changed_mid_rollout(arm):
+    """A tracked initial velocity, then `set_dofs_kv` changes the gain at step 10 of 20 (old main and stock: 0.52)."""
+    scene, arm = arm
+    kv = arm.get_dofs_kv().clone()
+
+    def apply(t, x):
+        if t == 0:
+            arm.set_dofs_kv(kv)
+            arm.set_dofs_velocity(x)
+            arm.control_dofs_position(_arg([0.0, 0.0]))
+        elif t == 10:
+            arm.set_dofs_kv(4 * kv)
+
+    x = _arg([1.0, -0.7])
+    try:
+        check(scene, apply, x, horizon=20)
+        if not UPSTREAM_MODE:
+            with stock_genesis():
+                grad, fd = autograd_and_fd(scene, apply, x, horizon=20)
+            assert relative_error(grad, fd) > 1e-2, "stock Genesis replays steps 0-9 with the gain of step 10"
+    finally:
+        arm.set_dofs_kv(kv)
