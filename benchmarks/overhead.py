@@ -4,7 +4,8 @@ Overhead of the plugin against stock Genesis, measured side by side in one proce
 Each measurement alternates stock (plugin uninstalled) and plugin runs of the same workload, and reports the ratio of
 their medians, so that machine noise hits both alike. Targets: off-grad forward step <= 1.01, grad-mode forward with
 getters every step <= 1.05, backward of a PD-target rollout against the stock backward of the same rollout driven by
-`control_dofs_force` <= 1.05.
+`control_dofs_force` <= 1.05, and the replay record (forward + backward of a decimated rollout, tracked targets every
+5th step and held in between, against stock re-sending them every step, which stock replays exactly) <= 1.05.
 
 Usage: python benchmarks/overhead.py [--steps 100] [--repeats 9]
 """
@@ -120,6 +121,39 @@ def main() -> None:
             "backward: PD targets (plugin) vs forces (stock)",
             statistics.median(stock_bw),
             statistics.median(plugin_bw),
+            1.05,
+        )
+    )
+
+    # The replay record: forward + backward of tracked forces, held between the ticks of a 5x slower policy (plugin,
+    # exact) against the same rollout re-sending them every step (stock, exact); then both re-sending every step, the
+    # record's worst case (a copy of the control fields per step).
+    def forward_backward(every: int):
+        def run():
+            x = targets.clone().requires_grad_()
+            grad_scene.reset()
+            loss = 0.0
+            for t in range(steps):
+                if t % every == 0:
+                    grad_car.control_dofs_force(x[t], dofs_idx_local=STEER)
+                grad_scene.step()
+                loss = loss + (grad_scene.sim.rigid_solver.get_state().qpos ** 2).sum()
+            loss.backward()
+
+        return run
+
+    every_step, decimated = forward_backward(1), forward_backward(5)
+    rows.append(
+        (
+            "replay: decimated forces (plugin) vs every step (stock), fwd+bwd",
+            *side_by_side(every_step, decimated, args.repeats),
+            1.05,
+        )
+    )
+    rows.append(
+        (
+            "replay: forces every step, plugin vs stock, fwd+bwd",
+            *side_by_side(every_step, every_step, args.repeats),
             1.05,
         )
     )

@@ -75,9 +75,13 @@ def schedules(draw) -> Schedule:
             dofs = tuple(draw(st.lists(st.integers(0, n_dofs - 1), min_size=1, max_size=n_dofs, unique=True)))
             envs = None
             if n_envs and draw(st.booleans()):
-                envs = tuple(sorted(draw(st.lists(st.integers(0, n_envs - 1), min_size=1, max_size=n_envs, unique=True))))
+                envs = tuple(
+                    sorted(draw(st.lists(st.integers(0, n_envs - 1), min_size=1, max_size=n_envs, unique=True)))
+                )
             step_calls.append(
-                Call(draw(st.sampled_from(METHODS)), on_solver, draw(st.integers(0, 1)), dofs, envs, draw(st.booleans()))
+                Call(
+                    draw(st.sampled_from(METHODS)), on_solver, draw(st.integers(0, 1)), dofs, envs, draw(st.booleans())
+                )
             )
         if step_calls:
             calls[t] = tuple(step_calls)
@@ -88,7 +92,9 @@ def schedules(draw) -> Schedule:
     damping = st.tuples(*[st.floats(0.2, 3.0)] * 4)
     changes = draw(st.lists(st.integers(0, horizon - 1), max_size=2, unique=True))
     gains = {t: (draw(gain), draw(damping)) for t in changes}
-    return Schedule(n_envs, draw(st.sampled_from(SUBSTEPS)), horizon, decimation, calls, gains, draw(st.integers(0, 999)))
+    return Schedule(
+        n_envs, draw(st.sampled_from(SUBSTEPS)), horizon, decimation, calls, gains, draw(st.integers(0, 999))
+    )
 
 
 def _arg_shapes(call: Call, n_envs: int) -> list[tuple[int, ...]]:
@@ -111,7 +117,7 @@ class Rollout:
         self.constants, self.slices, n = {}, {}, 0
         for t, step_calls in schedule.calls.items():
             for i, call in enumerate(step_calls):
-                for j, (shape, scale) in enumerate(zip(_arg_shapes(call, schedule.n_envs), _scales(call))):
+                for j, (shape, scale) in enumerate(zip(_arg_shapes(call, schedule.n_envs), _scales(call), strict=True)):
                     value = scale * (2 * torch.rand(shape, generator=gen, dtype=torch.float64) - 1)
                     if call.tracked:
                         self.slices[t, i, j] = (n, shape)
