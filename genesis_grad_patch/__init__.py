@@ -49,10 +49,11 @@ def install() -> None:
     if patching.is_patched():
         return
     check_genesis_version()
-    from . import compat, control, getters, replay, strict
+    from . import compat, control, getters, replay, strict, tape_guards
 
     control.install()
     replay.install()
+    tape_guards.install()
     getters.install()
     compat.install()
     strict.install()

@@ -168,10 +168,9 @@ def _assign_detached(tensor, indices, value, *args, **kwargs):
     """
     if isinstance(value, torch.Tensor) and value.requires_grad:
         value = value.detach()
-    return _stock_assign(tensor, indices, value, *args, **kwargs)
-
-
-_stock_assign = rigid_solver.assign_indexed_tensor
+    # Looked up at call time, not captured at import: `importlib.reload` of this module would capture the patched
+    # function itself and recurse.
+    return patching.original(rigid_solver, "assign_indexed_tensor")(tensor, indices, value, *args, **kwargs)
 
 
 def install() -> None:

@@ -31,7 +31,7 @@ from genesis.engine.solvers.rigid.rigid_solver import RigidSolver
 from genesis.utils.array_class import ArrayItem, DataKind
 from genesis.utils.misc import data_to_array
 
-from . import patching
+from . import patching, tape_guards
 
 # Arrays compared after every step: the control fields (written by every control call, taped or not) and gravity
 # (written by `set_gravity`, which sends no mutation notification).
@@ -172,6 +172,7 @@ def save_ckpt(self: RigidSolver, ckpt_name: str) -> None:
     patching.original(RigidSolver, "save_ckpt")(self, ckpt_name)
     if self._requires_grad:
         record_of(self).after_step(int(ckpt_name))
+        tape_guards.note_step(self.sim)
 
 
 def load_ckpt(self: RigidSolver, ckpt_name: str) -> None:

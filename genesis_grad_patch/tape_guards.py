@@ -1,0 +1,155 @@
+"""
+Guards of the gradient tape: misuse that stock Genesis answers with a crash, a stale error or a silently wrong gradient
+gets a clear error at the point of misuse, and leaves nothing behind.
+
+- A tracked input given twice to the same dof or environment is refused: the field keeps the last duplicate, but the
+  gradient read back from it cannot be split between the duplicates (all of it went to the first one).
+- A taped call that raises (a target of the wrong length, say) is taken off the pending tape again: stock Genesis tapes
+  it before running it, so every later `scene.step()`, even after `scene.reset()`, raised the same error again.
+- A taped input modified in place between its step and the backward pass is detected the way torch detects it (the
+  tensor's version counter), since the reverse pass replays the step from the input's current value.
+- Double backward (`create_graph=True`) through a step is refused: the reverse pass is hand-written and has no
+  gradient of its own (stock Genesis segfaults).
+- A step run under `torch.no_grad()` in the middle of a differentiable rollout cuts the chain of step nodes; a later
+  state read says so and names the steps, instead of torch's "can't retain_grad on Tensor that has requires_grad=False".
+"""
+
+from functools import wraps
+from inspect import signature
+
+import genesis as gs
+import torch
+from genesis.engine.entities.rigid_entity.rigid_entity import RigidEntity
+from genesis.engine.simulator import Simulator
+from genesis.grad.bridge import StepNode
+
+from . import patching
+
+# The entity methods Genesis tapes in a differentiable scene (`@tracked`).
+TAPED_METHODS = (
+    "set_pos",
+    "set_quat",
+    "set_dofs_velocity",
+    "control_dofs_force",
+    "control_dofs_velocity",
+    "control_dofs_position",
+    "control_dofs_position_velocity",
+)
+
+# Simulator -> global steps of the current rollout that ran under torch.no_grad() (reset by `reset_grad`).
+_NO_GRAD_STEPS_ATTR = "_grad_patch_no_grad_steps"
+
+
+def _refuse_duplicates(method: str, dofs_idx, envs_idx) -> None:
+    """
+    Refuse a tracked target given twice to the same dof or environment.
+
+    The field keeps the last duplicate's value, but the gradient read back from it cannot be split between the
+    duplicates: all of it went to the first entry (issue 10, item 1). Solver calls arrive here split into entity calls.
+    """
+    for what, indices in (("dof", dofs_idx), ("environment", envs_idx)):
+        if indices is None or isinstance(indices, (int, slice, range)):
+            continue
+        flat = torch.as_tensor(indices).reshape(-1)
+        if flat.dtype == torch.bool:
+            continue
+        unique, counts = flat.unique(return_counts=True)
+        if (counts > 1).any():
+            gs.raise_exception(
+                f"{method} got the same {what} index more than once ({unique[counts > 1].tolist()}) with a target that "
+                f"tracks gradients: the {what} is driven by the last duplicate, but its gradient cannot be split "
+                f"between the duplicates. Pass each {what} once."
+            )
+
+
+def _untaped_on_error(name: str):
+    stock = getattr(RigidEntity, name)
+    sig = signature(stock)
+
+    @wraps(stock)
+    def wrapper(self: RigidEntity, *args, **kwargs):
+        if not self._update_tgt_while_set:
+            return stock(self, *args, **kwargs)
+        if any(isinstance(value, torch.Tensor) and value.requires_grad for value in (*args, *kwargs.values())):
+            arguments = sig.bind(self, *args, **kwargs).arguments
+            _refuse_duplicates(name, arguments.get("dofs_idx_local"), arguments.get("envs_idx"))
+        # `@tracked` tapes the call, then runs it: a call that raises must not stay on the tape.
+        pending = dict(self._tgt)
+        try:
+            return stock(self, *args, **kwargs)
+        except BaseException:
+            self._tgt = pending
+            raise
+
+    return wrapper
+
+
+def _step_forward(ctx, sim, step, epoch, token, *inputs):
+    token = patching.original(StepNode, "forward")(ctx, sim, step, epoch, token, *inputs)
+    # Saved so that torch checks their version counters at backward: the reverse pass replays the step from the
+    # inputs' current values.
+    ctx.save_for_backward(*inputs)
+    return token
+
+
+def _step_backward(ctx, token_grad):
+    if torch.is_grad_enabled():
+        gs.raise_exception(
+            "Double backward through a Genesis step is not supported (`create_graph=True`): the reverse pass of the "
+            "simulation has no gradient of its own. Call `backward()` / `torch.autograd.grad()` without "
+            "`create_graph=True`; the first-order gradient is exact."
+        )
+    try:
+        _ = ctx.saved_tensors  # raises if an input was modified in place since the step
+    except RuntimeError as error:
+        if "inplace" not in str(error):
+            raise
+        gs.raise_exception(
+            f"A control input taped at step {ctx.step - 1} (counted from 0 at the last reset) has been modified by an inplace operation since that step, so "
+            f"the reverse pass would replay the step with another value. Pass a tensor that stays unchanged until "
+            f"backward (e.g. `x.clone()`), or modify a copy. ({error})"
+        )
+    return patching.original(StepNode, "backward")(ctx, token_grad)
+
+
+def note_step(sim: Simulator) -> None:
+    """Remember the steps of a differentiable rollout run under `torch.no_grad()` (called after each step)."""
+    if not torch.is_grad_enabled():
+        sim.__dict__.setdefault(_NO_GRAD_STEPS_ATTR, []).append(sim.cur_step_global - 1)
+
+
+def _track_state(self: Simulator, *tensors: torch.Tensor):
+    if self._requires_grad and not self._grad_token.requires_grad:
+        steps = self.__dict__.get(_NO_GRAD_STEPS_ATTR) or []
+        where = f"steps {_ranges(steps)}" if steps else "a step"
+        gs.raise_exception(
+            f"Reading the state of a differentiable rollout in grad mode after {where} of it ran under "
+            "`torch.no_grad()`: those steps have no autograd node, so no gradient can reach the inputs before them. "
+            "Run every `scene.step()` of a differentiable rollout in grad mode (put only the policy's own "
+            "computations under `no_grad`), read this state under `torch.no_grad()` too, or `scene.reset()` first."
+        )
+    return patching.original(Simulator, "track_state")(self, *tensors)
+
+
+def _reset_grad(self: Simulator) -> None:
+    self.__dict__.pop(_NO_GRAD_STEPS_ATTR, None)
+    return patching.original(Simulator, "reset_grad")(self)
+
+
+def _ranges(steps: list[int]) -> str:
+    """'1-3, 7' for [1, 2, 3, 7]."""
+    parts, start = [], steps[0]
+    for prev, cur in zip(steps, [*steps[1:], None], strict=True):
+        if cur != prev + 1:
+            parts.append(f"{start}-{prev}" if prev != start else f"{start}")
+            start = cur
+    return ", ".join(parts)
+
+
+def install() -> None:
+    for name in TAPED_METHODS:
+        patching.patch(RigidEntity, name, _untaped_on_error(name))
+    patching.patch(StepNode, "forward", staticmethod(_step_forward))
+    patching.patch(StepNode, "backward", staticmethod(_step_backward))
+    patching.patch(Simulator, "track_state", _track_state)
+    patching.patch(Simulator, "reset_grad", _reset_grad)

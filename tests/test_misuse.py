@@ -1,0 +1,150 @@
+"""
+Misuse of the differentiable rollout: each gets a clear error at the point of misuse and leaves nothing behind
+(issue 10, items 1-7). Each test fails on the old main (noted per test).
+"""
+
+import importlib
+import subprocess
+import sys
+import textwrap
+
+import genesis as gs
+import pytest
+import torch
+from conftest import DIAG_ARM, make_scene
+
+import genesis_grad_patch as ggp
+
+pytestmark = pytest.mark.plugin_only
+
+
+@pytest.fixture(scope="module")
+def arm():
+    scene, (arm,) = make_scene(gs.morphs.MJCF(file=DIAG_ARM))
+    return scene, arm
+
+
+@pytest.fixture(scope="module")
+def arms3():
+    scene, (arm,) = make_scene(gs.morphs.MJCF(file=DIAG_ARM), n_envs=3)
+    return scene, arm
+
+
+def _rollout(scene, arm, x, horizon=4):
+    scene.reset()
+    loss = 0.0
+    for _ in range(horizon):
+        arm.control_dofs_position(x)
+        scene.step()
+        loss = loss + (arm.get_qpos() ** 2).sum()
+    return loss
+
+
+def test_duplicated_indices_with_tracked_target_are_refused(arm, arms3):
+    """Old main: the dof is driven by the last duplicate, the whole gradient goes to the first entry, silently."""
+    scene, arm_ = arm
+    x = torch.tensor([0.3, -0.2], dtype=torch.float64, requires_grad=True)
+    scene.reset()
+    with pytest.raises(gs.GenesisException, match="same dof index more than once"):
+        arm_.control_dofs_position(x, dofs_idx_local=[1, 1])
+    with pytest.raises(gs.GenesisException, match="same dof index more than once"):
+        scene.sim.rigid_solver.control_dofs_force(x, dofs_idx=[0, 0])
+    arm_.control_dofs_position(x.detach(), dofs_idx_local=[1, 1])  # untracked: stock behaviour, no gradient at stake
+    scene.step()
+
+    scene3, arm3 = arms3
+    scene3.reset()
+    with pytest.raises(gs.GenesisException, match="same environment index more than once"):
+        arm3.control_dofs_position(torch.zeros((2, 2), dtype=torch.float64, requires_grad=True), envs_idx=[1, 1])
+    scene3.step()
+
+
+def test_rejected_call_is_taken_off_the_tape(arm):
+    """Old main: the rejected call stayed taped, so every later step (even after a reset) raised the same error."""
+    scene, arm_ = arm
+    scene.reset()
+    with pytest.raises(gs.GenesisException):
+        arm_.control_dofs_position(torch.zeros(3, dtype=torch.float64, requires_grad=True))
+    scene.step()
+    scene.reset()
+    scene.step()
+    x = torch.tensor([0.3, -0.2], dtype=torch.float64, requires_grad=True)
+    (grad,) = torch.autograd.grad(_rollout(scene, arm_, x), x)
+    assert grad.abs().max() > 0
+
+
+def test_inplace_modified_target_is_detected(arm):
+    """Old main: the replay used the modified value and the gradient changed, with no error."""
+    scene, arm_ = arm
+    x = torch.tensor([0.3, -0.2], dtype=torch.float64, requires_grad=True)
+    target = x * 1.0
+    scene.reset()
+    arm_.control_dofs_position(target)
+    scene.step()
+    loss = (arm_.get_qpos() ** 2).sum()
+    with torch.no_grad():
+        target.add_(0.5)
+    with pytest.raises(
+        gs.GenesisException,
+        match=r"step 0 \(counted from 0 at the last reset\) has been modified by an inplace operation",
+    ):
+        loss.backward()
+
+
+def test_no_grad_steps_are_named(arm):
+    """Old main: "can't retain_grad on Tensor that has requires_grad=False" from deep inside Genesis."""
+    scene, arm_ = arm
+    x = torch.tensor([0.3, -0.2], dtype=torch.float64, requires_grad=True)
+    scene.reset()
+    arm_.control_dofs_position(x)
+    scene.step()
+    with torch.no_grad():
+        scene.step()
+        scene.step()
+    scene.step()
+    with pytest.raises(gs.GenesisException, match=r"after steps 1-2 of it ran under `torch.no_grad\(\)`"):
+        arm_.get_qpos()
+    with torch.no_grad():
+        arm_.get_qpos()  # reading without a gradient stays possible
+    scene.reset()
+    (grad,) = torch.autograd.grad(_rollout(scene, arm_, x), x)  # and the next rollout is clean
+    assert grad.abs().max() > 0
+
+
+@pytest.mark.parametrize(
+    "module", ["control", "getters", "replay", "tape_guards", "compat", "strict", "doctor", "gradcheck"]
+)
+def test_reload_of_a_submodule_keeps_working(arm, module):
+    """Old main: reloading `control` captured the patched `assign_indexed_tensor` as the stock one: RecursionError."""
+    scene, arm_ = arm
+    x = torch.tensor([0.3, -0.2], dtype=torch.float64, requires_grad=True)
+    (before,) = torch.autograd.grad(_rollout(scene, arm_, x), x)
+    importlib.reload(importlib.import_module(f"genesis_grad_patch.{module}"))
+    (after,) = torch.autograd.grad(_rollout(scene, arm_, x), x)
+    torch.testing.assert_close(after, before, rtol=1e-12, atol=0)
+    assert ggp.is_installed()
+
+
+def test_double_backward_is_refused():
+    """Old main (and stock): `torch.autograd.grad(..., create_graph=True)` segfaulted. Run apart: a crash is a crash."""
+    script = textwrap.dedent(
+        f"""
+        import genesis as gs, torch
+        import genesis_grad_patch
+        gs.init(backend=gs.cpu, precision="64", logging_level="warning")
+        scene = gs.Scene(sim_options=gs.options.SimOptions(dt=0.01, requires_grad=True, gravity=(0, 0, 0)))
+        arm = scene.add_entity(gs.morphs.MJCF(file={DIAG_ARM!r}))
+        scene.build()
+        x = torch.tensor([0.3, -0.2], dtype=torch.float64, requires_grad=True)
+        arm.control_dofs_position(x)
+        scene.step()
+        loss = (arm.get_qpos() ** 2).sum()
+        try:
+            torch.autograd.grad(loss, x, create_graph=True)
+        except gs.GenesisException as error:
+            print("REFUSED:", error)
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "REFUSED: Double backward through a Genesis step is not supported" in result.stdout
