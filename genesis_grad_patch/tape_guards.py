@@ -8,6 +8,8 @@ gets a clear error at the point of misuse, and leaves nothing behind.
   it before running it, so every later `scene.step()`, even after `scene.reset()`, raised the same error again.
 - A taped input modified in place between its step and the backward pass is detected the way torch detects it (the
   tensor's version counter), since the reverse pass replays the step from the input's current value.
+- A reverse pass that raises (a NaN gradient, say) leaves nothing behind: stock Genesis left the solver in backward
+  mode, and the next clean rollout's gradient was silently all zeros.
 - Double backward (`create_graph=True`) through a step is refused: the reverse pass is hand-written and has no
   gradient of its own (stock Genesis segfaults).
 - A step run under `torch.no_grad()` in the middle of a differentiable rollout cuts the chain of step nodes; a later
@@ -109,7 +111,17 @@ def _step_backward(ctx, token_grad):
             f"the reverse pass would replay the step with another value. Pass a tensor that stays unchanged until "
             f"backward (e.g. `x.clone()`), or modify a copy. ({error})"
         )
-    return patching.original(StepNode, "backward")(ctx, token_grad)
+    try:
+        return patching.original(StepNode, "backward")(ctx, token_grad)
+    except BaseException:
+        # A reverse pass that raises (e.g. "Nan grad in qpos or dofs_vel") leaves the rigid solver in backward mode,
+        # and every later forward step then ran the backward variants of its kernels: the next clean rollout got an
+        # all-zero gradient. Put the solvers back in forward mode; the next `scene.reset()` clears the tape and grads.
+        sim = ctx.sim()
+        for solver in sim._active_solvers if sim is not None else ():
+            if hasattr(solver, "_is_backward"):
+                solver._is_backward = False
+        raise
 
 
 def note_step(sim: Simulator) -> None:

@@ -59,6 +59,18 @@ def test_duplicated_indices_with_tracked_target_are_refused(arm, arms3):
     scene3.step()
 
 
+def test_failed_backward_leaves_nothing_behind(arm):
+    """Old main (and stock): after "Nan grad in qpos or dofs_vel", the next clean rollout's gradient was all zeros."""
+    scene, arm_ = arm
+    x = torch.tensor([0.3, -0.2], dtype=torch.float64, requires_grad=True)
+    (clean,) = torch.autograd.grad(_rollout(scene, arm_, x), x)
+    poisoned = _rollout(scene, arm_, x) + (arm_.get_qpos() * 0.0).sum().sqrt()  # d sqrt(0) = inf, times 0: NaN
+    with pytest.raises(gs.GenesisException, match="Nan grad"):
+        torch.autograd.grad(poisoned, x)
+    (after,) = torch.autograd.grad(_rollout(scene, arm_, x), x)
+    torch.testing.assert_close(after, clean, rtol=1e-12, atol=0)
+
+
 def test_rejected_call_is_taken_off_the_tape(arm):
     """Old main: the rejected call stayed taped, so every later step (even after a reset) raised the same error."""
     scene, arm_ = arm
