@@ -3,7 +3,6 @@ Misuse of the differentiable rollout: each gets a clear error at the point of mi
 (issue 10, items 1-7). Each test fails on the old main (noted per test).
 """
 
-import importlib
 import subprocess
 import sys
 import textwrap
@@ -12,8 +11,6 @@ import genesis as gs
 import pytest
 import torch
 from conftest import DIAG_ARM, make_scene
-
-import genesis_grad_patch as ggp
 
 pytestmark = pytest.mark.plugin_only
 
