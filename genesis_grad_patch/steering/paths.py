@@ -316,24 +316,41 @@ def _yaw_disagreement(yaw: np.ndarray, seg_heading: np.ndarray) -> np.ndarray:
 
 
 def _warn_on_yaw_mismatch(path: Path, yaw: np.ndarray, seg_heading: np.ndarray) -> None:
-    """Warn when the yaw contradicts the direction of travel on most rows (a unit or sign mistake, not noise)."""
+    """
+    Warn when the yaw contradicts the direction of travel on most rows: a unit or sign mistake, not noise.
+
+    Two cases: the yaw is more than ``YAW_TOLERANCE_DEG`` off on most rows; or it is in degrees, which read as radians
+    is usually far off but not always (90 rad wraps to 117 degrees, only 27 degrees off a path heading 90 degrees).
+    Degrees are recognized by values beyond one turn that fit the path better once converted; radians only exceed a
+    turn when unwrapped over a whole lap, and then converting them does not fit.
+    """
     tolerance = math.radians(YAW_TOLERANCE_DEG)
     disagreement = _yaw_disagreement(yaw, seg_heading)
+    as_degrees = _yaw_disagreement(np.radians(yaw), seg_heading)
     bad = disagreement > tolerance
-    if bad.mean() <= 0.5:
+    looks_like_degrees = (
+        np.abs(yaw).max() > 2.0 * math.pi
+        and (as_degrees <= tolerance).mean() > 0.5
+        and (as_degrees < disagreement).mean() > 0.5
+    )
+    if bad.mean() <= 0.5 and not looks_like_degrees:
         return
-    i = int(np.argmax(bad))
+    i = int(np.argmax(bad)) if bad.any() else int(np.argmax(as_degrees < disagreement))
     off = math.degrees(float(disagreement[i]))
     direction = math.degrees(float(seg_heading[min(i, len(seg_heading) - 1)]))
-    if (_yaw_disagreement(np.radians(yaw), seg_heading) > tolerance).mean() <= 0.5:
+    # Small values fit both a reversed yaw and degrees (3.14 is also 3 degrees off +x): values beyond a turn decide
+    # for degrees, otherwise the reversal is the likelier mistake.
+    if looks_like_degrees:
         hint = "the yaw column looks like degrees; it must be in radians"
     elif (_yaw_disagreement(yaw + math.pi, seg_heading) > tolerance).mean() <= 0.5:
         hint = "the yaw points against the direction of travel"
+    elif (as_degrees > tolerance).mean() <= 0.5:
+        hint = "the yaw column looks like degrees; it must be in radians"
     else:
         hint = "the yaw is expected in radians, along the direction from each point to the next"
     warnings.warn(
         f"{path}: row {i + 1}: yaw {yaw[i]:g} rad is {off:.0f} degrees off the path direction ({direction:.0f} "
-        f"degrees), more than {YAW_TOLERANCE_DEG:g} degrees as on {int(bad.sum())} of {len(bad)} rows: {hint}.",
+        f"degrees), more than {YAW_TOLERANCE_DEG:g} degrees on {int(bad.sum())} of {len(bad)} rows: {hint}.",
         UserWarning,
         stacklevel=3,
     )
