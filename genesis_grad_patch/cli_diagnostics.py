@@ -22,6 +22,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .cli import (
+    ArgumentParser,
+    existing_file,
+    identifier,
+    non_negative_float,
+    positive_float,
+    positive_int,
+    random_seed,
+)
+
 RUN_NAME = "__genesis_grad__"
 
 
@@ -90,6 +100,16 @@ def run_gradcheck(args: argparse.Namespace) -> int:
     return 0 if outcome.passed else 1
 
 
+def script_target(text: str) -> str:
+    """argparse type of the gradcheck target: ``SCRIPT.py:FUNC`` with an existing script and a function name."""
+    script, sep, func = text.rpartition(":")
+    if not sep or not script or not func:
+        raise argparse.ArgumentTypeError(f"expected SCRIPT.py:FUNC, got {text!r}")
+    existing_file(script)
+    identifier(func)
+    return text
+
+
 def register(subparsers) -> None:
     """Add the `doctor` and `gradcheck` subcommands to an argparse subparsers object."""
     doctor = subparsers.add_parser(
@@ -99,9 +119,13 @@ def register(subparsers) -> None:
         "control inputs, and why each parameter without gradient gets none. The script defines main() returning "
         "(loss, params), or the globals `loss` and `params` (or `model`).",
     )
-    doctor.add_argument("script", help="the script to run (SCRIPT.py)")
+    doctor.add_argument("script", type=existing_file, help="the script to run (SCRIPT.py)")
     doctor.add_argument(
-        "--main", dest="main_name", default="main", help="function returning (loss, params) (default: main)"
+        "--main",
+        dest="main_name",
+        type=identifier,
+        default="main",
+        help="function returning (loss, params) (default: main)",
     )
     doctor.add_argument("--json", action="store_true", help="print the report as JSON")
     doctor.set_defaults(func=run_doctor)
@@ -112,19 +136,19 @@ def register(subparsers) -> None:
         description="Call FUNC() of SCRIPT.py, which returns (rollout, inputs[, options]), and compare the autograd "
         "gradient of rollout(*inputs) with central finite differences on sampled input coordinates.",
     )
-    gradcheck.add_argument("target", help="SCRIPT.py:FUNC")
-    gradcheck.add_argument("--eps", type=float, default=1e-6, help="finite-difference step (default: 1e-6)")
-    gradcheck.add_argument("--n-probe", type=int, default=8, help="coordinates probed (default: 8)")
-    gradcheck.add_argument("--seed", type=int, default=0, help="seed of the probe sampling (default: 0)")
-    gradcheck.add_argument("--rtol", type=float, default=1e-4, help="relative tolerance (default: 1e-4)")
-    gradcheck.add_argument("--atol", type=float, default=1e-8, help="absolute tolerance (default: 1e-8)")
+    gradcheck.add_argument("target", type=script_target, help="SCRIPT.py:FUNC")
+    gradcheck.add_argument("--eps", type=positive_float, default=1e-6, help="finite-difference step (default: 1e-6)")
+    gradcheck.add_argument("--n-probe", type=positive_int, default=8, help="coordinates probed (default: 8)")
+    gradcheck.add_argument("--seed", type=random_seed, default=0, help="seed of the probe sampling (default: 0)")
+    gradcheck.add_argument("--rtol", type=non_negative_float, default=1e-4, help="relative tolerance (default: 1e-4)")
+    gradcheck.add_argument("--atol", type=non_negative_float, default=1e-8, help="absolute tolerance (default: 1e-8)")
     gradcheck.add_argument("--json", action="store_true", help="print the result as JSON")
     gradcheck.set_defaults(func=run_gradcheck)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Stand-alone entry point (`python -m genesis_grad_patch.cli_diagnostics doctor SCRIPT.py`)."""
-    parser = argparse.ArgumentParser(prog="genesis-grad")
+    parser = ArgumentParser(prog="genesis-grad")
     register(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
     return args.func(args)

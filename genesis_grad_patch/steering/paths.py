@@ -9,17 +9,28 @@ curvature) are attributes, so that ``dict(reference)`` stays exactly the format 
 from __future__ import annotations
 
 import csv
+import io
 import math
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
+
+from .errors import ReferenceFileError
 
 REFERENCE_KEYS = ("pos_x", "pos_y", "yaw", "speed")
 
 # Default spacing between reference points, in meters. The nearest-point search quantizes the along-track position to
 # this spacing; on a curve of radius R the lateral error it induces is about ds^2 / (8 R), i.e. < 0.1 mm here.
 DEFAULT_DS = 0.05
+
+# load_reference_csv: consecutive points closer than this (m) count as a repeated point; a turn whose cosine is below
+# -_COS_TOLERANCE (more than 90 degrees, up to rounding) as going backwards; a yaw further than YAW_TOLERANCE_DEG from
+# the direction of travel on most rows draws a warning.
+_MIN_STEP = 1e-9
+_COS_TOLERANCE = 1e-9
+YAW_TOLERANCE_DEG = 30.0
 
 
 def wrap_angle(angle):
@@ -113,6 +124,9 @@ def _from_curve(
     x0, y0 = xy(t_new - dt)
     yaw = np.arctan2(y1 - y0, x1 - x0)
     v = speed(s_new) if callable(speed) else np.full(n, float(speed))
+    if not (np.isfinite(v) & (v > 0.0)).all():
+        # A car told to stop never finishes the path, and the evaluation time (the path's duration) is unbounded.
+        raise ValueError(f"Path '{name}': the reference speed must be positive and finite, got {np.min(v):g} m/s.")
     return ReferencePath(x, y, yaw, v, name=name)
 
 
@@ -185,52 +199,161 @@ def load_reference_csv(path: str | Path, name: str | None = None) -> ReferencePa
     """
     Read a reference path from a CSV file with a header holding the columns ``pos_x``, ``pos_y``, ``yaw``, ``speed``.
 
-    Other columns are ignored. Raises ``ValueError`` with the offending row (1-based, header excluded) when a column is
-    missing, a value is not a finite number, the file has fewer than 2 rows, the speed is negative, or the arc length is
-    not strictly increasing: consecutive repeated points, or a point behind the previous one with respect to the
-    reference heading (the path goes backwards).
+    The file is UTF-8, with or without the byte-order mark spreadsheet programs write. Other columns are ignored.
+
+    Parameters
+    ----------
+    path : str or Path
+        The CSV file.
+    name : str, optional
+        Label of the path; the file's stem by default.
+
+    Returns
+    -------
+    ReferencePath
+
+    Raises
+    ------
+    ReferenceFileError
+        A ``ValueError`` whose message is one line with the file, the offending row (1-based, header excluded) and the
+        reason: the file cannot be read or is not UTF-8 text, a column is missing, a value is not a finite number,
+        there are fewer than 2 rows, a speed is not positive, a point repeats the previous one, or the path goes
+        backwards (turns by more than 90 degrees from one segment to the next, so its arc length along the direction
+        of travel decreases).
+
+    Warns
+    -----
+    UserWarning
+        When the yaw disagrees with the direction of the path by more than ``YAW_TOLERANCE_DEG`` on most rows (yaw in
+        degrees instead of radians, or pointing against the direction of travel). The path is still returned.
     """
     path = Path(path)
-    with path.open(newline="") as f:
-        reader = csv.DictReader(f)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ReferenceFileError(f"{path}: cannot read the reference CSV: {exc.strerror or exc}.") from None
+    try:
+        # utf-8-sig drops the byte-order mark that spreadsheet programs put before the header.
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise ReferenceFileError(
+            f"{path}: not a UTF-8 text CSV file: byte 0x{raw[exc.start]:02x} on line {line} is not UTF-8."
+        ) from None
+    if "\0" in text:
+        line = text.count("\n", 0, text.index("\0")) + 1
+        raise ReferenceFileError(f"{path}: not a text CSV file: NUL byte on line {line}.")
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    try:
         header = [h.strip() for h in (reader.fieldnames or [])]
         missing = [key for key in REFERENCE_KEYS if key not in header]
         if missing:
-            raise ValueError(f"{path}: missing column(s) {missing}; expected a header with {list(REFERENCE_KEYS)}.")
+            raise ReferenceFileError(
+                f"{path}: missing column(s) {missing}; expected a header with {list(REFERENCE_KEYS)}."
+            )
         rows = [{k.strip(): v for k, v in row.items() if k is not None} for row in reader]
+    except csv.Error as exc:
+        raise ReferenceFileError(f"{path}: line {reader.line_num}: not valid CSV: {exc}.") from None
     if len(rows) < 2:
-        raise ValueError(f"{path}: a reference path needs at least 2 rows, got {len(rows)}.")
+        raise ReferenceFileError(f"{path}: a reference path needs at least 2 rows, got {len(rows)}.")
 
     columns = {key: np.empty(len(rows)) for key in REFERENCE_KEYS}
     for i, row in enumerate(rows):
         for key in REFERENCE_KEYS:
-            raw = row.get(key)
+            raw_value = row.get(key)
             try:
-                value = float(raw)
+                value = float(raw_value)
             except (TypeError, ValueError):
-                raise ValueError(f"{path}: row {i + 1}, column '{key}': {raw!r} is not a number.") from None
+                raise ReferenceFileError(
+                    f"{path}: row {i + 1}, column '{key}': {raw_value!r} is not a number."
+                ) from None
             if not math.isfinite(value):
-                raise ValueError(f"{path}: row {i + 1}, column '{key}' is {raw!r} (NaN or infinite).")
+                raise ReferenceFileError(f"{path}: row {i + 1}, column '{key}' is {raw_value!r} (NaN or infinite).")
             columns[key][i] = value
 
-    if (columns["speed"] < 0.0).any():
-        i = int(np.argmax(columns["speed"] < 0.0))
-        raise ValueError(f"{path}: row {i + 1}: negative speed {columns['speed'][i]}.")
+    # A speed of zero makes the car stop on the path: the run never reaches the end, and the evaluation time, which is
+    # the path's duration at the reference speed, is unbounded.
+    speed = columns["speed"]
+    if (speed <= 0.0).any():
+        i = int(np.argmax(speed <= 0.0))
+        kind = "negative" if speed[i] < 0.0 else "zero"
+        raise ReferenceFileError(
+            f"{path}: row {i + 1}: {kind} speed {speed[i]:g} m/s; reference speeds must be positive."
+        )
 
     dx, dy = np.diff(columns["pos_x"]), np.diff(columns["pos_y"])
     seg = np.hypot(dx, dy)
-    # Arc-length progress of each segment along the reference heading at its start: zero for a repeated point,
-    # negative when the path doubles back. Either makes the nearest-point search (and e_lat) ambiguous.
-    progress = dx * np.cos(columns["yaw"][:-1]) + dy * np.sin(columns["yaw"][:-1])
-    bad = (seg <= 1e-9) | (progress <= 0.0)
-    if bad.any():
-        i = int(np.argmax(bad))
-        reason = "repeats the previous point" if seg[i] <= 1e-9 else "goes backwards with respect to the heading"
-        raise ValueError(
-            f"{path}: arc length is not strictly increasing: row {i + 2} {reason} "
-            f"(step {seg[i]:.3g} m, progress along yaw {progress[i]:.3g} m)."
+    if (seg <= _MIN_STEP).any():
+        i = int(np.argmax(seg <= _MIN_STEP))
+        raise ReferenceFileError(
+            f"{path}: arc length is not strictly increasing: row {i + 2} repeats the previous point "
+            f"(step {seg[i]:.3g} m)."
         )
+    # The arc length decreases when a segment has negative progress along the previous one, i.e. the path turns by
+    # more than 90 degrees at a point and doubles back: the nearest-point search (and e_lat) become ambiguous there.
+    # A 90-degree corner has zero progress and is fine. The yaw column plays no part, it is checked below.
+    cos_turn = (dx[1:] * dx[:-1] + dy[1:] * dy[:-1]) / (seg[1:] * seg[:-1])
+    backwards = cos_turn < -_COS_TOLERANCE
+    if backwards.any():
+        i = int(np.argmax(backwards))
+        turn = math.degrees(math.acos(max(-1.0, float(cos_turn[i]))))
+        raise ReferenceFileError(
+            f"{path}: arc length is not strictly increasing: row {i + 3} goes backwards: the path turns by "
+            f"{turn:.0f} degrees at row {i + 2} (more than 90 degrees reverses the direction of travel)."
+        )
+    _warn_on_yaw_mismatch(path, columns["yaw"], np.arctan2(dy, dx))
     return ReferencePath(**columns, name=name or path.stem)
+
+
+def _yaw_disagreement(yaw: np.ndarray, seg_heading: np.ndarray) -> np.ndarray:
+    """Per row, the angle (rad) between the yaw and the closer of the directions of its incoming and outgoing segments.
+
+    Comparing with both segments accepts any yaw at a corner (the heading there is anything between the two).
+    """
+    heading_in = np.concatenate([seg_heading[:1], seg_heading])
+    heading_out = np.concatenate([seg_heading, seg_heading[-1:]])
+    return np.minimum(np.abs(wrap_angle(yaw - heading_in)), np.abs(wrap_angle(yaw - heading_out)))
+
+
+def _warn_on_yaw_mismatch(path: Path, yaw: np.ndarray, seg_heading: np.ndarray) -> None:
+    """
+    Warn when the yaw contradicts the direction of travel on most rows: a unit or sign mistake, not noise.
+
+    Two cases: the yaw is more than ``YAW_TOLERANCE_DEG`` off on most rows; or it is in degrees, which read as radians
+    is usually far off but not always (90 rad wraps to 117 degrees, only 27 degrees off a path heading 90 degrees).
+    Degrees are recognized by values beyond one turn that fit the path better once converted; radians only exceed a
+    turn when unwrapped over a whole lap, and then converting them does not fit.
+    """
+    tolerance = math.radians(YAW_TOLERANCE_DEG)
+    disagreement = _yaw_disagreement(yaw, seg_heading)
+    as_degrees = _yaw_disagreement(np.radians(yaw), seg_heading)
+    bad = disagreement > tolerance
+    looks_like_degrees = (
+        np.abs(yaw).max() > 2.0 * math.pi
+        and (as_degrees <= tolerance).mean() > 0.5
+        and (as_degrees < disagreement).mean() > 0.5
+    )
+    if bad.mean() <= 0.5 and not looks_like_degrees:
+        return
+    i = int(np.argmax(bad)) if bad.any() else int(np.argmax(as_degrees < disagreement))
+    off = math.degrees(float(disagreement[i]))
+    direction = math.degrees(float(seg_heading[min(i, len(seg_heading) - 1)]))
+    # Small values fit both a reversed yaw and degrees (3.14 is also 3 degrees off +x): values beyond a turn decide
+    # for degrees, otherwise the reversal is the likelier mistake.
+    if looks_like_degrees:
+        hint = "the yaw column looks like degrees; it must be in radians"
+    elif (_yaw_disagreement(yaw + math.pi, seg_heading) > tolerance).mean() <= 0.5:
+        hint = "the yaw points against the direction of travel"
+    elif (as_degrees > tolerance).mean() <= 0.5:
+        hint = "the yaw column looks like degrees; it must be in radians"
+    else:
+        hint = "the yaw is expected in radians, along the direction from each point to the next"
+    warnings.warn(
+        f"{path}: row {i + 1}: yaw {yaw[i]:g} rad is {off:.0f} degrees off the path direction ({direction:.0f} "
+        f"degrees), more than {YAW_TOLERANCE_DEG:g} degrees on {int(bad.sum())} of {len(bad)} rows: {hint}.",
+        UserWarning,
+        stacklevel=3,
+    )
 
 
 def save_reference_csv(reference: Mapping, path: str | Path) -> None:

@@ -14,11 +14,16 @@ Inputs, each scaled to O(1) by fixed constants (no learned normalization, so a c
 
 from __future__ import annotations
 
+import math
+import pickle
+import re
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 from torch import nn
 
+from .errors import CheckpointError
 from .sim import STEER_LIMIT, WHEELBASE, Observation
 
 DEFAULT_PREVIEW = (0.0, 0.5, 1.0, 1.5, 2.0)
@@ -125,13 +130,136 @@ class SteeringMLP(nn.Module):
 
 
 def save_policy(policy: SteeringMLP, path, **extra) -> None:
-    """Save a policy checkpoint (state dict + constructor config + any extra metadata)."""
-    torch.save({"config": policy.config(), "state_dict": policy.state_dict(), **extra}, path)
+    """
+    Save a policy checkpoint: state dict, constructor config and any extra metadata.
+
+    ``load_policy`` reads checkpoints with torch's weights-only unpickler, so ``extra`` must hold plain data only
+    (numbers, strings, lists, tuples, dicts, tensors), as the trainer's ``iteration`` and ``history`` do.
+    """
+    config = policy.config()
+    # Lists rather than tuples: plain containers every safe loader (and JSON) reads alike.
+    config = {**config, "preview_distances": list(config["preview_distances"]), "hidden": list(config["hidden"])}
+    torch.save({"config": config, "state_dict": policy.state_dict(), **extra}, path)
+
+
+# The constructor arguments a checkpoint's config may hold, with the check each must pass.
+_CONFIG_CHECKS = {
+    "preview_distances": lambda v: (
+        isinstance(v, list | tuple) and all(isinstance(d, int | float) and math.isfinite(d) and d >= 0.0 for d in v)
+    ),
+    "hidden": lambda v: (
+        isinstance(v, list | tuple) and all(isinstance(h, int) and not isinstance(h, bool) and h > 0 for h in v)
+    ),
+    "steer_limit": lambda v: isinstance(v, int | float) and math.isfinite(v) and v > 0.0,
+}
 
 
 def load_policy(path) -> tuple[SteeringMLP, dict]:
-    """Load a checkpoint written by ``save_policy`` (or by the trainer); returns the policy and the whole record."""
-    record = torch.load(path, map_location="cpu", weights_only=False)
-    policy = SteeringMLP(**record["config"])
-    policy.load_state_dict(record["state_dict"])
+    """
+    Load a checkpoint written by ``save_policy`` (or by the trainer).
+
+    The file is read with ``torch.load(weights_only=True)``: a checkpoint is data, and one that embeds anything else
+    (a pickled callable, a class instance) is refused without running it.
+
+    Parameters
+    ----------
+    path : str or Path
+        The checkpoint file.
+
+    Returns
+    -------
+    policy : SteeringMLP
+        The policy, in evaluation mode.
+    record : dict
+        The whole checkpoint record (``config``, ``state_dict`` and the extra metadata, e.g. ``iteration``).
+
+    Raises
+    ------
+    CheckpointError
+        A ``ValueError`` with a one-line message: the file cannot be read, is empty, truncated or not a PyTorch
+        checkpoint, holds objects other than weights and plain data, is not a steering-policy checkpoint, its weights
+        do not match the model its config describes, or a weight is NaN or infinite.
+    """
+    path = Path(path)
+    record = _load_record(path)
+    if not isinstance(record, dict) or not isinstance(record.get("config"), dict) or "state_dict" not in record:
+        found = sorted(map(str, record))[:6] if isinstance(record, dict) else type(record).__name__
+        raise CheckpointError(
+            f"{path}: not a steering-policy checkpoint: expected a record with 'config' and 'state_dict' "
+            f"(as written by genesis-grad train / save_policy), found {found}."
+        )
+    config, state_dict = record["config"], record["state_dict"]
+    unknown = sorted(set(config) - set(_CONFIG_CHECKS))
+    invalid = {key: config[key] for key, ok in _CONFIG_CHECKS.items() if key in config and not ok(config[key])}
+    if unknown or invalid:
+        raise CheckpointError(f"{path}: invalid policy config: unknown key(s) {unknown}, invalid value(s) {invalid}.")
+    if not isinstance(state_dict, dict) or not all(torch.is_tensor(t) for t in state_dict.values()):
+        raise CheckpointError(f"{path}: 'state_dict' is not a mapping of parameter names to tensors.")
+    # Shapes first, on the meta device: a config describing a huge network allocates nothing before it is refused.
+    with torch.device("meta"):
+        expected = {name: tuple(t.shape) for name, t in SteeringMLP(**config).state_dict().items()}
+    found = {name: tuple(t.shape) for name, t in state_dict.items()}
+    if found != expected:
+        # A one-line summary instead of load_state_dict's multi-line report.
+        diffs = [
+            f"{name}: checkpoint {list(found[name]) if name in found else 'missing'}, model "
+            f"{list(expected[name]) if name in expected else 'none'}"
+            for name in sorted(set(found) | set(expected))
+            if found.get(name) != expected.get(name)
+        ]
+        more = "; ..." if len(diffs) > 3 else ""
+        raise CheckpointError(
+            f"{path}: the weights do not fit the model its config describes ({config}): {'; '.join(diffs[:3])}{more}."
+        )
+    for name, tensor in state_dict.items():
+        if not torch.isfinite(tensor).all():
+            n_bad = int((~torch.isfinite(tensor)).sum())
+            raise CheckpointError(
+                f"{path}: weight '{name}' holds {n_bad} NaN or infinite value(s) of {tensor.numel()}: the run that "
+                "wrote it diverged; use an earlier checkpoint."
+            )
+    policy = SteeringMLP(**config)
+    policy.load_state_dict(state_dict)
+    policy.eval()
     return policy, record
+
+
+def _load_record(path: Path):
+    """``torch.load(weights_only=True)`` with each failure turned into a one-line ``CheckpointError``."""
+    if not path.is_file():
+        reason = "is a directory" if path.is_dir() else "no such file"
+        raise CheckpointError(f"{path}: cannot read the policy checkpoint: {reason}.")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: empty file, not a policy checkpoint.")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        message = str(exc)
+        refused = re.search(r"GLOBAL (\S+)", message)
+        if refused is None:
+            # Any other complaint of the weights-only unpickler ("Unsupported operand 4") is a corrupted stream.
+            detail = next((line for line in message.splitlines() if line.startswith("Unsupported")), "")
+            raise CheckpointError(
+                f"{path}: corrupted file, not a readable PyTorch checkpoint ({detail or _first_line(exc)})."
+            ) from None
+        # The weights-only unpickler stopped at an import (a function or class to call or build), before running it.
+        raise CheckpointError(
+            f"{path}: refused: the checkpoint embeds the Python object {refused.group(1)}, which only an "
+            "arbitrary-code unpickler could load; genesis-grad reads checkpoints as weights and plain data only "
+            "(as written by genesis-grad train / save_policy)."
+        ) from None
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read the policy checkpoint: {exc.strerror or exc}.") from None
+    except (EOFError, RuntimeError, KeyError, ValueError, IndexError, TypeError) as exc:
+        # What torch.load raises on a truncated zip archive (RuntimeError), a cut-off pickle (EOFError), or a text
+        # or otherwise foreign file read as a legacy checkpoint (KeyError, ValueError, ...).
+        raise CheckpointError(
+            f"{path}: truncated or corrupted file, not a readable PyTorch checkpoint ({_first_line(exc)})."
+        ) from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    detail = text.splitlines()[0] if text else ""
+    detail = detail.split(". ")[0][:160]
+    return f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
