@@ -7,31 +7,81 @@ solver. The getters below are torch functions of that state, so autograd carries
 getters (`get_qpos`, `get_pos`, `get_quat`, `get_vel`, ...) call these solver getters and so need no patch of their own.
 
 The state is read once per step however many getters are called: the cache is keyed by the step and the rollout, and
-any solver setter drops it (through Genesis's own mutation notifications).
+any solver setter drops it (through Genesis's own mutation notifications). Each getter returns its own tensor, as stock
+does: an in-place edit of one result changes neither the cached state nor what the next getter returns.
+
+Genesis reads state through the same getters while it runs a step (sensors, the viewer's mouse interaction, recorders)
+and keeps the results in its own buffers: those calls take the stock path, told apart by a context variable set while
+Genesis runs (`genesis_is_running`), not by inspecting the caller's frame on every call.
+
+A getter whose result is not a function of the differentiable state (the velocity of a link that is not a free base)
+returns the stock value and reports the break through strict mode: a `GradientBreakWarning` once per call site and
+rollout, a `GradientBreakError` in "raise" mode.
 """
 
 import weakref
+from collections.abc import Callable
+from contextvars import ContextVar
+from functools import wraps
 from typing import NamedTuple
 
 import genesis as gs
 import genesis.utils.geom as gu
 import torch
 from genesis.constants import link_ref_frame
+from genesis.engine.simulator import Simulator
 from genesis.engine.solvers.base_solver import StateChange, Subscriber
 from genesis.engine.solvers.kinematic_solver import _offset_world_shift, _select_links_offset
 from genesis.engine.solvers.rigid.rigid_solver import RigidSolver
+from genesis.recorders.recorder_manager import RecorderManager
 from genesis.utils.misc import indices_to_mask, qd_to_torch
+from genesis.vis.visualizer import Visualizer
 
-from . import patching
+from . import patching, strict
 
 _CACHE_ATTR = "_grad_patch_state_cache"
 _DOFS_MAP_ATTR = "_grad_patch_dofs_map"
 _subscribed: "weakref.WeakKeyDictionary[RigidSolver, Subscriber]" = weakref.WeakKeyDictionary()
 
 
+# True while Genesis runs its own code that reads state through the getters (see `_runs_genesis`). A context variable
+# rather than a global: each thread (the viewer's, the user's) sees its own value.
+_genesis_running: ContextVar[bool] = ContextVar("genesis_grad_patch_genesis_running", default=False)
+
+
+def genesis_is_running() -> bool:
+    """Whether the current thread is inside Genesis's own step work (sensors, viewer, recorders)."""
+    return _genesis_running.get()
+
+
 def is_differentiable(solver: RigidSolver) -> bool:
     """Whether a getter called now on this solver must return a tensor of the autograd graph."""
-    return solver._requires_grad and solver.is_active and torch.is_grad_enabled()
+    return solver._requires_grad and solver.is_active and torch.is_grad_enabled() and not _genesis_running.get()
+
+
+def _runs_genesis(inner: Callable) -> Callable:
+    """
+    Wrap a Genesis method that reads state for Genesis's own use, so that the getters it calls take the stock path.
+
+    A sensor writes `get_links_pos` results into buffers that live across steps, the viewer's mouse interaction reads
+    `link.get_vel()` of any link: differentiable results would put autograd history (and the whole rollout's graph)
+    into Genesis's buffers, and raise or warn at every step for getters without a gradient.
+    """
+
+    @wraps(inner)
+    def wrapper(*args, **kwargs):
+        token = _genesis_running.set(True)
+        try:
+            return inner(*args, **kwargs)
+        finally:
+            _genesis_running.reset(token)
+
+    return wrapper
+
+
+# Where Genesis reads state for itself: the step (sensors, couplers), the viewer's per-step update (its plugins, the
+# mouse interaction), and the recorders (which log values, never differentiate them).
+_GENESIS_READERS = ((Simulator, "step"), (Visualizer, "update_on_sim_step"), (RecorderManager, "step"))
 
 
 def _drop_cache(solver_ref: weakref.ref) -> None:
@@ -103,10 +153,21 @@ def clear_caches() -> None:
     _subscribed.clear()
 
 
+def _own(tensor: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
+    """
+    `tensor` as a tensor of its own if it is a view of `source`, a tensor of the cached state.
+
+    Stock getters return copies. A view of the cached state would let the caller's in-place edit (zeroing a velocity
+    for logging) change what the next getter of the step returns and the tensor whose gradient the reverse pass hands
+    to the solver. Only the selected slice is copied, and only when it is a view (advanced indexing already copies).
+    """
+    return tensor.clone() if tensor is source or tensor._base is source else tensor
+
+
 def _select(solver: RigidSolver, tensor: torch.Tensor, envs_idx, idx) -> torch.Tensor:
-    """Index a (n_envs, n, ...) state tensor exactly as the stock getters index their fields."""
-    tensor = tensor[indices_to_mask(envs_idx, idx)]
-    return tensor[0] if solver.n_envs == 0 else tensor
+    """Index a (n_envs, n, ...) state tensor exactly as the stock getters index their fields, as a tensor of its own."""
+    out = tensor[indices_to_mask(envs_idx, idx)]
+    return _own(out[0] if solver.n_envs == 0 else out, tensor)
 
 
 class _DofsMap(NamedTuple):
@@ -163,23 +224,59 @@ def _dofs_position(solver: RigidSolver, qpos: torch.Tensor) -> torch.Tensor:
     return dofs_pos
 
 
-def _free_root_dofs(solver: RigidSolver, links_idx) -> torch.Tensor:
-    """The first dof of each requested link, which must be the body of a free joint to read its velocity from dofs."""
+def _free_root_dofs(solver: RigidSolver, links_idx) -> torch.Tensor | None:
+    """
+    The first dof of each requested link, or None if one of them is not the body of a free joint.
+
+    Only the body of a free joint has its velocity in the differentiable state (its dofs); the velocity of any other
+    link comes from the solver's forward velocity pass, outside the graph.
+    """
     links = torch.arange(solver.n_links)[indices_to_mask(links_idx)].reshape(-1).tolist()
     free_dofs = _dofs_map(solver).free_dofs
-    missing = [i_l for i_l in links if i_l not in free_dofs]
-    if missing:
-        gs.raise_exception(
-            f"The velocity of links {missing} is not differentiable: only the base link of a free-floating entity "
-            "has its velocity in the differentiable state. Read 'get_dofs_velocity()' instead, or call this getter "
-            "under 'torch.no_grad()' if no gradient is needed."
-        )
+    if any(i_l not in free_dofs for i_l in links):
+        return None
     return torch.tensor([free_dofs[i_l] for i_l in links], dtype=torch.long, device=gs.device)
+
+
+def _links_inertial(solver: RigidSolver, name: str, n_envs: int) -> torch.Tensor:
+    """A link inertial field (`inertial_pos`, `inertial_mass`) as (n_envs, n_links, ...), batched or not."""
+    tensor = qd_to_torch(getattr(solver.dyn_info.links, name), transpose=True)
+    if not solver._options.batch_links_info:
+        tensor = tensor.expand(n_envs, *tensor.shape)
+    return tensor
+
+
+def _links_com(solver: RigidSolver, state: GetterState, ref: int) -> torch.Tensor:
+    """
+    World position of the center of mass of each link (`link_COM`) or of its kinematic root (`root_COM`), as torch
+    functions of the differentiable link poses: what forward kinematics computes (`func_COM_root_sum`), (n_envs,
+    n_links, 3).
+    """
+    links_pos, links_quat = state.links_pos, state.links_quat
+    n_envs = links_pos.shape[0]
+    inertial_pos = _links_inertial(solver, "inertial_pos", n_envs).to(links_pos.dtype)
+    com = links_pos + gu.transform_by_quat(inertial_pos.expand_as(links_pos), links_quat)
+    if ref == link_ref_frame.link_COM:
+        return com
+    mass = _links_inertial(solver, "inertial_mass", n_envs).to(links_pos.dtype)
+    root_idx = qd_to_torch(solver.dyn_info.links.root_idx, transpose=True).to(torch.long)
+    root_idx = root_idx[0] if root_idx.ndim > 1 else root_idx  # the tree structure is the same in every env
+    mass_sum = mass.new_zeros(mass.shape).index_add(1, root_idx, mass)
+    com_sum = com.new_zeros(com.shape).index_add(1, root_idx, mass[..., None] * com)
+    # A massless root takes its own center of mass, as the kernel does; the clamp keeps NaN out of the unused branch.
+    root_com = torch.where((mass_sum > gs.EPS)[..., None], com_sum / mass_sum.clamp_min(gs.EPS)[..., None], com)
+    return root_com[:, root_idx]
 
 
 # ------------------------------------------------------------------------------------------------------------------
 # Replacements of the RigidSolver getters. Each one runs the stock getter unless the call must be differentiable.
 # ------------------------------------------------------------------------------------------------------------------
+
+
+def _stock_read(self: RigidSolver, name: str, cause: str, *args, **kwargs) -> torch.Tensor:
+    """The stock value of a getter call that cannot be differentiable, reported as a gradient break (strict mode)."""
+    strict.report_non_differentiable_read(self, name, cause)
+    return patching.original(RigidSolver, name)(self, *args, **kwargs)
 
 
 def get_qpos(self: RigidSolver, qs_idx=None, envs_idx=None):
@@ -203,12 +300,12 @@ def get_dofs_position(self: RigidSolver, dofs_idx=None, envs_idx=None):
 def get_links_pos(self: RigidSolver, links_idx=None, envs_idx=None, *, ref=link_ref_frame.link_origin, relative=False):
     if not is_differentiable(self):
         return patching.original(RigidSolver, "get_links_pos")(self, links_idx, envs_idx, ref=ref, relative=relative)
-    if self._sanitize_ref_frame(ref) != link_ref_frame.link_origin:
-        gs.raise_exception(
-            f"'get_links_pos(ref={ref})' is not differentiable: only 'ref=gs.link_ref_frame.link_origin' is part of "
-            "the differentiable state. Use the link origin, or call it under 'torch.no_grad()'."
-        )
+    ref_frame = self._sanitize_ref_frame(ref)
     state = read_state(self)
+    if ref_frame != link_ref_frame.link_origin:
+        # Centers of mass are functions of the link poses; the offset only applies to the link origin (as stock).
+        tensor = _links_com(self, state, ref_frame)[indices_to_mask(envs_idx, links_idx)]
+        return tensor[0] if self.n_envs == 0 else tensor
     tensor = state.links_pos[indices_to_mask(envs_idx, links_idx)]
     idx = links_idx if isinstance(links_idx, int) else slice(None)
     if relative and not self._links_offset_pos_is_identity[idx].all():
@@ -216,39 +313,49 @@ def get_links_pos(self: RigidSolver, links_idx=None, envs_idx=None, *, ref=link_
         offset_pos = _select_links_offset(self._links_offset_pos, links_idx, envs_idx)
         offset_quat = _select_links_offset(self._links_offset_quat, links_idx, envs_idx)
         tensor = tensor - _offset_world_shift(offset_pos, offset_quat, quat)
-    return tensor[0] if self.n_envs == 0 else tensor
+    return _own(tensor[0] if self.n_envs == 0 else tensor, state.links_pos)
 
 
 def get_links_quat(self: RigidSolver, links_idx=None, envs_idx=None, *, relative=False):
     if not is_differentiable(self):
         return patching.original(RigidSolver, "get_links_quat")(self, links_idx, envs_idx, relative=relative)
-    tensor = read_state(self).links_quat[indices_to_mask(envs_idx, links_idx)]
+    links_quat = read_state(self).links_quat
+    tensor = links_quat[indices_to_mask(envs_idx, links_idx)]
     idx = links_idx if isinstance(links_idx, int) else slice(None)
     if relative and not self._links_offset_quat_is_identity[idx].all():
         offset_quat = _select_links_offset(self._links_offset_quat, links_idx, envs_idx)
         tensor = gu.transform_quat_by_quat(gu.inv_quat(offset_quat), tensor)
-    return tensor[0] if self.n_envs == 0 else tensor
+    return _own(tensor[0] if self.n_envs == 0 else tensor, links_quat)
 
 
-def _free_base_velocity(solver: RigidSolver, links_idx, envs_idx) -> tuple[torch.Tensor, torch.Tensor]:
-    """World linear velocity of the solver's origin, and world angular velocity, of free base links (n_envs, n, 3)."""
+def _free_base_velocity(solver: RigidSolver, dofs: torch.Tensor, links_idx, envs_idx):
+    """World linear velocity of the link origin, and world angular velocity, of free base links (n_envs, n, 3)."""
     state = read_state(solver)
-    dofs = _free_root_dofs(solver, links_idx)[:, None] + torch.arange(6, device=gs.device)
+    dofs = dofs[:, None] + torch.arange(6, device=gs.device)
     dofs_vel = state.dofs_vel[indices_to_mask(envs_idx)][:, dofs]
     # A free joint holds its linear velocity in the world frame, and its angular velocity in the body frame.
     quat = state.links_quat[indices_to_mask(envs_idx, links_idx)]
     return dofs_vel[..., :3], gu.transform_by_quat(dofs_vel[..., 3:], quat)
 
 
+_LINK_VEL_CAUSE = (
+    "'{name}' of a link that is not the base of a free-floating entity is not differentiable: only a free base has its "
+    "velocity in the differentiable state (its dofs)."
+)
+
+
 def get_links_vel(self: RigidSolver, links_idx=None, envs_idx=None, *, ref=link_ref_frame.link_origin, relative=False):
     if not is_differentiable(self):
         return patching.original(RigidSolver, "get_links_vel")(self, links_idx, envs_idx, ref=ref, relative=relative)
+    args = (links_idx, envs_idx)
     if self._sanitize_ref_frame(ref, has_root_COM=False) != link_ref_frame.link_origin:
-        gs.raise_exception(
-            f"'get_links_vel(ref={ref})' is not differentiable: only the velocity of the link origin is part of the "
-            "differentiable state. Use 'ref=gs.link_ref_frame.link_origin', or call it under 'torch.no_grad()'."
-        )
-    tensor, ang = _free_base_velocity(self, links_idx, envs_idx)
+        cause = f"'get_links_vel(ref={ref})' is not differentiable: only the velocity of the link origin is."
+        return _stock_read(self, "get_links_vel", cause, *args, ref=ref, relative=relative)
+    dofs = _free_root_dofs(self, links_idx)
+    if dofs is None:
+        cause = _LINK_VEL_CAUSE.format(name="get_links_vel")
+        return _stock_read(self, "get_links_vel", cause, *args, ref=ref, relative=relative)
+    tensor, ang = _free_base_velocity(self, dofs, links_idx, envs_idx)
     idx = links_idx if isinstance(links_idx, int) else slice(None)
     if relative and not self._links_offset_pos_is_identity[idx].all():
         # The authored origin moves with the body: transport the velocity by 'omega x d', as the stock getter does.
@@ -262,7 +369,10 @@ def get_links_vel(self: RigidSolver, links_idx=None, envs_idx=None, *, ref=link_
 def get_links_ang(self: RigidSolver, links_idx=None, envs_idx=None):
     if not is_differentiable(self):
         return patching.original(RigidSolver, "get_links_ang")(self, links_idx, envs_idx)
-    _, tensor = _free_base_velocity(self, links_idx, envs_idx)
+    dofs = _free_root_dofs(self, links_idx)
+    if dofs is None:
+        return _stock_read(self, "get_links_ang", _LINK_VEL_CAUSE.format(name="get_links_ang"), links_idx, envs_idx)
+    _, tensor = _free_base_velocity(self, dofs, links_idx, envs_idx)
     return tensor[0] if self.n_envs == 0 else tensor
 
 
@@ -280,6 +390,8 @@ GETTERS = {
 def install() -> None:
     for name, getter in GETTERS.items():
         patching.patch(RigidSolver, name, getter)
+    for owner, name in _GENESIS_READERS:
+        patching.patch(owner, name, _runs_genesis(getattr(owner, name)))
 
 
 def uninstall() -> None:

@@ -8,7 +8,10 @@ Every way a differentiable rollout can lose its gradient without an error is det
   tracked tensor (the output of such a conversion, or a tensor sharing the storage of a tracked local of the caller);
 - a list of tracked tensors given to a control (Genesis builds a new tensor from it, outside the graph);
 - a differentiable getter called under `torch.no_grad()` / `torch.inference_mode()` during a rollout whose inputs
-  track gradients, and a getter whose gradient is not supported (stock or plugin) called in grad mode then;
+  track gradients;
+- a getter whose gradient is not supported (`get_links_acc`, `get_dofs_force`, `get_contacts`, the velocity of a link
+  that is not a free base, ...) called by the user in grad mode in a differentiable scene: it returns the stock value,
+  reported once per call site and rollout (Genesis's own calls, e.g. its sensors', are not reported);
 - a setter whose gradient is not supported (`set_qpos`, `set_dofs_position`, gains, masses, external wrenches, ...)
   given a tracked tensor in a differentiable scene;
 - backward after `scene.reset()`, backward twice, backward after `scene.destroy()` (raised in place of Genesis's own
@@ -710,16 +713,21 @@ def _getter_caller(frame: FrameType) -> FrameType | None:
 
 
 def _differentiable_getter(name: str, inner: Callable) -> Callable:
+    from .getters import genesis_is_running
+
     @wraps(inner)
     def wrapper(self, *args, **kwargs):
-        if _mode == "off" or not self._requires_grad:
+        # Genesis's own reads (sensors, viewer) take the stock path and are nothing to report.
+        if _mode == "off" or not self._requires_grad or genesis_is_running():
             return inner(self, *args, **kwargs)
         out = inner(self, *args, **kwargs)
         sim = self._sim
         if torch.is_grad_enabled():
             # Named for the doctor only where there is something to explain: a rollout with tracked inputs (and its
-            # initial state, read before the first of them).
-            node = _read_node(self, out) if has_tracked_inputs(sim) or sim._cur_substep_global < sim._substeps else None
+            # initial state, read before the first of them). A stock value (a getter without a gradient, reported
+            # where it was read) served no read node.
+            named = out.requires_grad and (has_tracked_inputs(sim) or sim._cur_substep_global < sim._substeps)
+            node = _read_node(self, out) if named else None
             if node is not None:
                 user = _getter_caller(sys._getframe(1))
                 if user is not None:
@@ -749,27 +757,83 @@ def _differentiable_getter(name: str, inner: Callable) -> Callable:
     return wrapper
 
 
+# Call sites of non-differentiable reads already reported: (file, line, getter) -> (simulator weakref, rollout).
+_reported_reads: dict[tuple[str, int, str], tuple] = {}
+
+_FIX_NON_DIFFERENTIABLE_READ = (
+    "Build the loss from differentiable getters (get_qpos, get_dofs_position, get_dofs_velocity, get_links_pos, "
+    "get_links_quat, get_pos, get_quat, the velocity of a free base, ...). If the value is only observed, read it under "
+    "`torch.no_grad()`."
+)
+
+
+# The plugin's getter machinery between a getter call and the report: skipped to find who called the getter.
+_GETTER_MODULES = frozenset({__name__, "genesis_grad_patch.getters"})
+
+
+def _reads_caller(frame: FrameType | None) -> FrameType | None:
+    """The user's frame behind a getter call, skipping the plugin's getter machinery; None if Genesis made the call."""
+    while frame is not None and frame.f_globals.get("__name__") in _GETTER_MODULES:
+        frame = frame.f_back
+    return None if frame is None else _getter_caller(frame)
+
+
+def report_non_differentiable_read(solver, name: str, cause: str) -> None:
+    """
+    Report a getter call whose result is outside the autograd graph, made by the user in grad mode.
+
+    The value itself stays available (stock Genesis returns it too, and code that only logs it is valid): "warn" issues
+    one `GradientBreakWarning` per call site and rollout (a loop reading it every step warns once), "raise" raises a
+    `GradientBreakError` at every call, "off" says nothing. Calls made by Genesis itself are never reported.
+
+    Parameters
+    ----------
+    solver : RigidSolver
+        The solver read.
+    name : str
+        The getter called, e.g. "RigidEntity.get_links_acc".
+    cause : str
+        Why the value is outside the graph.
+    """
+    if _mode == "off":
+        return
+    user = _reads_caller(sys._getframe(1))
+    if user is None:
+        return
+    sim = solver._sim
+    site = (user.f_code.co_filename, user.f_lineno, name)
+    reported = _reported_reads.get(site)
+    if _mode == "warn" and reported is not None and reported[0]() is sim and reported[1] == sim._grad_epoch:
+        return
+    _reported_reads[site] = (weakref.ref(sim), sim._grad_epoch)
+    _report(
+        NON_DIFFERENTIABLE_GETTER,
+        name,
+        user,
+        f"{cause} The value returned is the stock one, outside the autograd graph: a loss computed from it gets no "
+        "gradient.",
+        _FIX_NON_DIFFERENTIABLE_READ,
+        sim,
+        sim.cur_step_global,
+    )
+
+
 def _non_differentiable_getter(name: str, inner: Callable, entity_level: bool) -> Callable:
+    from .getters import genesis_is_running
+
     @wraps(inner)
     def wrapper(self, *args, **kwargs):
         solver = self._solver if entity_level else self
-        if _mode == "off" or not solver._requires_grad or not torch.is_grad_enabled():
+        if _mode == "off" or not solver._requires_grad or not torch.is_grad_enabled() or genesis_is_running():
             return inner(self, *args, **kwargs)
-        sim = solver._sim
         frame = sys._getframe(1)
-        if has_tracked_inputs(sim) and not _is_internal_caller(frame):
-            _report(
-                NON_DIFFERENTIABLE_GETTER,
+        # The entity getter is reported where the user called it; the solver getter it calls is Genesis's call.
+        if not _is_internal_caller(frame):
+            report_non_differentiable_read(
+                solver,
                 f"{type(self).__name__}.{name}",
-                user_frame(frame),
                 f"'{name}' returns a tensor outside the autograd graph (its gradient is supported neither by Genesis "
-                "nor by genesis-grad-patch), during a rollout whose inputs track gradients: a loss computed from it "
-                "gets no gradient.",
-                "Build the loss from differentiable getters (get_qpos, get_dofs_position, get_dofs_velocity, "
-                "get_links_pos, get_links_quat, get_pos, get_quat, ...). If the value is only observed, read it under "
-                "`torch.no_grad()`.",
-                sim,
-                sim.cur_step_global,
+                "nor by genesis-grad-patch).",
             )
         return inner(self, *args, **kwargs)
 

@@ -1,9 +1,14 @@
 """Differentiable state getters: same values as stock, gradients equal to finite differences, one read per step."""
 
+import warnings
+
 import genesis as gs
 import pytest
 import torch
 from conftest import ASSETS, PLANAR_CAR, assert_grad_close, central_fd, make_scene
+
+import genesis_grad_patch as ggp
+from genesis_grad_patch.strict import GradientBreakError, GradientBreakWarning
 
 T = 5
 SPIN = torch.tensor([0.3, -0.2, 0.5, 1.0, -2.0, 0.7], dtype=torch.float64)
@@ -164,15 +169,184 @@ def test_stock_path_in_non_differentiable_scene():
     assert not scene.sim.rigid_solver.get_links_pos().requires_grad
 
 
-def test_non_differentiable_getters_raise_in_grad_mode(scene_2envs):
+# The tests below pin behaviour the upstream patch (patches/0003) does not have yet: views of the state, a raise for
+# link_COM/root_COM and non-base link velocities, differentiable results inside Genesis's own step. Plugin-only until
+# the patch follows.
+
+
+@pytest.mark.plugin_only
+@pytest.mark.parametrize("layout", ["scene_single", "scene_2envs"])
+def test_getter_results_are_their_own_tensors(request, layout):
+    # Was: results were views of the step's cached state, so zeroing one in place zeroed what the next getter returned.
+    scene, car, *_, box = request.getfixturevalue(layout)
+    _advance(scene, box)
+    solver = scene.sim.rigid_solver
+    calls = [(obj, name, kwargs) for obj, name, kwargs in _calls(car, box, scene.n_envs)]
+    calls += [(solver, "get_qpos", {}), (solver, "get_dofs_velocity", {}), (solver, "get_links_pos", {})]
+    calls += [(solver, "get_links_quat", {}), (car, "get_links_pos", {"links_idx_local": 1})]
+    for obj, name, kwargs in calls:
+        with torch.no_grad():
+            stock = getattr(obj, name)(**kwargs)
+        getattr(obj, name)(**kwargs).mul_(0.0)
+        torch.testing.assert_close(
+            getattr(obj, name)(**kwargs).detach(), stock, rtol=1e-12, atol=1e-12, msg=f"{name}({kwargs})"
+        )
+
+
+@pytest.mark.plugin_only
+def test_in_place_edit_of_a_result_keeps_the_gradient_exact(scene_2envs):
+    # Was: zeroing 'get_dofs_velocity()' in place zeroed the cached state: the loss lost its velocity term, and its
+    # gradient no longer matched finite differences of the same code.
+    scene, car, _, box = scene_2envs
+
+    def rollout(x):
+        scene.reset()
+        loss = 0.0
+        for t in range(T):
+            car.control_dofs_position(x[t], dofs_idx_local=[3, 4])
+            scene.step()
+            logged = car.get_dofs_velocity()
+            logged[:, 0] = 0.0  # e.g. masking a dof for a log, in place
+            loss = loss + (car.get_dofs_velocity() ** 2).sum() + car.get_qpos().sum() + logged.sum()
+        return loss
+
+    x = 0.4 * torch.rand((T, 2, 2), generator=torch.Generator().manual_seed(5), dtype=torch.float64) - 0.2
+    x.requires_grad_()
+    (grad,) = torch.autograd.grad(rollout(x), x)
+    coords = [0, 3, x.numel() - 1]
+    assert_grad_close(grad.reshape(-1)[coords], central_fd(rollout, x, coords, eps=1e-5), rtol=1e-6)
+
+
+COM_REFS = (gs.link_ref_frame.link_COM, gs.link_ref_frame.root_COM)
+
+
+@pytest.mark.plugin_only
+@pytest.mark.parametrize("layout", ["scene_single", "scene_2envs"])
+def test_centers_of_mass_are_differentiable(request, layout):
+    # Was: 'get_links_pos(ref=link_COM/root_COM)' raised in grad mode. Both are functions of the link poses.
+    scene, car, *_, box = request.getfixturevalue(layout)
+    _advance(scene, box)
+    for ref in COM_REFS:
+        for kwargs in ({}, {"links_idx_local": [1, 2]}):
+            out = car.get_links_pos(ref=ref, **kwargs)
+            with torch.no_grad():
+                stock = car.get_links_pos(ref=ref, **kwargs)
+            assert out.requires_grad and out.dtype == stock.dtype and out.shape == stock.shape
+            torch.testing.assert_close(out.detach(), stock, rtol=1e-12, atol=1e-12, msg=f"{ref} {kwargs}")
+
+    def rollout(x):
+        scene.reset()
+        box.set_dofs_velocity(SPIN.expand(scene.n_envs, 6) if scene.n_envs else SPIN)
+        loss = 0.0
+        for t in range(T):
+            car.control_dofs_position(x[t], dofs_idx_local=[3, 4])
+            scene.step()
+            loss = loss + (car.get_links_pos(ref=COM_REFS[0])[..., :2] ** 2).sum()
+            loss = loss + car.get_links_pos(ref=COM_REFS[1]).sum() + (box.get_links_pos(ref=COM_REFS[0]) ** 2).sum()
+        return loss
+
+    shape = (T, scene.n_envs, 2) if scene.n_envs else (T, 2)
+    x = 0.4 * torch.rand(shape, generator=torch.Generator().manual_seed(4), dtype=torch.float64) - 0.2
+    x.requires_grad_()
+    (grad,) = torch.autograd.grad(rollout(x), x)
+    coords = [0, 1, x.numel() - 1]
+    assert_grad_close(grad.reshape(-1)[coords], central_fd(rollout, x, coords, eps=1e-5), rtol=1e-6)
+
+
+@pytest.mark.plugin_only
+def test_link_velocities_without_gradient_warn_and_return_stock(scene_2envs):
+    # Was: a GenesisException in grad mode, where stock 1.4.5 returned the value (valid code that only logs it broke).
     scene, car, arm, box = scene_2envs
-    _advance(scene, box, 1)
-    with pytest.raises(gs.GenesisException, match="not differentiable"):
-        car.get_links_pos(ref=gs.link_ref_frame.link_COM)
-    with pytest.raises(gs.GenesisException, match="free-floating"):
-        arm.get_vel()
-    with pytest.raises(gs.GenesisException, match="free-floating"):
-        car.get_links_vel()
-    # The stock path stays available where no gradient is needed.
-    with torch.no_grad():
-        assert arm.get_vel().shape == (2, 3)
+    calls = [
+        (arm, "get_vel", {}),
+        (arm, "get_ang", {}),
+        (car, "get_links_vel", {}),
+        (arm.links[1], "get_vel", {}),
+        (box, "get_links_vel", {"ref": gs.link_ref_frame.link_COM}),
+    ]
+    for obj, name, kwargs in calls:
+        _advance(scene, box, 1)  # a new rollout: the call site below reports again
+        with torch.no_grad():
+            stock = getattr(obj, name)(**kwargs)
+        with pytest.warns(GradientBreakWarning, match="not differentiable") as record:
+            for _ in range(3):  # one call site: one warning per rollout
+                out = getattr(obj, name)(**kwargs)
+        assert len([w for w in record if issubclass(w.category, GradientBreakWarning)]) == 1, name
+        assert not out.requires_grad
+        torch.testing.assert_close(out, stock, rtol=0, atol=0)
+        with ggp.set_mode("raise"), pytest.raises(GradientBreakError, match="not differentiable"):
+            getattr(obj, name)(**kwargs)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", GradientBreakWarning)
+            with ggp.set_mode("off"):
+                getattr(obj, name)(**kwargs)
+            with torch.no_grad():
+                getattr(obj, name)(**kwargs)
+    # The velocity of a free base stays differentiable.
+    assert box.get_vel().requires_grad and box.get_ang().requires_grad
+
+
+def _tracked_steps(scene, arm, n=3):
+    scene.reset()
+    x = torch.tensor([0.2, -0.1], dtype=torch.float64, requires_grad=True)
+    for i in range(n):
+        arm.control_dofs_position(x * (i + 1))
+        scene.step()
+    return x
+
+
+@pytest.mark.plugin_only
+def test_genesis_sensor_reads_take_the_stock_path():
+    # Was: the raycaster's 'get_links_pos' inside 'scene.step()' returned differentiable tensors, which it copies into
+    # its persistent pose buffer: the buffer carried autograd history (and kept the rollout's graph alive).
+    scene = gs.Scene(
+        sim_options=gs.options.SimOptions(dt=0.01, requires_grad=True, gravity=(0, 0, 0)), show_viewer=False
+    )
+    arm = scene.add_entity(gs.morphs.MJCF(file=str(ASSETS / "diag_arm.xml")))
+    sensor = scene.add_sensor(
+        gs.sensors.Raycaster(
+            pattern=gs.sensors.raycaster.GridPattern(resolution=0.5, size=(1.0, 1.0)),
+            entity_idx=arm.idx,
+            link_idx_local=1,
+            max_range=5.0,
+        )
+    )
+    scene.build()
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        x = _tracked_steps(scene, arm)
+        loss = (arm.get_dofs_position() ** 2).sum()
+    assert not record, [str(w.message) for w in record]
+    buffers = (sensor._shared_metadata.links_pos, sensor._shared_metadata.links_quat)
+    assert all(not b.requires_grad and b.grad_fn is None for b in buffers)
+    torch.testing.assert_close(buffers[0][0, 0], arm.links[1].get_pos().detach())
+    loss.backward()
+    assert x.grad.abs().sum() > 0
+
+
+class _ReadingViewer:
+    """Stands in for the viewer: its per-step update reads a link velocity, as the mouse interaction plugin does."""
+
+    def __init__(self, link):
+        self.link, self.reads = link, []
+
+    def update(self, *args, **kwargs):
+        pass
+
+    def update_on_sim_step(self, advanced):
+        self.reads.append(self.link.get_vel())
+
+
+@pytest.mark.plugin_only
+def test_viewer_reads_take_the_stock_path(scene_2envs):
+    # Was: the viewer's 'link.get_vel()' of a non-base link raised in a differentiable scene in grad mode.
+    scene, _, arm, _ = scene_2envs
+    viewer = _ReadingViewer(arm.links[1])
+    scene.visualizer._viewer = viewer
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", GradientBreakWarning)
+            _tracked_steps(scene, arm)
+    finally:
+        scene.visualizer._viewer = None
+    assert len(viewer.reads) == 3 and not any(read.requires_grad for read in viewer.reads)

@@ -203,6 +203,22 @@ def test_non_differentiable_getter_during_tracked_rollout(grad_arm):
             arm.get_dofs_force()
 
 
+def test_non_differentiable_getter_in_grad_mode_without_tracked_inputs(grad_arm):
+    # Was: silent (a detached tensor without a word) unless the rollout already had a tracked input.
+    scene, arm = grad_arm
+    scene.reset()
+    for getter in ("get_links_acc", "get_dofs_force", "get_contacts"):
+        with pytest.warns(GradientBreakWarning, match=getter) as record:
+            for _ in range(3):
+                scene.step()
+                where = next_line()
+                getattr(arm, getter)()
+        message = only_break(record)  # once per call site
+        assert where in message
+        with ggp.set_mode("raise"), pytest.raises(GradientBreakError, match=getter):
+            getattr(arm, getter)()
+
+
 # ------------------------------------------------------------------------------------------------------------------
 # Setters without a gradient path
 # ------------------------------------------------------------------------------------------------------------------
