@@ -133,7 +133,8 @@ def test_reload_of_a_submodule_keeps_working():
     script = textwrap.dedent(
         f"""
         import importlib, genesis as gs, torch
-                gs.init(backend=gs.cpu, precision="64", logging_level="warning")
+        import genesis_grad_patch as ggp
+        gs.init(backend=gs.cpu, precision="64", logging_level="warning")
         scene = gs.Scene(sim_options=gs.options.SimOptions(dt=0.01, requires_grad=True, gravity=(0, 0, 0)))
         arm = scene.add_entity(gs.morphs.MJCF(file={DIAG_ARM!r}))
         scene.build()
