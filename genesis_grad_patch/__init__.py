@@ -49,7 +49,7 @@ def install() -> None:
     if patching.is_patched():
         return
     check_genesis_version()
-    from . import compat, control, getters, replay, strict, tape_guards
+    from . import compat, control, detach_watch, getters, replay, strict, tape_guards
 
     control.install()
     replay.install()
@@ -57,6 +57,7 @@ def install() -> None:
     getters.install()
     compat.install()
     strict.install()
+    detach_watch.install()
 
 
 def uninstall() -> None:

@@ -421,10 +421,12 @@ def _detached_source(value, frame: FrameType | None, epoch: int):
     "As far as can be seen at the call": the output of `gs.from_torch(..., detach=True)`, or memory shared with a
     tracked tensor among the caller's local variables (`x.detach()`, `x.data`, `x.detach().numpy()` all share it).
     """
-    entry = _detached.get(id(value))
-    if entry is not None and entry[0]() is value:
-        return f"gs.from_torch(..., detach=True) at {entry[1]}", entry[2]
-    if frame is None:
+    from .detach_watch import registered
+
+    entry = registered(value)
+    if entry is not None:
+        return (entry[3] if len(entry) > 3 else f"gs.from_torch(..., detach=True) at {entry[1]}"), entry[2]
+    if frame is None or not isinstance(value, (torch.Tensor, np.ndarray)):
         return None
     # The caller's locals are scanned once per call site and rollout: a detach at a line shows at its first call, and
     # a module-level loop would otherwise scan every global of the script at every step.
@@ -569,6 +571,10 @@ def _record_input(sim: "Simulator", tensor: torch.Tensor, call: str, arg: str, f
     sim.__dict__[_TRACKED_ATTR] = epoch
 
 
+# Values a detach can hand to a control: tensors, arrays (`.numpy()`), Python numbers and lists (`.item()`, `.tolist()`).
+_CUT_KINDS = (torch.Tensor, np.ndarray, float, list, tuple)
+
+
 def _check_inputs(owner: str, name: str, category: str, solver, arguments: Iterable, frame: FrameType, report: bool):
     """Check (and, in a differentiable scene, record) the inputs of one control or setter call."""
     sim = solver._sim
@@ -618,7 +624,7 @@ def _check_inputs(owner: str, name: str, category: str, solver, arguments: Itera
                     )
             elif category != "solver":
                 _record_input(sim, value, call, arg, user)
-        elif requires_grad and category != "dropping" and isinstance(value, (torch.Tensor, np.ndarray)) and report:
+        elif requires_grad and category != "dropping" and isinstance(value, _CUT_KINDS) and report:
             found = _detached_source(value, user, sim._grad_epoch)
             if found is not None:
                 how, source = found
@@ -628,7 +634,8 @@ def _check_inputs(owner: str, name: str, category: str, solver, arguments: Itera
                     user,
                     f"'{name}' got '{arg}' = {how}: it does not track gradients, so the rollout is cut from what "
                     "produced it.",
-                    "Pass the tracked tensor itself (drop the `.detach()` / `detach=True` / `.numpy()`).",
+                    "Pass the tracked tensor itself (drop the `.detach()` / `.item()` / `.tolist()` / `.data` / `.numpy()` / "
+                    "`detach=True`).",
                     sim,
                     _step_of(sim),
                     (source,),

@@ -1,6 +1,7 @@
 """Strict mode: every silent gradient break is reported at the user's line, with its cause and what to change."""
 
 import inspect
+import re
 import warnings
 
 import genesis as gs
@@ -122,9 +123,9 @@ def test_detached_control_input(grad_arm):
         where = next_line()
         arm.control_dofs_position(action.detach())
     message = only_break(record)
-    assert where in message and "detached copy of the tracked tensor `action`" in message
+    assert where in message and f"`.detach()` of a tracked tensor at {where}" in message
 
-    with pytest.warns(GradientBreakWarning, match="numpy view of the tracked tensor `action`"):
+    with pytest.warns(GradientBreakWarning, match=r"`.detach\(\)` then `.numpy\(\)` of a tracked tensor"):
         arm.control_dofs_position(action.detach().numpy())
 
     # A fresh untracked target is no detach.
@@ -368,3 +369,49 @@ def test_uninstall_reverts_strict_patches():
     finally:
         ggp.install()
     assert all(is_strict(owner, name) for owner, name in patched)
+
+
+def _helper_that_detaches(x: torch.Tensor) -> torch.Tensor:
+    return torch.tanh(x).detach()
+
+
+@pytest.mark.parametrize(
+    "cut, how",
+    [
+        (lambda a: a.detach(), "`.detach()`"),
+        (lambda a: torch.tensor([a[0].item(), a[1].item()], dtype=torch.float64), "rebuilt from `.item()`"),
+        (lambda a: a.tolist(), "`.tolist()`"),
+        (lambda a: torch.tensor(a.tolist(), dtype=torch.float64), "rebuilt from `.tolist()`"),
+        (lambda a: a.data, "`.data`"),
+        (lambda a: a.detach().numpy(), "`.detach()` then `.numpy()`"),
+        (_helper_that_detaches, "`.detach()`"),
+    ],
+    ids=["detach", "item", "tolist", "tolist_rebuilt", "data", "detach_numpy", "helper"],
+)
+def test_common_detaches_are_caught_in_raise_mode(grad_arm, cut, how):
+    """Old main: only a detached named local or `gs.from_torch(detach=True)` was caught; these passed silently."""
+    scene, arm = grad_arm
+    policy = torch.nn.Linear(2, 2).double()
+    scene.reset()
+    with ggp.set_mode("raise"):
+        obs = arm.get_qpos()
+        with pytest.raises(GradientBreakError, match=re.escape(how)):
+            arm.control_dofs_position(cut(policy(obs + 0.1)))
+        arm.control_dofs_position(torch.tensor([0.1, 0.2], dtype=torch.float64))  # a fresh target is no detach
+        scene.step()
+
+
+def test_doctor_names_the_detach_of_a_parameter_output(grad_arm):
+    """Old main: the doctor said the parameters were "used neither by the loss nor by any input of the rollout"."""
+    scene, arm = grad_arm
+    policy = torch.nn.Linear(2, 2).double()
+    scene.reset()
+    loss = 0.0
+    with pytest.warns(GradientBreakWarning):
+        for _ in range(3):
+            arm.control_dofs_position(policy(arm.get_qpos()).detach())
+            scene.step()
+            loss = loss + (arm.get_qpos() ** 2).sum()
+    report = ggp.doctor(loss, policy)
+    assert {p.reason_kind for p in report.params} == {"cut_at_detach"}
+    assert all("`.detach()` of a tracked tensor" in p.reason for p in report.params)
