@@ -8,6 +8,10 @@ Importing the package installs the patches, so that in a scene built with `SimOp
 - `get_qpos`, `get_dofs_position`, `get_dofs_velocity`, `get_links_pos`, `get_links_quat` (solver and entity) and
   `get_pos`, `get_quat`, `get_vel`, `get_ang` (entity) return tensors of the autograd graph under grad mode;
 - every control call clears its gradient fields when its step is reversed (fixes stale `control_dofs_force` grads);
+- the reverse pass replays each step with the controls and model parameters it ran with (decimated, held, overridden
+  targets, mode switches, gains changed mid-rollout), see `replay`;
+- misuse of the tape (duplicated indices, failed calls and reverse passes, in-place inputs, double backward, no_grad
+  steps) gets a clear error and leaves nothing behind, see `tape_guards`;
 - `gs.from_torch` exists again for Genesis 0.x code, keeping the graph by default.
 
 `install()` and `uninstall()` apply and revert the patches; `uninstall()` restores every original attribute. Setting
