@@ -53,9 +53,10 @@ def install() -> None:
     if patching.is_patched():
         return
     check_genesis_version()
-    from . import compat, control, detach_watch, getters, replay, strict, tape_guards
+    from . import compat, control, detach_watch, getters, params, replay, strict, tape_guards
 
     control.install()
+    params.install()
     replay.install()
     tape_guards.install()
     getters.install()

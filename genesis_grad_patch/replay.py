@@ -31,7 +31,7 @@ from genesis.engine.solvers.rigid.rigid_solver import RigidSolver
 from genesis.utils.array_class import ArrayItem, DataKind
 from genesis.utils.misc import data_to_array
 
-from . import patching, tape_guards
+from . import params, patching, tape_guards
 
 # Arrays compared after every step: the control fields (written by every control call, taped or not) and gravity
 # (written by `set_gravity`, which sends no mutation notification).
@@ -186,6 +186,7 @@ def reset_grad(self: RigidSolver) -> None:
     record = _records.get(self)
     if record is not None:
         record.restart()
+    params.clear_grads(self)
     patching.original(RigidSolver, "reset_grad")(self)
 
 

@@ -453,16 +453,13 @@ CONTROLS = ("control_dofs_force", "control_dofs_velocity", "control_dofs_positio
 TAPED_SETTERS = ("set_pos", "set_quat", "set_dofs_velocity")
 # Setters that take state or parameters without any gradient path: a tracked input is dropped.
 # Dof parameters: set on an entity or on the solver alike, never differentiated.
+# Dof parameters differentiated by the plugin (params.py), on entities and on the solver.
+PARAMETER_SETTERS = ("set_dofs_kp", "set_dofs_kv", "set_dofs_damping", "set_dofs_armature", "set_dofs_stiffness")
 _DOF_PARAMETER_SETTERS = (
-    "set_dofs_kp",
-    "set_dofs_kv",
     "set_dofs_act_gain",
     "set_dofs_act_bias",
     "set_dofs_force_range",
     "set_dofs_limit",
-    "set_dofs_stiffness",
-    "set_dofs_armature",
-    "set_dofs_damping",
     "set_dofs_frictionloss",
 )
 DROPPING_ENTITY_SETTERS = (
@@ -547,8 +544,9 @@ _ENTITY_ROUTES = frozenset(
 
 _FIX_SCENE = "Build the scene with `gs.options.SimOptions(requires_grad=True)` to differentiate through it."
 _FIX_NOT_DIFFERENTIABLE = (
-    "Only `control_dofs_position/velocity/position_velocity/force` and the entity setters `set_pos`, `set_quat`, "
-    "`set_dofs_velocity` carry gradients into a differentiable scene; drive the dofs through one of them, or pass "
+    "Only `control_dofs_position/velocity/position_velocity/force`, the entity setters `set_pos`, `set_quat`, "
+    "`set_dofs_velocity` and the dof parameters `set_dofs_kp/kv/damping/armature/stiffness` carry gradients into a "
+    "differentiable scene; drive the dofs through one of them, or pass "
     "`.detach()` explicitly if no gradient is meant to flow."
 )
 
@@ -954,6 +952,9 @@ def install() -> None:
 
     for name in CONTROLS:
         patching.patch(RigidEntity, name, _entity_input(name, getattr(RigidEntity, name), "control"))
+        patching.patch(RigidSolver, name, _solver_input(name, getattr(RigidSolver, name), "solver"))
+    for name in PARAMETER_SETTERS:
+        patching.patch(RigidEntity, name, _entity_input(name, getattr(RigidEntity, name), "taped"))
         patching.patch(RigidSolver, name, _solver_input(name, getattr(RigidSolver, name), "solver"))
     for name in TAPED_SETTERS:
         patching.patch(RigidEntity, name, _entity_input(name, getattr(RigidEntity, name), "taped"))

@@ -235,17 +235,18 @@ def test_setter_dropping_tracked_input(grad_arm):
     message = only_break(record)
     assert where in message and "set_dofs_position" in message and "control_dofs_position" in message
 
-    with pytest.warns(GradientBreakWarning, match="set_dofs_kp"):
-        arm.set_dofs_kp(x * 10 + 5)
+    with pytest.warns(GradientBreakWarning, match="set_dofs_frictionloss"):
+        arm.set_dofs_frictionloss(x * 0.1 + 0.01)
     with ggp.set_mode("raise"), pytest.raises(GradientBreakError, match="set_qpos") as info:
         where = next_line()
         scene.sim.rigid_solver.set_qpos(x)
     assert where in str(info.value)
 
-    # The setters Genesis tapes carry the gradient: no break.
+    # The setters Genesis tapes, and the dof parameters the plugin differentiates, carry the gradient: no break.
     with warnings.catch_warnings():
         warnings.simplefilter("error", GradientBreakWarning)
         arm.set_dofs_velocity(x)
+        arm.set_dofs_kp(x * 10 + 5)
 
 
 def test_solver_control_from_plugin_code_keeps_its_gradient(grad_arm):

@@ -1,0 +1,181 @@
+"""
+Differentiable model parameters: gains, damping, armature and stiffness of the dofs.
+
+Genesis's reverse pass already differentiates every kernel that reads the model (`act_gain`, `act_bias`, `damping`,
+`armature`, `stiffness` of `dyn_info.dofs`): only the gradient storage is missing, since the build allocates those
+fields without it. In a scene built with `requires_grad=True`, this module allocates them with gradient storage, tapes
+the parameter setters like control calls (a value holds from the step it is set at until the next call that writes
+it), and hands the gradient the reverse pass accumulated in each field to the tensor the user gave:
+
+- `set_dofs_kp(kp)` writes `act_gain = kp`, `act_bias = (0, -kp, .)`: d loss / d kp = g(act_gain) - g(act_bias[1]);
+- `set_dofs_kv(kv)` writes `act_bias[2] = -kv`: d loss / d kv = -g(act_bias[2]);
+- `set_dofs_damping`, `set_dofs_armature`, `set_dofs_stiffness` write their field: the gradient is the field's.
+
+As for control targets, every call of a reversed step reads and clears the gradient of what it wrote, tracked or not,
+so the gradient of the steps a later call drove never reaches an earlier value; what the steps before the first call
+accumulated (the model's own values) is dropped at the next `scene.reset()`. The replay record (`replay.py`) gives each
+replayed step the parameter values it ran with.
+
+Refused with a clear error: a tracked armature in a scene whose constraints read it (contacts or joint limits: the
+derived inverse weights the constraint rows use are not differentiated).
+"""
+
+import dataclasses
+import weakref
+from functools import wraps
+from inspect import signature
+
+import genesis as gs
+import genesis.utils.array_class as array_class
+import torch
+from genesis.engine.solvers.rigid.rigid_solver import RigidSolver
+from genesis.utils.misc import indices_to_mask, qd_to_torch
+
+from . import patching
+from .control import _grad_like
+
+# Setter -> (info field, component or None, sign) per term of its gradient. The fields are those of `dyn_info.dofs`.
+PARAMETERS: dict[str, tuple[tuple[str, int | None, float], ...]] = {
+    "set_dofs_kp": (("act_gain", None, 1.0), ("act_bias", 1, -1.0)),
+    "set_dofs_kv": (("act_bias", 2, -1.0),),
+    "set_dofs_damping": (("damping", None, 1.0),),
+    "set_dofs_armature": (("armature", None, 1.0),),
+    "set_dofs_stiffness": (("stiffness", None, 1.0),),
+}
+# Fields written by a setter but carrying no gradient of its own value: cleared with the rest (kp zeroes act_bias[0]).
+_CLEARED = {"set_dofs_kp": (("act_bias", 0),)}
+GRAD_FIELDS = frozenset(field for terms in PARAMETERS.values() for field, _, _ in terms)
+
+# Per solver: the parameter calls of the coming step, then of each taped step (by its first substep).
+_pending: "weakref.WeakKeyDictionary[RigidSolver, list]" = weakref.WeakKeyDictionary()
+_taped: "weakref.WeakKeyDictionary[RigidSolver, dict[int, list]]" = weakref.WeakKeyDictionary()
+
+
+def _get_dofs_info(solver):
+    """`array_class.get_dofs_info`, with gradient storage for the parameter fields of a differentiable scene."""
+    info = patching.original(array_class, "get_dofs_info")(solver)
+    if not solver._requires_grad:
+        return info
+    # The stock allocation of these fields (see `array_class.get_dofs_info`), plus gradient storage.
+    shape = (solver.n_dofs_, solver._B) if solver._options.batch_dofs_info else (solver.n_dofs_,)
+    dtypes = {"act_bias": gs.qd_vec3}
+    fields = {
+        name: array_class.V(dtype=dtypes.get(name, gs.qd_float), shape=shape, needs_grad=True) for name in GRAD_FIELDS
+    }
+    return dataclasses.replace(info, **fields)
+
+
+def _has_grad(solver: RigidSolver) -> bool:
+    return solver._requires_grad and solver.dyn_info.dofs.damping.has_grad()
+
+
+def _field_grad(solver: RigidSolver, field: str) -> torch.Tensor:
+    """Zero-copy view of a parameter field's gradient, environments first when batched."""
+    return qd_to_torch(getattr(solver.dyn_info.dofs, field).grad, transpose=True, copy=False)
+
+
+def _mask(solver: RigidSolver, dofs_idx, envs_idx) -> tuple:
+    if solver._options.batch_dofs_info:
+        return indices_to_mask(envs_idx, dofs_idx)
+    return indices_to_mask(dofs_idx)
+
+
+def _consume(solver: RigidSolver, method: str, dofs_idx, envs_idx) -> torch.Tensor:
+    """Read, then clear, the gradient of the value one parameter call wrote, in the layout of its selection."""
+    mask = _mask(solver, dofs_idx, envs_idx)
+    grad = None
+    for field, component, sign in PARAMETERS[method]:
+        view = _field_grad(solver, field)
+        index = (*mask, component) if component is not None else mask
+        term = sign * view[index].clone()
+        view[index] = 0.0
+        grad = term if grad is None else grad + term
+    for field, component in _CLEARED.get(method, ()):
+        _field_grad(solver, field)[(*mask, component)] = 0.0
+    return grad
+
+
+def _constraints_read_armature(solver: RigidSolver) -> bool:
+    """Whether contact or joint-limit rows can be active: their regularization reads the armature's inverse weights."""
+    collides = solver._enable_collision and solver.collider is not None and solver.collider._n_possible_pairs > 0
+    limits = solver._enable_joint_limit and bool(torch.isfinite(qd_to_torch(solver.dyn_info.dofs.limit)).any())
+    return collides or limits
+
+
+def _refuse_unsupported(solver: RigidSolver, method: str) -> None:
+    if method == "set_dofs_armature" and _constraints_read_armature(solver):
+        gs.raise_exception(
+            "set_dofs_armature got a tensor that tracks gradients in a scene with collisions or joint limits: the "
+            "armature also sets the inverse weights of the constraint rows, whose gradient Genesis 1.4.5 does not "
+            "compute, so the gradient would be biased. Disable them (`RigidOptions(enable_collision=False, "
+            "enable_joint_limit=False)`) or pass an untracked value."
+        )
+
+
+def _parameter_setter(method: str):
+    stock = getattr(RigidSolver, method)
+    sig = signature(stock)
+    value_arg = list(sig.parameters)[1]  # kp, kv, damping, ...
+
+    @wraps(stock)
+    def wrapper(self: RigidSolver, *args, **kwargs):
+        if not (torch.is_grad_enabled() and _has_grad(self)):
+            return stock(self, *args, **kwargs)
+        arguments = sig.bind(self, *args, **kwargs).arguments
+        value = arguments.get(value_arg)
+        tracked = isinstance(value, torch.Tensor) and value.requires_grad
+        if tracked:
+            _refuse_unsupported(self, method)
+            args = tuple(a.detach() if a is value else a for a in args)
+            kwargs = {k: (v.detach() if v is value else v) for k, v in kwargs.items()}
+        result = stock(self, *args, **kwargs)
+        # Taped for the coming step, tracked or not: its reversal clears the gradient of what it wrote.
+        _pending.setdefault(self, []).append(
+            (method, value if tracked else None, arguments.get("dofs_idx"), arguments.get("envs_idx"))
+        )
+        return result
+
+    return wrapper
+
+
+def process_input(self: RigidSolver, in_backward: bool = False):
+    inputs = patching.original(RigidSolver, "process_input")(self, in_backward=in_backward)
+    if in_backward:
+        return inputs
+    calls = _pending.pop(self, None)
+    taped = _taped.setdefault(self, {})
+    first_substep = self.sim.cur_substep_global
+    if calls:
+        taped[first_substep] = calls
+        inputs = [*inputs, *(value for _, value, _, _ in calls if value is not None)]
+    else:
+        taped.pop(first_substep, None)
+    return inputs
+
+
+def process_input_grad(self: RigidSolver):
+    pairs = patching.original(RigidSolver, "process_input_grad")(self)
+    calls = _taped.get(self, {}).get(self.sim.cur_substep_global)
+    # Reverse order of the calls: a later call on the same dofs overwrote an earlier one.
+    for method, value, dofs_idx, envs_idx in reversed(calls or ()):
+        grad = _consume(self, method, dofs_idx, envs_idx)
+        if value is not None:
+            pairs.append((value, _grad_like(grad, value)))
+    return pairs
+
+
+def clear_grads(solver: RigidSolver) -> None:
+    """Drop the parameter gradients and the taped calls of the last rollout (at `scene.reset()`)."""
+    _pending.pop(solver, None)
+    _taped.pop(solver, None)
+    if _has_grad(solver):
+        for field in GRAD_FIELDS:
+            _field_grad(solver, field).zero_()
+
+
+def install() -> None:
+    patching.patch(array_class, "get_dofs_info", _get_dofs_info)
+    for method in PARAMETERS:
+        patching.patch(RigidSolver, method, _parameter_setter(method))
+    patching.patch(RigidSolver, "process_input", process_input)
+    patching.patch(RigidSolver, "process_input_grad", process_input_grad)
