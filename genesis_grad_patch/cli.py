@@ -449,5 +449,8 @@ def _cmd_demo(args) -> int:
     return 0
 
 
+# `genesis-grad sysid generate | fit` (issue 13's application) registers itself; imported last, after `register`.
+from .sysid import cli as _sysid_cli  # noqa: E402, F401
+
 if __name__ == "__main__":
     sys.exit(main())

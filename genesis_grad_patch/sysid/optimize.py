@@ -53,6 +53,7 @@ class FitResult:
     loss: float
     history: dict = field(default_factory=dict)
     stop_reason: str = ""
+    z_history: list = field(default_factory=list, repr=False)
 
     def steps_to(self, target: float) -> tuple[int | None, float | None]:
         """(simulated steps, wall-clock) at which the best loss first reached ``target``, or (None, None)."""
@@ -65,13 +66,16 @@ class FitResult:
 class Tracker:
     """Counts and records every evaluation of the problem, keeps the best point, and stops at the budget or target."""
 
-    def __init__(self, problem: SysIdProblem, max_steps: int | None, target_loss: float | None, progress: bool, desc: str):
+    def __init__(
+        self, problem: SysIdProblem, max_steps: int | None, target_loss: float | None, progress: bool, desc: str
+    ):
         self.problem, self.max_steps, self.target_loss = problem, max_steps, target_loss
         self.steps0, self.fwd0 = problem.total_steps, problem.forward_steps
         self.t0 = time.perf_counter()
         self.best_loss, self.best_z = math.inf, None
         self.history = {"steps": [], "forward_steps": [], "wall": [], "loss": []}
         self.stop_reason = "iterations"
+        self.z_history: list = []  # best point after each evaluation (for benchmarks; not in the JSON report)
         self.bar = None
         if progress:
             from tqdm.auto import tqdm
@@ -96,6 +100,7 @@ class Tracker:
         self.history["forward_steps"].append(self.problem.forward_steps - self.fwd0)
         self.history["wall"].append(time.perf_counter() - self.t0)
         self.history["loss"].append(self.best_loss)
+        self.z_history.append(self.best_z)
         if self.bar is not None:
             self.bar.n = min(self.steps, self.max_steps) if self.max_steps else self.steps
             self.bar.set_postfix(loss=f"{self.best_loss:.3e}", refresh=False)
@@ -120,7 +125,9 @@ class Tracker:
         if self.bar is not None:
             self.bar.close()
         z = self.best_z if self.best_z is not None else np.zeros(len(self.problem.spec))
-        return FitResult(method, z, self.problem.values(z), self.best_loss, self.history, self.stop_reason)
+        return FitResult(
+            method, z, self.problem.values(z), self.best_loss, self.history, self.stop_reason, self.z_history
+        )
 
 
 def fit(
@@ -194,7 +201,13 @@ def _lbfgs(tracker: Tracker, z0: np.ndarray, iterations: int, b: float) -> None:
 
     z = torch.tensor(z0, requires_grad=True)
     opt = torch.optim.LBFGS(
-        [z], lr=1.0, max_iter=20, history_size=20, line_search_fn="strong_wolfe", tolerance_grad=0.0, tolerance_change=0.0
+        [z],
+        lr=1.0,
+        max_iter=20,
+        history_size=20,
+        line_search_fn="strong_wolfe",
+        tolerance_grad=0.0,
+        tolerance_change=0.0,
     )
 
     def closure():

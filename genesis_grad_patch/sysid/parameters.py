@@ -116,7 +116,9 @@ def check_selection_syntax(text: str) -> str:
             raise ParameterError(f"{part.strip()!r} is not KINDS@DOFS (e.g. kp,kv@0-3, all@0-6, damping@joint1)")
         for kind in (k.strip() for k in kinds.split(",")):
             if kind != "all" and kind not in KINDS:
-                raise ParameterError(f"unknown parameter kind {kind!r} in {part.strip()!r}; choose from {', '.join(KINDS)}")
+                raise ParameterError(
+                    f"unknown parameter kind {kind!r} in {part.strip()!r}; choose from {', '.join(KINDS)}"
+                )
     return text
 
 
@@ -196,7 +198,9 @@ def load_params(source: str | Path, dof_names: Sequence[str], base: Mapping[str,
         try:
             raw = Path(text).read_text(encoding="utf-8-sig")
         except (OSError, UnicodeDecodeError) as exc:
-            raise ParameterError(f"{where}: cannot read the parameter file: {getattr(exc, 'strerror', None) or exc}") from None
+            raise ParameterError(
+                f"{where}: cannot read the parameter file: {getattr(exc, 'strerror', None) or exc}"
+            ) from None
     try:
         data = json.loads(raw)
     except json.JSONDecodeError as exc:

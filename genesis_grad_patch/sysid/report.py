@@ -29,7 +29,9 @@ def parameter_rows(problem: SysIdProblem, result: FitResult, truth: np.ndarray |
 
 def format_table(rows: list[dict]) -> str:
     """A plain-text table of ``parameter_rows``."""
-    cols = [c for c in ("parameter", "nominal", "identified", "true", "rel_error", "rel_std", "sensitivity") if c in rows[0]]
+    cols = [
+        c for c in ("parameter", "nominal", "identified", "true", "rel_error", "rel_std", "sensitivity") if c in rows[0]
+    ]
     fmt = {"rel_error": "{:.2%}", "rel_std": "{:.2%}", "sensitivity": "{:.2e}"}
     cells = [[fmt.get(c, "{:.6g}").format(r[c]) if c != "parameter" else r[c] for c in cols] for r in rows]
     widths = [max(len(c), *(len(row[j]) for row in cells)) for j, c in enumerate(cols)]

@@ -226,7 +226,7 @@ class SysIdSim:
         self.scene.reset()
         with torch.no_grad():
             for kind in KINDS:
-                getattr(robot, f"set_dofs_{kind}")(torch.as_tensor(values[kind][None], dtype=torch.float64))
+                getattr(robot, f"set_dofs_{kind}")(torch.as_tensor(values[kind], dtype=torch.float64))
             robot.set_dofs_position(torch.as_tensor(q0[None], dtype=torch.float64))
             robot.set_dofs_velocity(torch.zeros(1, len(q0), dtype=torch.float64))
             q, dq = [self._np(robot.get_dofs_position())], [self._np(robot.get_dofs_velocity())]
@@ -242,4 +242,3 @@ class SysIdSim:
                 dq.append(self._np(robot.get_dofs_velocity()))
         self.forward_steps += T - 1
         return np.stack(q), np.stack(dq)
-

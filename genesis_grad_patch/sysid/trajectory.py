@@ -84,9 +84,13 @@ def _read_text(path: Path) -> str:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = raw.count(b"\n", 0, exc.start) + 1
-        raise TrajectoryFileError(f"{path}: not a UTF-8 text CSV file (byte 0x{raw[exc.start]:02x} on line {line})") from None
+        raise TrajectoryFileError(
+            f"{path}: not a UTF-8 text CSV file (byte 0x{raw[exc.start]:02x} on line {line})"
+        ) from None
     if "\0" in text:
-        raise TrajectoryFileError(f"{path}: not a text CSV file: NUL byte on line {text.count(chr(10), 0, text.index(chr(0))) + 1}")
+        raise TrajectoryFileError(
+            f"{path}: not a text CSV file: NUL byte on line {text.count(chr(10), 0, text.index(chr(0))) + 1}"
+        )
     return text
 
 
@@ -111,7 +115,9 @@ def load_trajectory_csv(path: str | Path) -> Trajectory:
             raise TrajectoryFileError(f"{path}: column {name!r} appears twice in the header")
         seen.add(name)
     if "time" not in header:
-        raise TrajectoryFileError(f"{path}: missing column 'time'; expected a header with time, target_<joint>..., q_<joint>...")
+        raise TrajectoryFileError(
+            f"{path}: missing column 'time'; expected a header with time, target_<joint>..., q_<joint>..."
+        )
 
     def joints_with(prefix: str) -> list[str]:
         # target_vel_ columns also start with target_: those are not position targets.
@@ -214,13 +220,19 @@ def check_against_robot(traj: Trajectory, dof_names: Sequence[str], actuated: Se
     """
     for name in traj.joints:
         if name not in dof_names:
-            raise TrajectoryFileError(f"{source}: column 'q_{name}': the robot has no joint {name!r} ({', '.join(dof_names)})")
+            raise TrajectoryFileError(
+                f"{source}: column 'q_{name}': the robot has no joint {name!r} ({', '.join(dof_names)})"
+            )
     missing = [n for n in dof_names if n not in traj.joints]
     if missing:
-        raise TrajectoryFileError(f"{source}: no measured position for joint(s) {', '.join(missing)} (columns q_<joint>)")
+        raise TrajectoryFileError(
+            f"{source}: no measured position for joint(s) {', '.join(missing)} (columns q_<joint>)"
+        )
     for name in traj.actuated:
         if name not in actuated:
-            raise TrajectoryFileError(f"{source}: column 'target_{name}': joint {name!r} has no position servo (kp = 0)")
+            raise TrajectoryFileError(
+                f"{source}: column 'target_{name}': joint {name!r} has no position servo (kp = 0)"
+            )
 
 
 def excitation(

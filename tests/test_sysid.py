@@ -1,0 +1,274 @@
+"""System identification (issue 13's application): CSV validation, parameter selections, the generator, the loss,
+gradient steps, the gradient against finite differences, and the CLI. Small: 2 windows of 25 steps on the Panda."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from genesis_grad_patch.cli import main
+from genesis_grad_patch.sysid import parameters as P
+from genesis_grad_patch.sysid.errors import ParameterError, TrajectoryFileError
+from genesis_grad_patch.sysid.trajectory import Trajectory, load_trajectory_csv, save_trajectory_csv
+
+from .conftest import assert_grad_close, central_fd
+
+PANDA_DOFS = [f"joint{i}" for i in range(1, 8)] + ["finger_joint1", "finger_joint2"]
+WINDOW, N_WINDOWS = 25, 2
+SELECTION = "kp,kv,damping@0-3"
+
+
+# ------------------------------------------------------------------ CSV validation (no scene)
+
+GOOD = "time,target_a,q_a,q_b\n0,0,0,0\n0.01,0.1,0,0\n0.02,0.2,0.01,0\n"
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("", "empty file"),
+        ("target_a,q_a\n0,0\n0,0\n", "missing column 'time'"),
+        ("time,target_a\n0,0\n0.01,0\n", "no measured joint"),
+        ("time,q_a\n0,0\n0.01,0\n", "no control target"),
+        ("time,target_c,q_a\n0,0,0\n0.01,0,0\n", "'target_c' has no measured position"),
+        ("time,target_a,q_a,q_a\n0,0,0,0\n0.01,0,0,0\n", "appears twice"),
+        ("time,target_a,q_a\n0,0,0\n", "at least 2 rows"),
+        ("time,target_a,q_a\n0,0,0\n0.01,x,0\n", "row 2, column 'target_a': 'x' is not a number"),
+        ("time,target_a,q_a\n0,0,0\n0.01,0,nan\n", "row 2, column 'q_a' is 'nan'"),
+        ("time,target_a,q_a\n0,0,0\n0,0,0\n", "time must increase"),
+        ("time,target_a,q_a\n0,0,0\n0.01,0,0\n0.03,0,0\n", "row 3: time step"),
+        ("time,target_a,q_a,q_b,dq_a\n0,0,0,0,0\n0.01,0,0,0,0\n", "dq_<joint> columns must be given"),
+    ],
+)
+def test_csv_errors_are_one_line(tmp_path, text, message):
+    path = tmp_path / "traj.csv"
+    path.write_text(text)
+    with pytest.raises(TrajectoryFileError) as info:
+        load_trajectory_csv(path)
+    assert message in str(info.value) and "\n" not in str(info.value) and str(path) in str(info.value)
+
+
+def test_csv_binary_and_bom(tmp_path):
+    path = tmp_path / "bin.csv"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n\0\0")
+    with pytest.raises(TrajectoryFileError, match="not a UTF-8 text CSV"):
+        load_trajectory_csv(path)
+    path.write_bytes(b"\xef\xbb\xbf" + GOOD.encode())
+    traj = load_trajectory_csv(path)
+    assert traj.actuated == ["a"] and traj.joints == ["a", "b"] and traj.dt == pytest.approx(0.01)
+    assert traj.target_vel is None and traj.velocities().shape == (3, 2)
+
+
+def test_csv_round_trip_exact(tmp_path):
+    rng = np.random.default_rng(0)
+    traj = Trajectory(
+        np.arange(5) * 0.01,
+        ["a"],
+        rng.normal(size=(5, 1)),
+        rng.normal(size=(5, 1)),
+        ["a", "b"],
+        rng.normal(size=(5, 2)),
+        rng.normal(size=(5, 2)),
+    )
+    back = load_trajectory_csv(save_trajectory_csv(traj, tmp_path / "t.csv"))
+    for key in ("time", "target_pos", "target_vel", "q", "dq"):
+        np.testing.assert_array_equal(getattr(back, key), getattr(traj, key))
+
+
+# ------------------------------------------------------------------ parameter selections (no scene)
+
+
+@pytest.mark.parametrize(
+    "text, count",
+    [
+        ("kp@0-3", 4),
+        ("kp,kv,damping@0-3", 12),
+        ("all@0-6;kp@7,8", 30),
+        ("damping@joint1,finger_joint2", 2),
+        ("all@all", 36),
+    ],
+)
+def test_selection_sizes(text, count):
+    spec = P.parse_selection(text, PANDA_DOFS)
+    assert len(spec) == count and len(set(spec.entries)) == count
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("kp", "not KINDS@DOFS"),
+        ("mass@0", "unknown parameter kind"),
+        ("kp@9", "out of range"),
+        ("kp@elbow", "neither a dof index"),
+        ("kp@0;kp@0-1", "selected twice"),
+        ("", "empty parameter selection"),
+    ],
+)
+def test_selection_errors(text, message):
+    with pytest.raises(ParameterError, match=message) as info:
+        P.parse_selection(text, PANDA_DOFS)
+    assert "\n" not in str(info.value)
+
+
+def test_params_file_errors(tmp_path):
+    base = {k: np.ones(len(PANDA_DOFS)) for k in P.KINDS}
+    assert P.load_params('{"kp": {"joint2": 5.0}}', PANDA_DOFS, base)["kp"][1] == 5.0
+    for text, message in [
+        ('{"kp": {"joint9": 1}}', "unknown joint"),
+        ('{"kp": {"joint1": -1}}', "positive finite"),
+        ('{"mass": {}}', "unknown parameter kind"),
+        ('{"kp": [1, 2]}', "has 2 values"),
+    ]:
+        with pytest.raises(ParameterError, match=message):
+            P.load_params(text, PANDA_DOFS, base)
+    with pytest.raises(ParameterError, match="cannot read"):
+        P.load_params(str(tmp_path / "missing.json"), PANDA_DOFS, base)
+
+
+# ------------------------------------------------------------------ CLI flags (no scene)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["sysid", "fit", "missing.csv"], "no such file"),
+        (["sysid", "fit", "README.md", "--window", "0"], "--window: must be a positive integer"),
+        (["sysid", "fit", "README.md", "--method", "sgd"], "--method: invalid choice"),
+        (["sysid", "fit", "README.md", "--bound-ratio", "1"], "must be greater than 1"),
+        (["sysid", "generate", "--identify", "kp"], "not KINDS@DOFS"),
+        (["sysid", "generate", "--noise", "-1"], "--noise: must be zero or positive"),
+        (["sysid", "generate", "--params-true", "{bad"], "not valid JSON"),
+        (["sysid", "generate", "--robot", "README.md"], "not an MJCF (.xml) or URDF"),
+        (["sysid"], "required"),
+    ],
+)
+def test_cli_flags_one_line_exit_2(capsys, argv, message):
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and message in err and err.count("\n") == 1
+
+
+def test_cli_bad_csv_before_any_scene(tmp_path, capsys):
+    path = tmp_path / "t.csv"
+    path.write_text("time,target_a,q_a\n0,0,0\n0.01,0,inf\n")
+    assert main(["sysid", "fit", str(path), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "row 2, column 'q_a'" in err and err.count("\n") == 1
+
+
+# ------------------------------------------------------------------ with the Panda
+
+
+@pytest.fixture(scope="module")
+def gen_sim():
+    from genesis_grad_patch.sysid.sim import SysIdSim, default_robot
+
+    return SysIdSim(default_robot(), dt=0.01, n_envs=1, requires_grad=False)
+
+
+@pytest.fixture(scope="module")
+def fit_sim():
+    from genesis_grad_patch.sysid.sim import SysIdSim, default_robot
+
+    return SysIdSim(default_robot(), dt=0.01, n_envs=N_WINDOWS, requires_grad=True)
+
+
+@pytest.fixture(scope="module")
+def data(gen_sim):
+    from genesis_grad_patch.sysid.generate import generate
+
+    spec = P.parse_selection(SELECTION, gen_sim.dof_names)
+    truth = P.perturbed(gen_sim.nominal, spec, 0.3, seed=1)
+    traj = generate(gen_sim, truth, duration=N_WINDOWS * WINDOW * 0.01, seed=1)
+    return spec, truth, traj
+
+
+def _problem(fit_sim, traj, selection=SELECTION):
+    from genesis_grad_patch.sysid.problem import SysIdProblem
+
+    return SysIdProblem(fit_sim, traj, P.parse_selection(selection, fit_sim.dof_names), WINDOW)
+
+
+def test_generator_round_trip(gen_sim, data, tmp_path):
+    spec, truth, traj = data
+    assert traj.joints == gen_sim.dof_names and len(traj) == N_WINDOWS * WINDOW + 1
+    assert np.ptp(traj.q, axis=0)[:7].min() > 1e-3  # every arm joint moves
+    back = load_trajectory_csv(save_trajectory_csv(traj, tmp_path / "traj.csv"))
+    for key in ("time", "target_pos", "target_vel", "q", "dq"):
+        np.testing.assert_array_equal(getattr(back, key), getattr(traj, key))
+    lower, upper = gen_sim.limits
+    assert (traj.target_pos >= lower).all() and (traj.target_pos <= upper).all()
+
+
+def test_loss_zero_at_truth(fit_sim, data):
+    spec, truth, traj = data
+    problem = _problem(fit_sim, traj)
+    z_true = P.to_z(spec.gather(truth), problem.nominal)
+    scale = float(np.mean(traj.q**2))
+    assert problem.loss(z_true) <= 1e-20 * scale
+    assert problem.loss(np.zeros(len(spec))) > 1e-6 * problem.loss(z_true) + 1e-12
+
+
+def _grad_or_skip(problem, z):
+    from genesis_grad_patch.sysid.problem import GradientUnavailable
+
+    try:
+        return problem.loss_and_grad(z)
+    except GradientUnavailable as exc:
+        pytest.skip(f"differentiable parameter setters (issue 13) not installed: {exc}")
+
+
+def test_gradient_steps_lower_the_loss(fit_sim, data):
+    from genesis_grad_patch.sysid.optimize import fit
+
+    spec, truth, traj = data
+    problem = _problem(fit_sim, traj)
+    _grad_or_skip(problem, np.zeros(len(spec)))
+    loss0 = problem.loss(np.zeros(len(spec)))
+    result = fit(problem, "adam", iterations=5, lr=0.05, progress=False)
+    assert result.loss < 0.5 * loss0
+    assert result.history["steps"][-1] == 5 * 2 * N_WINDOWS * WINDOW + N_WINDOWS * WINDOW  # 5 fwd+bwd, 1 fwd
+
+
+def test_gradient_matches_finite_differences(fit_sim, data):
+    spec, truth, traj = data
+    problem = _problem(fit_sim, traj, "all@0-1;kp@7")  # every kind, a hinge and a slide joint
+    z = np.linspace(-0.2, 0.2, len(problem.spec))
+    _, grad = _grad_or_skip(problem, z)
+    fd = central_fd(lambda x: torch.tensor(problem.loss(x.numpy())), torch.tensor(z), eps=1e-6)
+    assert_grad_close(torch.tensor(grad), fd, rtol=1e-5)
+
+
+def test_cli_generate_and_fit(tmp_path, capsys):
+    traj = tmp_path / "traj.csv"
+    assert main(["sysid", "generate", "--identify", "kp@0-1", "--duration", "0.5", "--out", str(traj)]) == 0
+    truth = json.loads(traj.with_suffix(".truth.json").read_text())
+    assert set(truth) == set(P.KINDS) and len(truth["kp"]) == 9
+    out = tmp_path / "fit"
+    argv = [
+        "sysid",
+        "fit",
+        str(traj),
+        "--identify",
+        "kp@0-1",
+        "--method",
+        "cma",
+        "--iterations",
+        "2",
+        "--window",
+        "25",
+        "--params-true",
+        str(traj.with_suffix(".truth.json")),
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
+    assert main(argv) == 0
+    report = json.loads((out / "sysid_report.json").read_text())
+    assert report["windows"] == {"count": 2, "steps": 25} and len(report["params"]["table"]) == 2
+    assert {"rel_error", "rel_std", "sensitivity"} <= set(report["params"]["table"][0])
+    assert (out / "sysid_fit.png").stat().st_size > 10_000
+    # The identified model reads back as a parameter file.
+    assert P.load_params(str(out / "sysid_report.json"), PANDA_DOFS, {k: np.ones(9) for k in P.KINDS})["kp"][0] > 1
