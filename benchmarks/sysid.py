@@ -80,11 +80,11 @@ def main() -> None:
             )
         best_grad = min(("adam", "lbfgs"), key=lambda m: results[m].loss)
         target = max(results[best_grad].loss, results["cma"].loss)
-        grad_to_target = first(results[best_grad], truth, lambda loss, err: loss <= target)[0]
+        grad_to_target = first(results[best_grad], truth, lambda loss, err, target=target: loss <= target)[0]
         for method, r in results.items():
             err = np.abs(r.values / truth - 1).max()
             s1, w1 = first(r, truth, lambda loss, e: e <= 0.01)
-            st, wt = first(r, truth, lambda loss, e: loss <= target)
+            st, wt = first(r, truth, lambda loss, e, target=target: loss <= target)
             ratio = f"{st / grad_to_target:.1f}x" if st and grad_to_target else "-"
             rows.append((size, method, r.loss, err, s1, w1, st, wt, ratio, r.history["steps"][-1]))
             raw[f"{size}/{method}"] = {
