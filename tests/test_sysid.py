@@ -12,7 +12,7 @@ from genesis_grad_patch.sysid import parameters as P
 from genesis_grad_patch.sysid.errors import ParameterError, TrajectoryFileError
 from genesis_grad_patch.sysid.trajectory import Trajectory, load_trajectory_csv, save_trajectory_csv
 
-from .conftest import assert_grad_close, central_fd
+from conftest import assert_grad_close, central_fd
 
 PANDA_DOFS = [f"joint{i}" for i in range(1, 8)] + ["finger_joint1", "finger_joint2"]
 WINDOW, N_WINDOWS = 25, 2
@@ -237,7 +237,7 @@ def test_gradient_matches_finite_differences(fit_sim, data):
     problem = _problem(fit_sim, traj, "all@0-1;kp@7")  # every kind, a hinge and a slide joint
     z = np.linspace(-0.2, 0.2, len(problem.spec))
     _, grad = _grad_or_skip(problem, z)
-    fd = central_fd(lambda x: torch.tensor(problem.loss(x.numpy())), torch.tensor(z), eps=1e-6)
+    fd = central_fd(lambda x: torch.tensor(problem.loss(x.numpy()), dtype=torch.float64), torch.tensor(z), eps=1e-5)
     assert_grad_close(torch.tensor(grad), fd, rtol=1e-5)
 
 
