@@ -6,13 +6,12 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import assert_grad_close, central_fd
 
 from genesis_grad_patch.cli import main
 from genesis_grad_patch.sysid import parameters as P
 from genesis_grad_patch.sysid.errors import ParameterError, TrajectoryFileError
 from genesis_grad_patch.sysid.trajectory import Trajectory, load_trajectory_csv, save_trajectory_csv
-
-from conftest import assert_grad_close, central_fd
 
 PANDA_DOFS = [f"joint{i}" for i in range(1, 8)] + ["finger_joint1", "finger_joint2"]
 WINDOW, N_WINDOWS = 25, 2
