@@ -156,7 +156,6 @@ def test_gain_changed_mid_rollout(arm):
         arm.set_dofs_kv(kv)
 
 
-@pytest.mark.plugin_only  # not in patches/ yet (listed in patches/README.md)
 def test_untracked_velocity_set_mid_rollout(arm):
     """
     An untracked `set_dofs_velocity` between steps cuts the gradient of the velocity it replaced (stock: 0.39).
