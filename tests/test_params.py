@@ -5,7 +5,7 @@ Differentiable dof parameters (issue 13): kp, kv, damping, armature, stiffness, 
 import genesis as gs
 import pytest
 import torch
-from conftest import DIAG_ARM, assert_grad_close, central_fd, make_scene
+from conftest import DIAG_ARM, assert_grad_close, build_diag_arm, central_fd, make_scene
 
 from genesis_grad_patch.strict import GradientBreakWarning
 
@@ -23,8 +23,7 @@ VALUES = {
 
 @pytest.fixture(scope="module")
 def arm():
-    scene, (arm,) = make_scene(gs.morphs.MJCF(file=DIAG_ARM))
-    return scene, arm
+    return build_diag_arm()
 
 
 @pytest.fixture(scope="module")
