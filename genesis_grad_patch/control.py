@@ -17,10 +17,12 @@ from functools import wraps
 from inspect import signature
 
 import genesis as gs
+import numpy as np
 import torch
 from genesis.engine.entities.rigid_entity.rigid_entity import RigidEntity
 from genesis.engine.solvers.rigid import rigid_solver
 from genesis.engine.solvers.rigid.rigid_solver import RigidSolver
+from genesis.utils.misc import broadcast_tensor
 
 from . import patching
 from .kernels import kernel_get_dofs_ctrl_pd_grad
@@ -64,18 +66,20 @@ def _consume_ctrl_grads(entity: RigidEntity, method: str, dofs_idx_local, envs_i
 
 
 def _grad_like(grad: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Bring the gradient of a full input to the shape the user gave, summing over broadcast dimensions."""
-    if grad.shape != target.shape:
-        if torch.broadcast_shapes(target.shape, grad.shape) == grad.shape:
-            grad = grad.sum_to_size(target.shape)
-        elif grad.numel() == target.numel():
-            grad = grad.reshape(target.shape)
-        else:
-            gs.raise_exception(
-                f"Cannot map the gradient of shape {tuple(grad.shape)} back to a control input of shape "
-                f"{tuple(target.shape)}. Pass a target of shape {tuple(grad.shape)}."
-            )
-    return grad.to(dtype=target.dtype, device=target.device)
+    """
+    Bring the gradient of a full input back to the input the user gave.
+
+    The control writers bring their input to the shape of the selected environments and dofs with Genesis's
+    `broadcast_tensor`, whose rules extend torch's (a vector of one value per environment is taken along the
+    environments, for instance). The gradient of the input is the vector-Jacobian product of that very function, so it
+    follows the same rules exactly: summed over the dimensions the input was broadcast along, cast back to its dtype and
+    device. The upstream patch does the same (`_input_grad_like`).
+    """
+    with torch.enable_grad():
+        target_ = target.detach().requires_grad_()
+        full = broadcast_tensor(target_, grad.dtype, grad.shape)
+        (target_grad,) = torch.autograd.grad(full, target_, grad)
+    return target_grad
 
 
 def entity_process_input_grad(self: RigidEntity) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -87,25 +91,26 @@ def entity_process_input_grad(self: RigidEntity) -> list[tuple[torch.Tensor, tor
     """
     index = self._sim.cur_step_local - self._sim._steps_local
     taped = self._tgt_buffer[index]
-    controls = [(key, kwargs) for key, kwargs in taped.items() if key[0] in CONSUMED]
-    others = {key: kwargs for key, kwargs in taped.items() if key[0] not in CONSUMED}
 
     inputs_grad = []
-    # Reverse order of the calls: a later call on the same dofs overwrote an earlier one, so it takes the gradient
-    # and the earlier one gets zero.
-    for (method, *_), kwargs in reversed(controls):
-        grads = _consume_ctrl_grads(self, method, kwargs["dofs_idx_local"], kwargs["envs_idx"])
-        for arg, field in CONSUMED[method]:
-            target = kwargs.get(arg)
-            if _is_tracked(target):
-                inputs_grad.append((target, _grad_like(grads[field], target)))
-
-    if others:
-        self._tgt_buffer[index] = others
-        try:
-            inputs_grad += patching.original(RigidEntity, "process_input_grad")(self)
-        finally:
-            self._tgt_buffer[index] = taped
+    try:
+        # One pass over the calls in reverse order, as the upstream patch does: a later call on the same dofs overwrote
+        # an earlier one, so it takes the gradient and the earlier one gets zero, and a tensor given to several calls
+        # gets its gradients in the same order in both.
+        for key, kwargs in reversed(taped.items()):
+            method = key[0]
+            if method not in CONSUMED:
+                # Every other taped setter goes through the original method, one call at a time.
+                self._tgt_buffer[index] = {key: kwargs}
+                inputs_grad += patching.original(RigidEntity, "process_input_grad")(self)
+                continue
+            grads = _consume_ctrl_grads(self, method, kwargs["dofs_idx_local"], kwargs["envs_idx"])
+            for arg, field in CONSUMED[method]:
+                target = kwargs.get(arg)
+                if _is_tracked(target):
+                    inputs_grad.append((target, _grad_like(grads[field], target)))
+    finally:
+        self._tgt_buffer[index] = taped
     return inputs_grad
 
 
@@ -114,27 +119,60 @@ def _is_called_by_genesis(depth: int) -> bool:
     return sys._getframe(depth + 1).f_globals.get("__name__", "").startswith("genesis.")
 
 
+_SPLIT_ATTR = "_grad_patch_control_split"
+
+
+def _indices_on_host(idx, size: int, name: str) -> tuple[int, ...]:
+    """
+    The indices given to a solver-level call, as a tuple of ints read on the host.
+
+    None, ints, slices, ranges, lists and arrays are read without touching the device; only an index given as a device
+    tensor is copied back, once per call, which the stock index sanitizer does as well.
+    """
+    if idx is None:
+        return tuple(range(size))
+    if isinstance(idx, slice):
+        return tuple(range(size)[idx])
+    values = idx.reshape(-1).tolist() if isinstance(idx, torch.Tensor) else np.asarray(idx).reshape(-1).tolist()
+    if any(not 0 <= value < size for value in values):
+        gs.raise_exception(f"Invalid '{name}': {values}, expected indices in [0, {size}).")
+    return tuple(values)
+
+
+def _control_split(solver: RigidSolver, dofs: tuple[int, ...]) -> list[tuple[RigidEntity, torch.Tensor, list[int]]]:
+    """
+    How a solver-level control call on `dofs` splits over the entities: (entity, columns of the input, local dofs).
+
+    Computed on the host and cached per index set: a policy calling the same dofs every step pays it once, and the
+    columns live on `gs.device` already, so the call itself makes no device-to-host copy and no synchronization.
+    """
+    cache = solver.__dict__.setdefault(_SPLIT_ATTR, {})
+    split = cache.get(dofs)
+    if split is None:
+        split = []
+        for entity in solver.entities:
+            start, stop = entity.dof_start, entity.dof_start + entity.n_dofs
+            cols = [i_col for i_col, i_d in enumerate(dofs) if start <= i_d < stop]
+            if cols:
+                local = [dofs[i_col] - start for i_col in cols]
+                split.append((entity, torch.tensor(cols, dtype=torch.long, device=gs.device), local))
+        cache[dofs] = split
+    return split
+
+
 def _columns(value, cols: torch.Tensor, n_cols: int):
     """Select the dof columns of a control input, leaving inputs that broadcast over dofs untouched."""
     if not isinstance(value, torch.Tensor):
         value = torch.as_tensor(value, dtype=gs.tc_float, device=gs.device)
     if value.ndim > 0 and value.shape[-1] == n_cols:
-        return value.index_select(-1, cols.to(value.device))
+        return value.index_select(-1, cols if cols.device == value.device else cols.to(value.device))
     return value
 
 
 def _route_to_entities(solver: RigidSolver, method: str, targets: dict, dofs_idx, envs_idx) -> None:
     """Split a solver-level control call into entity calls, so that Genesis tapes it like any entity call."""
-    _, dofs_idx_, _ = solver._sanitize_io_variables(
-        None, dofs_idx, solver.n_dofs, "dofs_idx", envs_idx, skip_allocation=True
-    )
-    dofs = dofs_idx_.reshape(-1).to(torch.long).cpu()
-    for entity in solver.entities:
-        in_entity = (dofs >= entity.dof_start) & (dofs < entity.dof_start + entity.n_dofs)
-        if not in_entity.any():
-            continue
-        cols = torch.nonzero(in_entity).reshape(-1)
-        local = (dofs[cols] - entity.dof_start).tolist()
+    dofs = _indices_on_host(dofs_idx, solver.n_dofs, "dofs_idx")
+    for entity, cols, local in _control_split(solver, dofs):
         entity_targets = {arg: _columns(value, cols, len(dofs)) for arg, value in targets.items()}
         getattr(entity, method)(**entity_targets, dofs_idx_local=local, envs_idx=envs_idx)
 

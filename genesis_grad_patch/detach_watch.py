@@ -38,6 +38,8 @@ REBUILDING = ("tensor", "as_tensor", "from_numpy")
 # this many at a time: a loop logging `loss.item()` every step must not grow the record without bound.
 _MAX_STRONG = 4096
 _strong_keys: deque[int] = deque()
+# Elements of a list looked at for a recorded number (a control input has one per dof).
+_MAX_SCANNED = 64
 
 
 def _register(out, source: torch.Tensor, how: str) -> None:
@@ -59,8 +61,10 @@ def registered(value) -> tuple | None:
     entry = strict._detached.get(id(value))
     if entry is not None and entry[0]() is value:
         return entry
-    if isinstance(value, (list, tuple)):
-        for item in value:
+    # Python numbers from `.item()` / `.tolist()` are the only entries a list can hold: none recorded, nothing to scan.
+    # The scan looks at the first elements only, so a long list (mesh data, say) costs nothing.
+    if _strong_keys and isinstance(value, (list, tuple)):
+        for item in value[:_MAX_SCANNED]:
             entry = registered(item)
             if entry is not None:
                 return entry

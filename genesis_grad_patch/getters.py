@@ -37,7 +37,7 @@ from genesis.recorders.recorder_manager import RecorderManager
 from genesis.utils.misc import indices_to_mask, qd_to_torch
 from genesis.vis.visualizer import Visualizer
 
-from . import patching, strict
+from . import control, patching, strict
 
 _CACHE_ATTR = "_grad_patch_state_cache"
 _DOFS_MAP_ATTR = "_grad_patch_dofs_map"
@@ -231,7 +231,9 @@ def _free_root_dofs(solver: RigidSolver, links_idx) -> torch.Tensor | None:
     Only the body of a free joint has its velocity in the differentiable state (its dofs); the velocity of any other
     link comes from the solver's forward velocity pass, outside the graph.
     """
-    links = torch.arange(solver.n_links)[indices_to_mask(links_idx)].reshape(-1).tolist()
+    # The link indices are read on the host: `indices_to_mask` puts a list of 2 or more on `gs.device`, which a host
+    # `arange` cannot be indexed with on CUDA, and a device round trip would synchronize every getter call.
+    links = control._indices_on_host(links_idx, solver.n_links, "links_idx")
     free_dofs = _dofs_map(solver).free_dofs
     if any(i_l not in free_dofs for i_l in links):
         return None

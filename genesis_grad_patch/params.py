@@ -1,5 +1,6 @@
 """
-Differentiable model parameters: gains, damping, armature and stiffness of the dofs.
+Differentiable model parameters (gains, damping, armature and stiffness of the dofs) and initial configuration
+(`set_qpos`, `set_dofs_position`).
 
 Genesis's reverse pass already differentiates every kernel that reads the model (`act_gain`, `act_bias`, `damping`,
 `armature`, `stiffness` of `dyn_info.dofs`): only the gradient storage is missing, since the build allocates those
@@ -16,8 +17,16 @@ so the gradient of the steps a later call drove never reaches an earlier value; 
 accumulated (the model's own values) is dropped at the next `scene.reset()`. The replay record (`replay.py`) gives each
 replayed step the parameter values it ran with.
 
+`set_qpos` / `set_dofs_position` (which stock Genesis does not tape) are taped the same way: the reverse of the step
+they precede leaves d loss / d qpos of its start in `rigid_info.qpos.grad`, which they read and clear, so a tracked
+initial configuration gets its gradient and an untracked one set between steps cuts the gradient of the configuration
+it overwrote.
+
 Refused with a clear error: a tracked armature in a scene whose constraints read it (contacts or joint limits: the
-derived inverse weights the constraint rows use are not differentiated).
+derived inverse weights the constraint rows use are not differentiated); a tracked configuration set between steps
+(the link poses the previous step derived from the overwritten configuration pass their gradient on to it, in Genesis
+1.4.5's reverse pass: set it after `scene.reset()`, before the first step); a tracked `set_dofs_position` of the
+rotational dofs of a free or ball joint (their configuration is a quaternion: use `set_qpos`).
 """
 
 import dataclasses
@@ -30,8 +39,9 @@ import genesis.utils.array_class as array_class
 import torch
 from genesis.engine.solvers.rigid.rigid_solver import RigidSolver
 from genesis.utils.misc import indices_to_mask, qd_to_torch
+from quadrants.lang._fast_caching import args_hasher
 
-from . import patching
+from . import patching, strict
 from .control import _grad_like
 
 # Setter -> (info field, component or None, sign) per term of its gradient. The fields are those of `dyn_info.dofs`.
@@ -42,6 +52,8 @@ PARAMETERS: dict[str, tuple[tuple[str, int | None, float], ...]] = {
     "set_dofs_armature": (("armature", None, 1.0),),
     "set_dofs_stiffness": (("stiffness", None, 1.0),),
 }
+# Configuration setters: their gradient is that of `rigid_info.qpos` at the start of the step they precede.
+STATE_SETTERS = ("set_qpos", "set_dofs_position")
 # Fields written by a setter but carrying no gradient of its own value: cleared with the rest (kp zeroes act_bias[0]).
 _CLEARED = {"set_dofs_kp": (("act_bias", 0),)}
 GRAD_FIELDS = frozenset(field for terms in PARAMETERS.values() for field, _, _ in terms)
@@ -62,11 +74,36 @@ def _get_dofs_info(solver):
     fields = {
         name: array_class.V(dtype=dtypes.get(name, gs.qd_float), shape=shape, needs_grad=True) for name in GRAD_FIELDS
     }
-    return dataclasses.replace(info, **fields)
+    values = {field.name: getattr(info, field.name) for field in dataclasses.fields(info)} | fields
+    return DofsInfoWithGrad(**values)
+
+
+class DofsInfoWithGrad(array_class.DofsInfo):
+    """
+    `DofsInfo` whose parameter fields carry gradient storage (same fields, a type of its own).
+
+    Quadrants's on-disk kernel cache keys a kernel by the fields it reads, so the gradient storage of the fields it does
+    not read is left out of the key, yet the launch layout depends on it: a kernel compiled for the stock layout was
+    loaded for this one and crashed (`kernel_set_dofs_position`: a segfault, in either order, with one cache shared by
+    differentiable and plain scenes). `_dataclass_to_repr` gives a `DynInfo` holding this type a key of its own.
+    """
+
+
+def _dataclass_to_repr(*args, **kwargs):
+    """Quadrants's fastcache key of a dataclass argument, made distinct for `DofsInfoWithGrad`."""
+    key = patching.original(args_hasher, "dataclass_to_repr")(*args, **kwargs)
+    arg = args[2] if len(args) > 2 else kwargs["arg"]
+    # Marked at the level of the kernel argument (`dyn_info`), which is hashed whatever fields the kernel reads.
+    if isinstance(getattr(arg, "dofs", None), DofsInfoWithGrad) and isinstance(key, str):
+        key = f"{key}, [genesis-grad-patch: dofs parameters with gradients]"
+    return key
 
 
 def _has_grad(solver: RigidSolver) -> bool:
     return solver._requires_grad and solver.dyn_info.dofs.damping.has_grad()
+
+
+_dofs_qs: "weakref.WeakKeyDictionary[RigidSolver, list]" = weakref.WeakKeyDictionary()
 
 
 def _field_grad(solver: RigidSolver, field: str) -> torch.Tensor:
@@ -80,18 +117,60 @@ def _mask(solver: RigidSolver, dofs_idx, envs_idx) -> tuple:
     return indices_to_mask(dofs_idx)
 
 
-def _consume(solver: RigidSolver, method: str, dofs_idx, envs_idx) -> torch.Tensor:
+def _qs_of_dofs(solver: RigidSolver) -> list[tuple[int, ...]]:
+    """The configuration entries each dof moves: one for hinges, slides and free translations, the quaternion else."""
+    qs = _dofs_qs.get(solver)
+    if qs is None:
+        qs = [()] * solver.n_dofs
+        for joint in solver.joints:
+            for k in range(joint.n_dofs):
+                if joint.type == gs.JOINT_TYPE.FREE and k >= 3:
+                    qs[joint.dof_start + k] = tuple(range(joint.q_start + 3, joint.q_start + 7))
+                elif joint.type == gs.JOINT_TYPE.SPHERICAL:
+                    qs[joint.dof_start + k] = tuple(range(joint.q_start, joint.q_start + 4))
+                else:
+                    qs[joint.dof_start + k] = (joint.q_start + k,)
+        _dofs_qs[solver] = qs
+    return qs
+
+
+def _dofs_list(solver: RigidSolver, dofs_idx) -> list[int]:
+    if dofs_idx is None:
+        return list(range(solver.n_dofs))
+    if isinstance(dofs_idx, slice):
+        return list(range(*dofs_idx.indices(solver.n_dofs)))
+    return torch.as_tensor(dofs_idx).reshape(-1).tolist()
+
+
+def _consume_state(solver: RigidSolver, method: str, idx, envs_idx, tracked: bool) -> torch.Tensor:
+    """Read, then clear, d loss / d qpos of the configuration entries one call wrote (qs for set_qpos, else dofs)."""
+    view = qd_to_torch(solver.rigid_info.qpos.grad, transpose=True, copy=False)  # (B, n_qs)
+    if method == "set_qpos":
+        qs = idx if idx is not None else slice(None)
+        mask = indices_to_mask(envs_idx, qs)
+        grad = view[mask].clone()
+        view[mask] = 0.0
+    else:
+        dofs_qs = [_qs_of_dofs(solver)[d] for d in _dofs_list(solver, idx)]
+        grad = view[indices_to_mask(envs_idx, [q[0] for q in dofs_qs])].clone() if tracked else None
+        view[indices_to_mask(envs_idx, [q for qs in dofs_qs for q in qs])] = 0.0
+    return grad[0] if grad is not None and solver.n_envs == 0 else grad
+
+
+def _consume(solver: RigidSolver, method: str, dofs_idx, envs_idx, tracked: bool = True) -> torch.Tensor:
     """Read, then clear, the gradient of the value one parameter call wrote, in the layout of its selection."""
+    if method in STATE_SETTERS:
+        return _consume_state(solver, method, dofs_idx, envs_idx, tracked)
     mask = _mask(solver, dofs_idx, envs_idx)
     grad = None
     for field, component, sign in PARAMETERS[method]:
         view = _field_grad(solver, field)
-        index = (*mask, component) if component is not None else mask
+        index = (*mask, ..., component) if component is not None else mask
         term = sign * view[index].clone()
         view[index] = 0.0
         grad = term if grad is None else grad + term
     for field, component in _CLEARED.get(method, ()):
-        _field_grad(solver, field)[(*mask, component)] = 0.0
+        _field_grad(solver, field)[(*mask, ..., component)] = 0.0
     return grad
 
 
@@ -102,7 +181,21 @@ def _constraints_read_armature(solver: RigidSolver) -> bool:
     return collides or limits
 
 
-def _refuse_unsupported(solver: RigidSolver, method: str) -> None:
+def _refuse_unsupported(solver: RigidSolver, method: str, idx) -> None:
+    if method in STATE_SETTERS and solver.sim.cur_step_global > 0:
+        gs.raise_exception(
+            f"{method} got a tensor that tracks gradients between steps of a differentiable rollout (step "
+            f"{solver.sim.cur_step_global}): the link poses the previous step derived from the configuration it "
+            "overwrites would pass their gradient on to that configuration in Genesis 1.4.5's reverse pass, so the "
+            "gradient would be wrong. Set a tracked configuration after `scene.reset()`, before the first step, or "
+            "pass an untracked value."
+        )
+    if method == "set_dofs_position" and any(len(_qs_of_dofs(solver)[d]) != 1 for d in _dofs_list(solver, idx)):
+        gs.raise_exception(
+            "set_dofs_position got a tensor that tracks gradients for a rotational dof of a free or ball joint, whose "
+            "configuration is a quaternion rather than one entry per dof. Set it with `set_qpos` (the quaternion "
+            "entries), or pass an untracked value."
+        )
     if method == "set_dofs_armature" and _constraints_read_armature(solver):
         gs.raise_exception(
             "set_dofs_armature got a tensor that tracks gradients in a scene with collisions or joint limits: the "
@@ -110,6 +203,22 @@ def _refuse_unsupported(solver: RigidSolver, method: str) -> None:
             "compute, so the gradient would be biased. Disable them (`RigidOptions(enable_collision=False, "
             "enable_joint_limit=False)`) or pass an untracked value."
         )
+
+
+def _warn_configuration_between_steps(solver: RigidSolver, method: str) -> None:
+    """An untracked configuration set between steps of a rollout with tracked inputs: exact up to the derived poses."""
+    sim = solver.sim
+    if not strict.has_tracked_inputs(sim):
+        return
+    strict.report_approximate_gradient(
+        f"RigidSolver.{method}",
+        f"'{method}' overwrote the configuration between steps of a differentiable rollout (before step "
+        f"{sim.cur_step_global}): the gradient of the inputs before it is cut at the entries it overwrote, but the link "
+        "poses the previous step derived from them still pass theirs on in Genesis 1.4.5's reverse pass (1e-2 relative "
+        "error measured on a 2-link arm).",
+        "Set the configuration after `scene.reset()`, before the first step, or start a new rollout there.",
+        sim,
+    )
 
 
 def _parameter_setter(method: str):
@@ -124,14 +233,17 @@ def _parameter_setter(method: str):
         arguments = sig.bind(self, *args, **kwargs).arguments
         value = arguments.get(value_arg)
         tracked = isinstance(value, torch.Tensor) and value.requires_grad
+        index_arg = "qs_idx" if method == "set_qpos" else "dofs_idx"
         if tracked:
-            _refuse_unsupported(self, method)
+            _refuse_unsupported(self, method, arguments.get(index_arg))
             args = tuple(a.detach() if a is value else a for a in args)
             kwargs = {k: (v.detach() if v is value else v) for k, v in kwargs.items()}
+        elif method in STATE_SETTERS and self.sim.cur_step_global > 0:
+            _warn_configuration_between_steps(self, method)
         result = stock(self, *args, **kwargs)
         # Taped for the coming step, tracked or not: its reversal clears the gradient of what it wrote.
         _pending.setdefault(self, []).append(
-            (method, value if tracked else None, arguments.get("dofs_idx"), arguments.get("envs_idx"))
+            (method, value if tracked else None, arguments.get(index_arg), arguments.get("envs_idx"))
         )
         return result
 
@@ -157,8 +269,8 @@ def process_input_grad(self: RigidSolver):
     pairs = patching.original(RigidSolver, "process_input_grad")(self)
     calls = _taped.get(self, {}).get(self.sim.cur_substep_global)
     # Reverse order of the calls: a later call on the same dofs overwrote an earlier one.
-    for method, value, dofs_idx, envs_idx in reversed(calls or ()):
-        grad = _consume(self, method, dofs_idx, envs_idx)
+    for method, value, idx, envs_idx in reversed(calls or ()):
+        grad = _consume(self, method, idx, envs_idx, value is not None)
         if value is not None:
             pairs.append((value, _grad_like(grad, value)))
     return pairs
@@ -175,7 +287,8 @@ def clear_grads(solver: RigidSolver) -> None:
 
 def install() -> None:
     patching.patch(array_class, "get_dofs_info", _get_dofs_info)
-    for method in PARAMETERS:
+    patching.patch(args_hasher, "dataclass_to_repr", _dataclass_to_repr)
+    for method in (*PARAMETERS, *STATE_SETTERS):
         patching.patch(RigidSolver, method, _parameter_setter(method))
     patching.patch(RigidSolver, "process_input", process_input)
     patching.patch(RigidSolver, "process_input_grad", process_input_grad)

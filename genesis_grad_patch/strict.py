@@ -59,6 +59,7 @@ CUT_AT_CONVERSION = "cut_at_conversion"
 READ_UNDER_NO_GRAD = "read_under_no_grad"
 NON_DIFFERENTIABLE_GETTER = "non_differentiable_getter"
 DROPPED_INPUT = "dropped_input"
+APPROXIMATE_GRADIENT = "approximate_gradient"
 
 
 class GradientBreakWarning(UserWarning):
@@ -357,6 +358,13 @@ def _report(kind: str, call: str, frame: FrameType | None, cause: str, fix: str,
     )
 
 
+def report_approximate_gradient(call: str, cause: str, fix: str, sim: "Simulator") -> None:
+    """Report, at the user's line, a call after which the rollout's gradient is only approximate (see params.py)."""
+    if _mode == "off":
+        return
+    _report(APPROXIMATE_GRADIENT, call, user_frame(sys._getframe(2)), cause, fix, sim, _step_of(sim))
+
+
 def _sources(values: Iterable) -> list:
     """The graph nodes (or leaf tensors) that tracked values come from."""
     sources = []
@@ -454,7 +462,15 @@ TAPED_SETTERS = ("set_pos", "set_quat", "set_dofs_velocity")
 # Setters that take state or parameters without any gradient path: a tracked input is dropped.
 # Dof parameters: set on an entity or on the solver alike, never differentiated.
 # Dof parameters differentiated by the plugin (params.py), on entities and on the solver.
-PARAMETER_SETTERS = ("set_dofs_kp", "set_dofs_kv", "set_dofs_damping", "set_dofs_armature", "set_dofs_stiffness")
+PARAMETER_SETTERS = (
+    "set_dofs_kp",
+    "set_dofs_kv",
+    "set_dofs_damping",
+    "set_dofs_armature",
+    "set_dofs_stiffness",
+    "set_qpos",
+    "set_dofs_position",
+)
 _DOF_PARAMETER_SETTERS = (
     "set_dofs_act_gain",
     "set_dofs_act_bias",
@@ -463,8 +479,6 @@ _DOF_PARAMETER_SETTERS = (
     "set_dofs_frictionloss",
 )
 DROPPING_ENTITY_SETTERS = (
-    "set_qpos",
-    "set_dofs_position",
     *_DOF_PARAMETER_SETTERS,
     "set_dofs_invweight",
     "set_links_mass",
@@ -478,8 +492,6 @@ DROPPING_ENTITY_SETTERS = (
 )
 # At solver level only the PD and force controls are differentiable (the plugin routes them to the entities).
 DROPPING_SOLVER_SETTERS = (
-    "set_qpos",
-    "set_dofs_position",
     "set_dofs_velocity",
     "set_base_links_pos",
     "set_base_links_quat",
@@ -545,8 +557,8 @@ _ENTITY_ROUTES = frozenset(
 _FIX_SCENE = "Build the scene with `gs.options.SimOptions(requires_grad=True)` to differentiate through it."
 _FIX_NOT_DIFFERENTIABLE = (
     "Only `control_dofs_position/velocity/position_velocity/force`, the entity setters `set_pos`, `set_quat`, "
-    "`set_dofs_velocity` and the dof parameters `set_dofs_kp/kv/damping/armature/stiffness` carry gradients into a "
-    "differentiable scene; drive the dofs through one of them, or pass "
+    "`set_dofs_velocity`, the dof parameters `set_dofs_kp/kv/damping/armature/stiffness` and the initial "
+    "configuration (`set_qpos`, `set_dofs_position`) carry gradients into a differentiable scene; drive the dofs through one of them, or pass "
     "`.detach()` explicitly if no gradient is meant to flow."
 )
 

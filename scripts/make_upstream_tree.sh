@@ -29,7 +29,7 @@ esac
 DEST="${1:-$ROOT/build/upstream-genesis}"
 
 # Fixed identities and dates: the same sources give the same commits, hence byte-identical exported patches.
-export GIT_AUTHOR_NAME="genesis-grad-patch" GIT_AUTHOR_EMAIL="genesis-grad-patch@users.noreply.github.com"
+export GIT_AUTHOR_NAME="genesis-grad-patch contributors" GIT_AUTHOR_EMAIL="genesis-grad-patch@users.noreply.github.com"
 export GIT_COMMITTER_NAME="$GIT_AUTHOR_NAME" GIT_COMMITTER_EMAIL="$GIT_AUTHOR_EMAIL"
 export GIT_COMMITTER_DATE="2026-01-01T00:00:00Z"
 git_() { git -C "$DEST" -c core.autocrlf=false -c commit.gpgsign=false -c advice.detachedHead=false "$@"; }

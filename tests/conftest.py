@@ -79,7 +79,7 @@ def make_scene(*entities, n_envs: int = 0, dt: float = 0.01, substeps: int = 1, 
     return scene, added
 
 
-def build_diag_arm(requires_grad: bool = True):
-    """The two-joint arm of the strict-mode / doctor / gradcheck tests, without gravity. Returns (scene, arm)."""
-    scene, (arm,) = make_scene(gs.morphs.MJCF(file=DIAG_ARM), requires_grad=requires_grad)
+def build_diag_arm(requires_grad: bool = True, n_envs: int = 0):
+    """The two-joint arm of most tests (strict mode, doctor, schedules, misuse, parameters), without gravity."""
+    scene, (arm,) = make_scene(gs.morphs.MJCF(file=DIAG_ARM), requires_grad=requires_grad, n_envs=n_envs)
     return scene, arm

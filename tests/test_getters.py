@@ -169,12 +169,11 @@ def test_stock_path_in_non_differentiable_scene():
     assert not scene.sim.rigid_solver.get_links_pos().requires_grad
 
 
-# The tests below pin behaviour the upstream patch (patches/0003) does not have yet: views of the state, a raise for
-# link_COM/root_COM and non-base link velocities, differentiable results inside Genesis's own step. Plugin-only until
-# the patch follows.
+# Copies and differentiable centers of mass are in the upstream patch too (patches/0007). Still plugin-only (see
+# patches/README.md, "Differences"): non-base link velocities warn instead of raising, and Genesis's own reads inside
+# the step take the stock path.
 
 
-@pytest.mark.plugin_only
 @pytest.mark.parametrize("layout", ["scene_single", "scene_2envs"])
 def test_getter_results_are_their_own_tensors(request, layout):
     # Was: results were views of the step's cached state, so zeroing one in place zeroed what the next getter returned.
@@ -193,7 +192,6 @@ def test_getter_results_are_their_own_tensors(request, layout):
         )
 
 
-@pytest.mark.plugin_only
 def test_in_place_edit_of_a_result_keeps_the_gradient_exact(scene_2envs):
     # Was: zeroing 'get_dofs_velocity()' in place zeroed the cached state: the loss lost its velocity term, and its
     # gradient no longer matched finite differences of the same code.
@@ -220,7 +218,6 @@ def test_in_place_edit_of_a_result_keeps_the_gradient_exact(scene_2envs):
 COM_REFS = (gs.link_ref_frame.link_COM, gs.link_ref_frame.root_COM)
 
 
-@pytest.mark.plugin_only
 @pytest.mark.parametrize("layout", ["scene_single", "scene_2envs"])
 def test_centers_of_mass_are_differentiable(request, layout):
     # Was: 'get_links_pos(ref=link_COM/root_COM)' raised in grad mode. Both are functions of the link poses.

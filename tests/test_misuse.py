@@ -11,19 +11,17 @@ import textwrap
 import genesis as gs
 import pytest
 import torch
-from conftest import DIAG_ARM, make_scene
+from conftest import DIAG_ARM, build_diag_arm
 
 
 @pytest.fixture(scope="module")
 def arm():
-    scene, (arm,) = make_scene(gs.morphs.MJCF(file=DIAG_ARM))
-    return scene, arm
+    return build_diag_arm()
 
 
 @pytest.fixture(scope="module")
 def arms3():
-    scene, (arm,) = make_scene(gs.morphs.MJCF(file=DIAG_ARM), n_envs=3)
-    return scene, arm
+    return build_diag_arm(n_envs=3)
 
 
 def _rollout(scene, arm, x, horizon=4):
@@ -119,6 +117,22 @@ def test_no_grad_steps_are_named(arm):
     assert grad.abs().max() > 0
 
 
+def _in_a_fresh_process(body: str) -> subprocess.CompletedProcess:
+    """Run `body` after building the differentiable arm in a new process (plugin installed); it must exit 0."""
+    preamble = f"""
+        import genesis as gs, torch
+        import genesis_grad_patch as ggp
+        gs.init(backend=gs.cpu, precision="64", logging_level="warning")
+        scene = gs.Scene(sim_options=gs.options.SimOptions(dt=0.01, requires_grad=True, gravity=(0, 0, 0)))
+        arm = scene.add_entity(gs.morphs.MJCF(file={DIAG_ARM!r}))
+        scene.build()
+        """
+    script = textwrap.dedent(preamble) + textwrap.dedent(body)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result
+
+
 RELOADED = ["control", "getters", "replay", "tape_guards", "compat", "strict", "doctor", "gradcheck"]
 
 
@@ -130,14 +144,9 @@ def test_reload_of_a_submodule_keeps_working():
     Run apart: a reload makes new warning and error classes, which would no longer match the ones the other test
     modules imported.
     """
-    script = textwrap.dedent(
+    result = _in_a_fresh_process(
         f"""
-        import importlib, genesis as gs, torch
-        import genesis_grad_patch as ggp
-        gs.init(backend=gs.cpu, precision="64", logging_level="warning")
-        scene = gs.Scene(sim_options=gs.options.SimOptions(dt=0.01, requires_grad=True, gravity=(0, 0, 0)))
-        arm = scene.add_entity(gs.morphs.MJCF(file={DIAG_ARM!r}))
-        scene.build()
+        import importlib
 
         def grad():
             x = torch.tensor([0.3, -0.2], dtype=torch.float64, requires_grad=True)
@@ -157,21 +166,13 @@ def test_reload_of_a_submodule_keeps_working():
             print("RELOADED", module)
         """
     )
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.count("RELOADED") == len(RELOADED)
 
 
 def test_double_backward_is_refused():
     """Old main (and stock): `torch.autograd.grad(..., create_graph=True)` segfaulted. Run apart: a crash is a crash."""
-    script = textwrap.dedent(
-        f"""
-        import genesis as gs, torch
-        import genesis_grad_patch
-        gs.init(backend=gs.cpu, precision="64", logging_level="warning")
-        scene = gs.Scene(sim_options=gs.options.SimOptions(dt=0.01, requires_grad=True, gravity=(0, 0, 0)))
-        arm = scene.add_entity(gs.morphs.MJCF(file={DIAG_ARM!r}))
-        scene.build()
+    result = _in_a_fresh_process(
+        """
         x = torch.tensor([0.3, -0.2], dtype=torch.float64, requires_grad=True)
         arm.control_dofs_position(x)
         scene.step()
@@ -182,6 +183,4 @@ def test_double_backward_is_refused():
             print("REFUSED:", error)
         """
     )
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-2000:]
     assert "REFUSED: Double backward through a Genesis step is not supported" in result.stdout

@@ -7,22 +7,19 @@ of the last call of the rollout. Each test is one row of the table of issue 9 (m
 relative error), checked against central finite differences in float64.
 """
 
-import genesis as gs
 import pytest
 import torch
-from conftest import DIAG_ARM, UPSTREAM_MODE, assert_grad_close, central_fd, make_scene, stock_genesis
+from conftest import UPSTREAM_MODE, assert_grad_close, build_diag_arm, central_fd, stock_genesis
 
 
 @pytest.fixture(scope="module")
 def arm():
-    scene, (arm,) = make_scene(gs.morphs.MJCF(file=DIAG_ARM))
-    return scene, arm
+    return build_diag_arm()
 
 
 @pytest.fixture(scope="module")
 def arms4():
-    scene, (arm,) = make_scene(gs.morphs.MJCF(file=DIAG_ARM), n_envs=4)
-    return scene, arm
+    return build_diag_arm(n_envs=4)
 
 
 def observe(scene) -> torch.Tensor:
@@ -156,7 +153,6 @@ def test_gain_changed_mid_rollout(arm):
         arm.set_dofs_kv(kv)
 
 
-@pytest.mark.plugin_only  # not in patches/ yet (listed in patches/README.md)
 def test_untracked_velocity_set_mid_rollout(arm):
     """
     An untracked `set_dofs_velocity` between steps cuts the gradient of the velocity it replaced (stock: 0.39).

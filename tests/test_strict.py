@@ -231,15 +231,15 @@ def test_setter_dropping_tracked_input(grad_arm):
     x = tracked(0.2, 0.1) * 1.0
     with pytest.warns(GradientBreakWarning) as record:
         where = next_line()
-        arm.set_dofs_position(x)
+        arm.set_dofs_limit(x - 3.0, torch.full((2,), 3.0, dtype=torch.float64))
     message = only_break(record)
-    assert where in message and "set_dofs_position" in message and "control_dofs_position" in message
+    assert where in message and "set_dofs_limit" in message and "control_dofs_position" in message
 
     with pytest.warns(GradientBreakWarning, match="set_dofs_frictionloss"):
         arm.set_dofs_frictionloss(x * 0.1 + 0.01)
-    with ggp.set_mode("raise"), pytest.raises(GradientBreakError, match="set_qpos") as info:
+    with ggp.set_mode("raise"), pytest.raises(GradientBreakError, match="set_dofs_frictionloss") as info:
         where = next_line()
-        scene.sim.rigid_solver.set_qpos(x)
+        scene.sim.rigid_solver.set_dofs_frictionloss(x)
     assert where in str(info.value)
 
     # The setters Genesis tapes, and the dof parameters the plugin differentiates, carry the gradient: no break.
@@ -247,6 +247,7 @@ def test_setter_dropping_tracked_input(grad_arm):
         warnings.simplefilter("error", GradientBreakWarning)
         arm.set_dofs_velocity(x)
         arm.set_dofs_kp(x * 10 + 5)
+        arm.set_dofs_position(x)
 
 
 def test_solver_control_from_plugin_code_keeps_its_gradient(grad_arm):
