@@ -71,6 +71,11 @@ def registered(value) -> tuple | None:
     return None
 
 
+def _internal_caller() -> bool:
+    """Whether the wrapped method was called by Genesis, torch or the plugin (two frames up), not by the user."""
+    return strict._is_internal_file(sys._getframe(2).f_code.co_filename)
+
+
 def _detaching(name: str):
     stock = getattr(torch.Tensor, name)
     how = DETACHING[name]
@@ -78,7 +83,8 @@ def _detaching(name: str):
     @wraps(stock)
     def wrapper(self, *args, **kwargs):
         out = stock(self, *args, **kwargs)
-        if strict.get_mode() != "off":
+        # Genesis's and the plugin's own detaches (the step token, say) are no user's cut: skip them cheaply.
+        if strict.get_mode() != "off" and not _internal_caller():
             if self.requires_grad:
                 _register(out, self, how)
             elif (entry := registered(self)) is not None:
@@ -94,7 +100,7 @@ def _data_property():
 
     def get(self):
         out = stock.__get__(self)
-        if self.requires_grad and strict.get_mode() != "off":
+        if self.requires_grad and strict.get_mode() != "off" and not _internal_caller():
             _register(out, self, "`.data`")
         return out
 
@@ -110,7 +116,7 @@ def _rebuilding(name: str):
     @wraps(stock)
     def wrapper(data, *args, **kwargs):
         out = stock(data, *args, **kwargs)
-        if strict.get_mode() != "off" and isinstance(data, (float, list, tuple, np.ndarray)):
+        if strict.get_mode() != "off" and isinstance(data, (float, list, tuple, np.ndarray)) and not _internal_caller():
             entry = registered(data)
             if entry is not None and not out.requires_grad:
                 how = entry[3].split(" of a tracked tensor")[0]
