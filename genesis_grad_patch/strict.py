@@ -658,12 +658,27 @@ def _arguments(names: tuple[str, ...], args: tuple, kwargs: dict):
     yield from kwargs.items()
 
 
+def _detached_args(args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """The arguments with every tensor that tracks gradients detached."""
+
+    def cut(value):
+        return value.detach() if isinstance(value, torch.Tensor) and value.requires_grad else value
+
+    return tuple(cut(value) for value in args), {key: cut(value) for key, value in kwargs.items()}
+
+
 def _entity_input(name: str, inner: Callable, category: str) -> Callable:
     names = tuple(signature(inner).parameters)[1:]
+    dropping = category == "dropping"
 
     @wraps(inner)
     def wrapper(self, *args, **kwargs):
         solver = self._solver
+        if dropping and solver._requires_grad and _mode == "off":
+            # Their gradient is dropped anyway, and some of Genesis's kernels crash on a tensor that tracks gradients
+            # (`set_dofs_armature`, a segfault in a differentiable scene): they get the value alone.
+            args, kwargs = _detached_args(args, kwargs)
+            return inner(self, *args, **kwargs)
         if solver._requires_grad:
             # Genesis replays the tape of a differentiable scene with taping off: those calls are not the user's.
             if _mode == "off" or not self._update_tgt_while_set:
@@ -673,6 +688,8 @@ def _entity_input(name: str, inner: Callable, category: str) -> Callable:
         frame = sys._getframe(1)
         arguments = _arguments(names, args, kwargs)
         _check_inputs(type(self).__name__, name, category, solver, arguments, frame, not _is_internal_caller(frame))
+        if dropping and solver._requires_grad:
+            args, kwargs = _detached_args(args, kwargs)
         return inner(self, *args, **kwargs)
 
     return wrapper
@@ -696,6 +713,9 @@ def _solver_input(name: str, inner: Callable, category: str) -> Callable:
             return stock(self, *args, **kwargs)
         if _mode != "off":
             _check_inputs(type(self).__name__, name, category, self, _arguments(names, args, kwargs), frame, True)
+        if category == "dropping" and self._requires_grad:
+            # See `_entity_input`: the value alone.
+            args, kwargs = _detached_args(args, kwargs)
         return inner(self, *args, **kwargs)
 
     return wrapper
