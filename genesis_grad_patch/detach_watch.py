@@ -83,13 +83,14 @@ def _detaching(name: str):
     @wraps(stock)
     def wrapper(self, *args, **kwargs):
         out = stock(self, *args, **kwargs)
-        # Genesis's and the plugin's own detaches (the step token, say) are no user's cut: skip them cheaply.
-        if strict.get_mode() != "off" and not _internal_caller():
-            if self.requires_grad:
+        # Cheapest test first: Genesis calls these on untracked tensors at every step. Genesis's and the plugin's own
+        # detaches of tracked tensors (the step token, say) are no user's cut either.
+        if self.requires_grad:
+            if strict.get_mode() != "off" and not _internal_caller():
                 _register(out, self, how)
-            elif (entry := registered(self)) is not None:
-                # `x.detach().numpy()`, `x.detach().tolist()`: the cut is carried on to the conversion.
-                _register(out, entry[2], f"{entry[3].split(' of a tracked tensor')[0]} then {how}")
+        elif strict._detached and (entry := registered(self)) is not None and not _internal_caller():
+            # `x.detach().numpy()`, `x.detach().tolist()`: the cut is carried on to the conversion.
+            _register(out, entry[2], f"{entry[3].split(' of a tracked tensor')[0]} then {how}")
         return out
 
     return wrapper
@@ -116,7 +117,8 @@ def _rebuilding(name: str):
     @wraps(stock)
     def wrapper(data, *args, **kwargs):
         out = stock(data, *args, **kwargs)
-        if strict.get_mode() != "off" and isinstance(data, (float, list, tuple, np.ndarray)) and not _internal_caller():
+        # Nothing recorded (no user cut yet): nothing can be rebuilt from one.
+        if strict._detached and isinstance(data, (float, list, tuple, np.ndarray)) and not _internal_caller():
             entry = registered(data)
             if entry is not None and not out.requires_grad:
                 how = entry[3].split(" of a tracked tensor")[0]

@@ -76,6 +76,12 @@ class ReplayRecord:
         }
         self.watched = {name: items.pop(name) for name in WATCHED if name in items}
         self.model = items
+        # Zero-copy views, made once: reading a view afresh costs more than comparing it (5 arrays every step).
+        self.views = (
+            {name: data_to_array(array, to_torch=True, copy=False) for name, array in self.watched.items()}
+            if gs.use_zerocopy
+            else {}
+        )
         # Lazy subscription: model changes accumulate until the next step looks at them.
         self.subscriber = Subscriber(to=frozenset({StateChange.MODEL}))
         solver.subscribe(self.subscriber)
@@ -88,7 +94,9 @@ class ReplayRecord:
 
     def _record(self, name: str, array, first_substep: int) -> None:
         """Compare one array with its last recorded value and record a new version if it changed."""
-        value = data_to_array(array, to_torch=True, copy=False) if gs.use_zerocopy else _read(array)
+        value = self.views.get(name)
+        if value is None:
+            value = data_to_array(array, to_torch=True, copy=False) if gs.use_zerocopy else _read(array)
         previous = self.current[name]
         if torch.equal(value, previous):
             return
