@@ -210,22 +210,13 @@ def test_loss_zero_at_truth(fit_sim, data):
     assert problem.loss(np.zeros(len(spec))) > 1e-6 * problem.loss(z_true) + 1e-12
 
 
-def _grad_or_skip(problem, z):
-    from genesis_grad_patch.sysid.problem import GradientUnavailable
-
-    try:
-        return problem.loss_and_grad(z)
-    except GradientUnavailable as exc:
-        pytest.skip(f"differentiable parameter setters (issue 13) not installed: {exc}")
-
-
 @pytest.mark.plugin_only  # parameter gradients are the plugin's (params.py) until a patch carries them
 def test_gradient_steps_lower_the_loss(fit_sim, data):
     from genesis_grad_patch.sysid.optimize import fit
 
     spec, truth, traj = data
     problem = _problem(fit_sim, traj)
-    _grad_or_skip(problem, np.zeros(len(spec)))
+    problem.loss_and_grad(np.zeros(len(spec)))
     loss0 = problem.loss(np.zeros(len(spec)))
     result = fit(problem, "adam", iterations=5, lr=0.05, progress=False)
     assert result.loss < 0.5 * loss0
@@ -237,7 +228,7 @@ def test_gradient_matches_finite_differences(fit_sim, data):
     spec, truth, traj = data
     problem = _problem(fit_sim, traj, "all@0-1;kp@7")  # every kind, a hinge and a slide joint
     z = np.linspace(-0.2, 0.2, len(problem.spec))
-    _, grad = _grad_or_skip(problem, z)
+    _, grad = problem.loss_and_grad(z)
     fd = central_fd(lambda x: torch.tensor(problem.loss(x.numpy()), dtype=torch.float64), torch.tensor(z), eps=1e-5)
     assert_grad_close(torch.tensor(grad), fd, rtol=1e-5)
 

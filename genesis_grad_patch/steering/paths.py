@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..csv_text import read_csv_text
 from .errors import ReferenceFileError
 
 REFERENCE_KEYS = ("pos_x", "pos_y", "yaw", "speed")
@@ -228,21 +229,7 @@ def load_reference_csv(path: str | Path, name: str | None = None) -> ReferencePa
         degrees instead of radians, or pointing against the direction of travel). The path is still returned.
     """
     path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise ReferenceFileError(f"{path}: cannot read the reference CSV: {exc.strerror or exc}.") from None
-    try:
-        # utf-8-sig drops the byte-order mark that spreadsheet programs put before the header.
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = raw.count(b"\n", 0, exc.start) + 1
-        raise ReferenceFileError(
-            f"{path}: not a UTF-8 text CSV file: byte 0x{raw[exc.start]:02x} on line {line} is not UTF-8."
-        ) from None
-    if "\0" in text:
-        line = text.count("\n", 0, text.index("\0")) + 1
-        raise ReferenceFileError(f"{path}: not a text CSV file: NUL byte on line {line}.")
+    text = read_csv_text(path, "reference CSV", ReferenceFileError)
     reader = csv.DictReader(io.StringIO(text, newline=""))
     try:
         header = [h.strip() for h in (reader.fieldnames or [])]

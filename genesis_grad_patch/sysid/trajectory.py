@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..csv_text import read_csv_text
 from .errors import TrajectoryFileError
 
 # Relative tolerance on the constancy of the time step (CSV round trip of %.17g is exact; 1e-6 allows hand-written
@@ -75,25 +76,6 @@ class Trajectory:
         return self.dq if self.dq is not None else np.gradient(self.q, self.dt, axis=0)
 
 
-def _read_text(path: Path) -> str:
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise TrajectoryFileError(f"{path}: cannot read the trajectory CSV: {exc.strerror or exc}") from None
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = raw.count(b"\n", 0, exc.start) + 1
-        raise TrajectoryFileError(
-            f"{path}: not a UTF-8 text CSV file (byte 0x{raw[exc.start]:02x} on line {line})"
-        ) from None
-    if "\0" in text:
-        raise TrajectoryFileError(
-            f"{path}: not a text CSV file: NUL byte on line {text.count(chr(10), 0, text.index(chr(0))) + 1}"
-        )
-    return text
-
-
 def load_trajectory_csv(path: str | Path) -> Trajectory:
     """
     Read and validate a trajectory CSV (format in the module docstring).
@@ -104,7 +86,7 @@ def load_trajectory_csv(path: str | Path) -> Trajectory:
         A ``ValueError`` with a one-line message naming the file, the row (1-based, header excluded) and the reason.
     """
     path = Path(path)
-    rows = list(csv.reader(io.StringIO(_read_text(path), newline="")))
+    rows = list(csv.reader(io.StringIO(read_csv_text(path, "trajectory CSV", TrajectoryFileError), newline="")))
     rows = [r for r in rows if any(cell.strip() for cell in r)]
     if not rows:
         raise TrajectoryFileError(f"{path}: empty file; expected a header with time, target_<joint>..., q_<joint>...")
