@@ -20,8 +20,8 @@ test: $(STAMP)
 	$(PY) -m pytest -q tests
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check genesis_grad_patch tests benchmarks examples
-	$(VENV)/bin/ruff format --check genesis_grad_patch tests benchmarks examples
+	$(VENV)/bin/ruff check genesis_grad_patch genesis_grad tests benchmarks examples
+	$(VENV)/bin/ruff format --check genesis_grad_patch genesis_grad tests benchmarks examples
 
 bench: $(STAMP)
 	$(PY) benchmarks/overhead.py

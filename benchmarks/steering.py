@@ -25,9 +25,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from genesis_grad_patch.steering import paths as P
-from genesis_grad_patch.steering.baselines import DEFAULT_GRID, ESConfig, evaluate_stanley, train_es, tune_stanley
-from genesis_grad_patch.steering.evaluate import (
+from genesis_grad.steering import paths as P
+from genesis_grad.steering.baselines import DEFAULT_GRID, ESConfig, evaluate_stanley, train_es, tune_stanley
+from genesis_grad.steering.evaluate import (
     evaluate_policy,
     format_metrics_table,
     mean_lateral_rms,
@@ -35,9 +35,9 @@ from genesis_grad_patch.steering.evaluate import (
     plot_training_curve,
     plot_trajectories,
 )
-from genesis_grad_patch.steering.policy import SteeringMLP, save_policy
-from genesis_grad_patch.steering.sim import SteeringSim
-from genesis_grad_patch.steering.train import TrainConfig, train_gradient
+from genesis_grad.steering.policy import SteeringMLP, save_policy
+from genesis_grad.steering.sim import SteeringSim
+from genesis_grad.steering.train import TrainConfig, train_gradient
 
 
 def steps_to_reach(env_steps, values, target) -> float:
@@ -70,7 +70,7 @@ def main() -> None:
 
     # ---------------------------------------------------------------- Stanley
     t0 = time.time()
-    from genesis_grad_patch.steering.baselines import SMALL_GRID
+    from genesis_grad.steering.baselines import SMALL_GRID
 
     gains, scores = tune_stanley(sim, train_paths, SMALL_GRID if args.small_grid else DEFAULT_GRID)
     stanley_metrics, stanley_runs = evaluate_stanley(sim, gains, all_paths)

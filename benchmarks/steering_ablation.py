@@ -15,11 +15,11 @@ import time
 
 import torch
 
-from genesis_grad_patch.steering import paths as P
-from genesis_grad_patch.steering.evaluate import evaluate_policy, format_metrics_table, mean_lateral_rms
-from genesis_grad_patch.steering.policy import DEFAULT_PREVIEW, SteeringMLP
-from genesis_grad_patch.steering.sim import SteeringSim
-from genesis_grad_patch.steering.train import TrainConfig, train_gradient
+from genesis_grad.steering import paths as P
+from genesis_grad.steering.evaluate import evaluate_policy, format_metrics_table, mean_lateral_rms
+from genesis_grad.steering.policy import DEFAULT_PREVIEW, SteeringMLP
+from genesis_grad.steering.sim import SteeringSim
+from genesis_grad.steering.train import TrainConfig, train_gradient
 
 
 def main() -> None:

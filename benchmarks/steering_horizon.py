@@ -16,12 +16,12 @@ import argparse
 
 import torch
 
-from genesis_grad_patch.steering import paths as P
-from genesis_grad_patch.steering.baselines import SMALL_GRID, evaluate_stanley, tune_stanley
-from genesis_grad_patch.steering.evaluate import evaluate_policy, format_metrics_table
-from genesis_grad_patch.steering.policy import SteeringMLP, load_policy
-from genesis_grad_patch.steering.sim import SteeringSim
-from genesis_grad_patch.steering.train import gradient_norm_vs_horizon
+from genesis_grad.steering import paths as P
+from genesis_grad.steering.baselines import SMALL_GRID, evaluate_stanley, tune_stanley
+from genesis_grad.steering.evaluate import evaluate_policy, format_metrics_table
+from genesis_grad.steering.policy import SteeringMLP, load_policy
+from genesis_grad.steering.sim import SteeringSim
+from genesis_grad.steering.train import gradient_norm_vs_horizon
 
 
 def main() -> None:

@@ -21,12 +21,12 @@ from pathlib import Path
 
 import numpy as np
 
-from genesis_grad_patch.sysid.generate import generate
-from genesis_grad_patch.sysid.optimize import fit
-from genesis_grad_patch.sysid.parameters import parse_selection, perturbed
-from genesis_grad_patch.sysid.problem import SysIdProblem
-from genesis_grad_patch.sysid.report import plot_fit
-from genesis_grad_patch.sysid.sim import SysIdSim, default_robot
+from genesis_grad.sysid.generate import generate
+from genesis_grad.sysid.optimize import fit
+from genesis_grad.sysid.parameters import parse_selection, perturbed
+from genesis_grad.sysid.problem import SysIdProblem
+from genesis_grad.sysid.report import plot_fit
+from genesis_grad.sysid.sim import SysIdSim, default_robot
 
 SELECTIONS = {4: "kp@0-3", 12: "kp,kv,damping@0-3", 30: "all@0-6;kp@7,8"}
 

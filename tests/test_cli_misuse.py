@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import torch
 
-from genesis_grad_patch.cli import build_parser, main
-from genesis_grad_patch.steering import paths as P
-from genesis_grad_patch.steering.policy import SteeringMLP, load_policy, save_policy
+from genesis_grad.cli import build_parser, main
+from genesis_grad.steering import paths as P
+from genesis_grad.steering.policy import SteeringMLP, load_policy, save_policy
 
 
 class SceneBuilt(Exception):
@@ -25,7 +25,7 @@ class SceneBuilt(Exception):
 
 @pytest.fixture(autouse=True)
 def no_scene(monkeypatch):
-    import genesis_grad_patch.steering.sim as sim_module
+    import genesis_grad.steering.sim as sim_module
 
     def refuse(*args, **kwargs):
         raise SceneBuilt
@@ -97,7 +97,7 @@ def test_cli_eval_refuses_a_checkpoint_embedding_code(malicious_checkpoint, caps
 
 
 def test_checkpoints_written_by_the_trainer_still_load(tmp_path):
-    from genesis_grad_patch.steering.train import TrainConfig
+    from genesis_grad.steering.train import TrainConfig
 
     torch.manual_seed(0)
     policy = SteeringMLP(preview_distances=(0.0, 1.0), hidden=(8, 4))
@@ -163,7 +163,7 @@ def test_cli_eval_reports_an_unusable_checkpoint_before_building_the_scene(tmp_p
 
 
 def test_checkpoint_errors_are_input_file_errors(tmp_path):
-    from genesis_grad_patch.steering.errors import CheckpointError, InputFileError
+    from genesis_grad.steering.errors import CheckpointError, InputFileError
 
     with pytest.raises(CheckpointError) as info:
         load_policy(_bad_checkpoint(tmp_path, "empty"))

@@ -10,7 +10,7 @@ import torch
 from conftest import build_diag_arm
 
 import genesis_grad_patch as ggp
-from genesis_grad_patch.cli_diagnostics import register
+from genesis_grad.cli_diagnostics import register
 from genesis_grad_patch.gradcheck import GradcheckResult
 from genesis_grad_patch.strict import GradientBreakWarning
 

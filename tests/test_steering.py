@@ -8,8 +8,8 @@ import torch
 from conftest import UPSTREAM_MODE, assert_grad_close, central_fd, stock_genesis
 
 import genesis_grad_patch
-from genesis_grad_patch.steering import paths as P
-from genesis_grad_patch.steering.error_state import (
+from genesis_grad.steering import paths as P
+from genesis_grad.steering.error_state import (
     TorchReference,
     compute_error_state_torch,
     nearest_reference_index,
@@ -102,13 +102,13 @@ def _skip_unless_differentiable_targets() -> None:
 
 @pytest.fixture(scope="module")
 def sim():
-    from genesis_grad_patch.steering.sim import SteeringSim
+    from genesis_grad.steering.sim import SteeringSim
 
     return SteeringSim(n_envs=4, requires_grad=True)
 
 
 def test_car_drives_straight_with_zero_steering(sim):
-    from genesis_grad_patch.steering.sim import path_start_states
+    from genesis_grad.steering.sim import path_start_states
 
     ref = TorchReference([P.straight(speed=1.0), P.straight(speed=2.5)], [0, 1, 0, 1])
     with torch.no_grad():
@@ -121,8 +121,8 @@ def test_car_drives_straight_with_zero_steering(sim):
 
 
 def test_stanley_converges_on_straight_path(sim):
-    from genesis_grad_patch.steering.baselines import StanleyController
-    from genesis_grad_patch.steering.sim import path_start_states
+    from genesis_grad.steering.baselines import StanleyController
+    from genesis_grad.steering.sim import path_start_states
 
     ref = TorchReference([P.straight(speed=1.5)], [0, 0, 0, 0])
     start = path_start_states(ref)
@@ -139,8 +139,8 @@ def test_stanley_converges_on_straight_path(sim):
 
 def test_few_training_iterations_lower_the_loss(sim):
     _skip_unless_differentiable_targets()
-    from genesis_grad_patch.steering.policy import SteeringMLP
-    from genesis_grad_patch.steering.train import TrainConfig, sample_window_starts, train_gradient, window_loss
+    from genesis_grad.steering.policy import SteeringMLP
+    from genesis_grad.steering.train import TrainConfig, sample_window_starts, train_gradient, window_loss
 
     torch.manual_seed(0)
     paths = [P.sine(length=15.0), P.circle()]
@@ -166,8 +166,8 @@ def test_closed_loop_gradient_through_contact_matches_finite_differences(sim):
     """The policy gradient of a closed-loop window (four sphere-plane wheel contacts per car, the pose read back by the
     getters into the next command) against central finite differences of the same rollout."""
     _skip_unless_differentiable_targets()
-    from genesis_grad_patch.steering.policy import SteeringMLP
-    from genesis_grad_patch.steering.train import TrainConfig, sample_window_starts, window_loss
+    from genesis_grad.steering.policy import SteeringMLP
+    from genesis_grad.steering.train import TrainConfig, sample_window_starts, window_loss
 
     torch.manual_seed(0)
     policy = SteeringMLP(hidden=(16,))
@@ -208,8 +208,8 @@ def test_closed_loop_gradient_through_contact_matches_finite_differences(sim):
 
 def test_training_is_deterministic_for_a_seed(sim):
     _skip_unless_differentiable_targets()
-    from genesis_grad_patch.steering.policy import SteeringMLP
-    from genesis_grad_patch.steering.train import TrainConfig, train_gradient
+    from genesis_grad.steering.policy import SteeringMLP
+    from genesis_grad.steering.train import TrainConfig, train_gradient
 
     cfg = TrainConfig(horizon=30, seed=7)
     weights, losses = [], []
@@ -225,7 +225,7 @@ def test_training_is_deterministic_for_a_seed(sim):
 
 def test_cli_train_then_eval_on_a_reference_csv(tmp_path, capsys):
     _skip_unless_differentiable_targets()
-    from genesis_grad_patch.cli import main
+    from genesis_grad.cli import main
 
     csv = tmp_path / "ref.csv"
     P.save_reference_csv(P.lane_change(length=4.0, offset=0.3, transition=2.0, speed=1.5), csv)

@@ -254,7 +254,7 @@ def test_solver_control_from_plugin_code_keeps_its_gradient(grad_arm):
     # The strict wrapper of a solver control decides between the stock method (calls made by Genesis) and the
     # routing to the entities (everyone else, plugin modules such as the steering demo included).
     scene, arm = grad_arm
-    namespace = {"__name__": "genesis_grad_patch.steering.diag"}
+    namespace = {"__name__": "genesis_grad.steering.diag"}
     exec("def drive(solver, x):\n    solver.control_dofs_position(x, dofs_idx=[0, 1])\n", namespace)
     x = tracked(0.2, -0.1)
     scene.reset()

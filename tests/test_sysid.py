@@ -8,10 +8,10 @@ import pytest
 import torch
 from conftest import assert_grad_close, central_fd
 
-from genesis_grad_patch.cli import main
-from genesis_grad_patch.sysid import parameters as P
-from genesis_grad_patch.sysid.errors import ParameterError, TrajectoryFileError
-from genesis_grad_patch.sysid.trajectory import Trajectory, load_trajectory_csv, save_trajectory_csv
+from genesis_grad.cli import main
+from genesis_grad.sysid import parameters as P
+from genesis_grad.sysid.errors import ParameterError, TrajectoryFileError
+from genesis_grad.sysid.trajectory import Trajectory, load_trajectory_csv, save_trajectory_csv
 
 PANDA_DOFS = [f"joint{i}" for i in range(1, 8)] + ["finger_joint1", "finger_joint2"]
 WINDOW, N_WINDOWS = 25, 2
@@ -162,21 +162,21 @@ def test_cli_bad_csv_before_any_scene(tmp_path, capsys):
 
 @pytest.fixture(scope="module")
 def gen_sim():
-    from genesis_grad_patch.sysid.sim import SysIdSim, default_robot
+    from genesis_grad.sysid.sim import SysIdSim, default_robot
 
     return SysIdSim(default_robot(), dt=0.01, n_envs=1, requires_grad=False)
 
 
 @pytest.fixture(scope="module")
 def fit_sim():
-    from genesis_grad_patch.sysid.sim import SysIdSim, default_robot
+    from genesis_grad.sysid.sim import SysIdSim, default_robot
 
     return SysIdSim(default_robot(), dt=0.01, n_envs=N_WINDOWS, requires_grad=True)
 
 
 @pytest.fixture(scope="module")
 def data(gen_sim):
-    from genesis_grad_patch.sysid.generate import generate
+    from genesis_grad.sysid.generate import generate
 
     spec = P.parse_selection(SELECTION, gen_sim.dof_names)
     truth = P.perturbed(gen_sim.nominal, spec, 0.3, seed=1)
@@ -185,7 +185,7 @@ def data(gen_sim):
 
 
 def _problem(fit_sim, traj, selection=SELECTION):
-    from genesis_grad_patch.sysid.problem import SysIdProblem
+    from genesis_grad.sysid.problem import SysIdProblem
 
     return SysIdProblem(fit_sim, traj, P.parse_selection(selection, fit_sim.dof_names), WINDOW)
 
@@ -212,7 +212,7 @@ def test_loss_zero_at_truth(fit_sim, data):
 
 @pytest.mark.plugin_only  # parameter gradients are the plugin's (params.py) until a patch carries them
 def test_gradient_steps_lower_the_loss(fit_sim, data):
-    from genesis_grad_patch.sysid.optimize import fit
+    from genesis_grad.sysid.optimize import fit
 
     spec, truth, traj = data
     problem = _problem(fit_sim, traj)

@@ -147,7 +147,7 @@ def register(subparsers) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Stand-alone entry point (`python -m genesis_grad_patch.cli_diagnostics doctor SCRIPT.py`)."""
+    """Stand-alone entry point (`python -m genesis_grad.cli_diagnostics doctor SCRIPT.py`)."""
     parser = ArgumentParser(prog="genesis-grad")
     register(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)

@@ -1,6 +1,6 @@
 """
 ``genesis-grad sysid generate | fit``: system identification from the command line (registered by
-``genesis_grad_patch.cli``). Every flag is checked at parse time (one-line usage error, exit status 2); a trajectory
+``genesis_grad.cli``). Every flag is checked at parse time (one-line usage error, exit status 2); a trajectory
 CSV or parameter file that cannot be used ends in one line on stderr and exit status 2. Genesis and torch are imported
 inside the handlers only.
 """
@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from genesis_grad_patch.cli import (
+from genesis_grad.cli import (
     existing_file,
     non_negative_float,
     output_dir,

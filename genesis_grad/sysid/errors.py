@@ -8,7 +8,7 @@ that the CLI prints it as is. They derive from the steering tools' ``InputFileEr
 
 from __future__ import annotations
 
-from genesis_grad_patch.steering.errors import InputFileError
+from genesis_grad.steering.errors import InputFileError
 
 
 class TrajectoryFileError(InputFileError):

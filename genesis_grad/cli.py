@@ -1,0 +1,456 @@
+"""
+Command line entry point ``genesis-grad``.
+
+Subcommands live in the ``SUBCOMMANDS`` registry (name -> ``Subcommand``), so that other modules add theirs
+(``doctor``, ``gradcheck``) with ``register`` without touching the parser code. Heavy imports (Genesis, torch) happen
+inside the handlers, so ``genesis-grad --help`` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass
+class Subcommand:
+    """A ``genesis-grad`` subcommand: its help line, its argument setup and its handler (returns the exit code)."""
+
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+SUBCOMMANDS: dict[str, Subcommand] = {}
+
+
+def register(name: str, help: str, add_arguments: Callable[[argparse.ArgumentParser], None] = lambda p: None):
+    """Decorator registering ``run(args) -> int`` as the subcommand ``name``."""
+
+    def decorator(run: Callable[[argparse.Namespace], int]):
+        SUBCOMMANDS[name] = Subcommand(help=help, add_arguments=add_arguments, run=run)
+        return run
+
+    return decorator
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """An ``argparse.ArgumentParser`` whose usage errors are one line: the message, then where the usage is.
+
+    argparse prints the whole usage block before the message; for a subcommand with many flags that buries the one
+    line that matters. Subparsers inherit the class (``add_subparsers`` uses the parent's class).
+    """
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = ArgumentParser(
+        prog="genesis-grad", description="Differentiable Genesis rigid-body control: steering training and tools."
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, command in SUBCOMMANDS.items():
+        command.add_arguments(sub.add_parser(name, help=command.help, description=command.help))
+    # `doctor` and `gradcheck` (issue 4) set their own handler as `func`.
+    from . import cli_diagnostics
+
+    cli_diagnostics.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """
+    Run ``genesis-grad`` on ``argv`` (``sys.argv[1:]`` by default) and return the exit status.
+
+    Invalid flags end in a one-line usage error (status 2) at parse time. A reference CSV or policy checkpoint that
+    cannot be used ends in one line on stderr and status 2, without a traceback.
+    """
+    from genesis_grad.steering.errors import InputFileError
+
+    args = build_parser().parse_args(argv)
+    run = SUBCOMMANDS[args.command].run if args.command in SUBCOMMANDS else args.func
+    try:
+        return int(run(args) or 0)
+    except InputFileError as exc:
+        print(f"genesis-grad {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+# ------------------------------------------------------------------ argument types
+# argparse calls these on each flag's string (and on string defaults): a bad value ends, before anything is built, in
+# "genesis-grad SUBCOMMAND: error: argument --flag: MESSAGE" and exit status 2.
+
+# Seeds go to torch.manual_seed and torch.Generator.manual_seed; 32 bits is the range every common RNG accepts.
+_SEED_LIMIT = 2**32
+
+
+def _number(text: str, kind: type[int] | type[float]) -> int | float:
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not {'an integer' if kind is int else 'a number'}: {text!r}") from None
+    if kind is float and not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    value = _number(text, int)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
+def random_seed(text: str) -> int:
+    """argparse type: a random seed, an integer in [0, 2**32)."""
+    value = _number(text, int)
+    if not 0 <= value < _SEED_LIMIT:
+        raise argparse.ArgumentTypeError(f"must be an integer from 0 to {_SEED_LIMIT - 1}, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0."""
+    value = _number(text, float)
+    if value <= 0.0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text!r}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    """argparse type: a finite number >= 0."""
+    value = _number(text, float)
+    if value < 0.0:
+        raise argparse.ArgumentTypeError(f"must be zero or positive, got {text!r}")
+    return value
+
+
+def speed_list(text: str) -> list[float]:
+    """argparse type: comma-separated positive speeds (m/s); a car told to drive at 0 m/s never finishes a path."""
+    items = [item.strip() for item in text.split(",")]
+    if not any(items):
+        raise argparse.ArgumentTypeError("needs at least one speed in m/s, e.g. 1.5 or 0.5,1.5,3")
+    speeds = []
+    for item in items:
+        if not item:
+            raise argparse.ArgumentTypeError(f"empty entry in {text!r}")
+        value = _number(item, float)
+        if value <= 0.0:
+            raise argparse.ArgumentTypeError(f"speeds must be positive (m/s), got {item!r}")
+        speeds.append(value)
+    return speeds
+
+
+def _generator_names() -> list[str]:
+    from genesis_grad.steering.paths import GENERATORS
+
+    return sorted(GENERATORS)
+
+
+def path_names(text: str) -> list[str]:
+    """argparse type: comma-separated names of generated paths (``steering.paths.GENERATORS``)."""
+    names = [name.strip() for name in text.split(",")]
+    if not any(names):
+        raise argparse.ArgumentTypeError(f"needs at least one path, from {', '.join(_generator_names())}")
+    for name in names:
+        if name not in _generator_names():
+            what = f"unknown path {name!r}" if name else f"empty entry in {text!r}"
+            raise argparse.ArgumentTypeError(f"{what}; choose from {', '.join(_generator_names())}")
+    return names
+
+
+def optional_path_name(text: str) -> str:
+    """argparse type: the name of a generated path, or the empty string for none."""
+    if text and text not in _generator_names():
+        raise argparse.ArgumentTypeError(
+            f"unknown path {text!r}; choose from {', '.join(_generator_names())} (or '' for none)"
+        )
+    return text
+
+
+def existing_file(text: str) -> str:
+    """argparse type: the path of an existing regular file (its content is checked by whoever reads it)."""
+    path = Path(text)
+    if not text or not path.exists():
+        raise argparse.ArgumentTypeError(f"no such file: {text!r}")
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"not a regular file: {text!r}")
+    return text
+
+
+def output_dir(text: str) -> Path:
+    """argparse type: an output directory, created later; refused when empty or when it names an existing file."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("needs a directory name")
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"exists and is not a directory: {text!r}")
+    return path
+
+
+def identifier(text: str) -> str:
+    """argparse type: a Python identifier (a function name)."""
+    if not text.isidentifier():
+        raise argparse.ArgumentTypeError(f"not a Python function name: {text!r}")
+    return text
+
+
+# ------------------------------------------------------------------ shared steering helpers
+
+
+def _add_path_arguments(p: argparse.ArgumentParser, default_paths: str) -> None:
+    p.add_argument(
+        "--paths",
+        type=path_names,
+        default=default_paths,
+        help=f"comma-separated generated paths (straight, lane_change, circle, sine, figure_eight); default {default_paths}",
+    )
+    p.add_argument(
+        "--reference",
+        type=existing_file,
+        action="append",
+        default=[],
+        metavar="FILE.csv",
+        help="reference path CSV (columns pos_x, pos_y, yaw in rad, speed in m/s > 0); repeatable; replaces --paths",
+    )
+    p.add_argument(
+        "--speed",
+        type=speed_list,
+        default="1.5",
+        help="reference speed of generated paths (m/s, > 0); a comma-separated list makes one copy of each path per "
+        "speed (e.g. 0.5,1.5,3 to train a policy for the whole speed range)",
+    )
+
+
+def _paths_from_args(args):
+    from genesis_grad.steering import paths as P
+
+    if args.reference:
+        # The reader's warnings (a yaw that contradicts the path) as one line each, like the errors.
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", UserWarning)
+            paths = [P.load_reference_csv(f) for f in args.reference]
+        for warning in caught:
+            print(f"genesis-grad {args.command}: warning: {warning.message}", file=sys.stderr)
+        return paths
+    paths = []
+    for name in args.paths:
+        for speed in args.speed:
+            path = P.make_path(name, speed=speed)
+            if len(args.speed) > 1:
+                path.name = f"{name}@{speed:g}"
+            paths.append(path)
+    return paths
+
+
+def _add_train_arguments(p: argparse.ArgumentParser, iterations: int) -> None:
+    p.add_argument("--iterations", type=positive_int, default=iterations, help="training windows (gradient steps)")
+    p.add_argument("--horizon", type=positive_int, default=100, help="steps per truncated BPTT window")
+    p.add_argument("--n-envs", type=positive_int, default=16, help="parallel environments")
+    p.add_argument("--lr", type=positive_float, default=3e-3, help="Adam learning rate (default 3e-3)")
+    p.add_argument("--seed", type=random_seed, default=0, help=f"random seed, 0 to {_SEED_LIMIT - 1} (default 0)")
+    p.add_argument("--out", type=output_dir, default="out", help="output directory (checkpoints, plots, metrics)")
+    p.add_argument("--no-progress", action="store_true", help="disable the tqdm progress bar")
+
+
+def _train(args, sim, paths, out: Path):
+    import torch
+
+    from genesis_grad.steering.policy import SteeringMLP
+    from genesis_grad.steering.train import TrainConfig, train_gradient
+
+    torch.manual_seed(args.seed)
+    policy = SteeringMLP()
+    cfg = TrainConfig(horizon=args.horizon, lr=args.lr, seed=args.seed)
+    history = train_gradient(
+        policy,
+        sim,
+        paths,
+        iterations=args.iterations,
+        cfg=cfg,
+        checkpoint_dir=out / "checkpoints",
+        progress=not args.no_progress,
+    )
+    return policy, history
+
+
+def _print_table(rows) -> None:
+    from genesis_grad.steering.evaluate import format_metrics_table
+
+    print(format_metrics_table(rows))
+
+
+# ------------------------------------------------------------------ train
+
+
+def _train_arguments(p: argparse.ArgumentParser) -> None:
+    _add_path_arguments(p, "lane_change,sine,circle")
+    _add_train_arguments(p, iterations=200)
+
+
+@register("train", "Train the MLP steering controller by back-propagation through the physics.", _train_arguments)
+def _cmd_train(args) -> int:
+    from genesis_grad.steering.evaluate import evaluate_policy, plot_training_curve
+    from genesis_grad.steering.sim import SteeringSim
+
+    out = Path(args.out)
+    paths = _paths_from_args(args)
+    sim = SteeringSim(n_envs=args.n_envs, requires_grad=True)
+    t0 = time.time()
+    policy, history = _train(args, sim, paths, out)
+    print(f"trained {args.iterations} windows, {sim.env_steps} env-steps, {time.time() - t0:.0f} s")
+    metrics, _ = evaluate_policy(sim, policy, paths)
+    _print_table([("mlp", m) for m in metrics])
+    plot_training_curve(
+        {"gradient": {"env_steps": history["env_steps"], "loss": history["loss"]}}, out / "training_curve.png"
+    )
+    (out / "train_metrics.json").write_text(json.dumps([m.as_dict() for m in metrics], indent=2))
+    print(f"checkpoint: {out / 'checkpoints' / 'policy_last.pt'}")
+    return 0
+
+
+# ------------------------------------------------------------------ eval
+
+
+def _eval_arguments(p: argparse.ArgumentParser) -> None:
+    _add_path_arguments(p, "lane_change,sine,circle,figure_eight")
+    p.add_argument(
+        "--policy", type=existing_file, help="policy checkpoint (from train / demo); omit to evaluate Stanley only"
+    )
+    p.add_argument("--stanley", action="store_true", help="also run the Stanley baseline (gains tuned on the paths)")
+    p.add_argument("--n-envs", type=positive_int, default=8, help="parallel environments")
+    p.add_argument("--out", type=output_dir, default="out", help="output directory (plots, metrics)")
+
+
+@register("eval", "Closed-loop evaluation of a trained policy (and/or Stanley) on whole paths.", _eval_arguments)
+def _cmd_eval(args) -> int:
+    from genesis_grad.steering.baselines import SMALL_GRID, evaluate_stanley, tune_stanley
+    from genesis_grad.steering.evaluate import evaluate_policy, plot_errors, plot_trajectories
+    from genesis_grad.steering.policy import load_policy
+    from genesis_grad.steering.sim import SteeringSim
+
+    if not args.policy and not args.stanley:
+        print("nothing to evaluate: give --policy CKPT and/or --stanley", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    paths = _paths_from_args(args)
+    # Read the checkpoint before building the scene, so that an unusable one is reported at once.
+    policy = load_policy(args.policy)[0] if args.policy else None
+    sim = SteeringSim(n_envs=args.n_envs, requires_grad=True)
+    rows, runs, results = [], {}, {}
+    if policy is not None:
+        metrics, records = evaluate_policy(sim, policy, paths)
+        rows += [("mlp", m) for m in metrics]
+        runs["mlp"], results["mlp"] = records, [m.as_dict() for m in metrics]
+    if args.stanley:
+        gains, _ = tune_stanley(sim, paths, SMALL_GRID)
+        metrics, records = evaluate_stanley(sim, gains, paths)
+        rows += [(f"stanley k={gains.k:g}", m) for m in metrics]
+        runs["stanley"], results["stanley"] = records, [m.as_dict() for m in metrics]
+    _print_table(rows)
+    plot_trajectories(runs, out / "eval_trajectories.png")
+    plot_errors(runs, out / "eval_errors.png")
+    (out / "eval_metrics.json").write_text(json.dumps(results, indent=2))
+    print(f"plots: {out / 'eval_trajectories.png'}, {out / 'eval_errors.png'}")
+    return 0
+
+
+# ------------------------------------------------------------------ demo
+
+
+def _demo_arguments(p: argparse.ArgumentParser) -> None:
+    _add_path_arguments(p, "sine")
+    _add_train_arguments(p, iterations=60)
+    p.add_argument(
+        "--held-out",
+        type=optional_path_name,
+        default="figure_eight",
+        help="generated path evaluated but never trained on ('' for none)",
+    )
+
+
+@register(
+    "demo",
+    "Short end-to-end run (< 10 min on 2 CPU cores): Stanley baseline, MLP before/after gradient training, plots.",
+    _demo_arguments,
+)
+def _cmd_demo(args) -> int:
+    from genesis_grad.steering import paths as P
+    from genesis_grad.steering.baselines import SMALL_GRID, evaluate_stanley, tune_stanley
+    from genesis_grad.steering.evaluate import (
+        evaluate_policy,
+        plot_errors,
+        plot_training_curve,
+        plot_trajectories,
+    )
+    from genesis_grad.steering.policy import SteeringMLP
+    from genesis_grad.steering.sim import SteeringSim
+
+    t_start = time.time()
+    out = Path(args.out)
+    train_paths = _paths_from_args(args)
+    eval_paths = train_paths + ([P.make_path(args.held_out, speed=args.speed[0])] if args.held_out else [])
+    print(f"[demo] building the car scene ({args.n_envs} envs; the first run compiles kernels, ~1-2 min)")
+    sim = SteeringSim(n_envs=args.n_envs, requires_grad=True)
+    print(f"[demo] scene ready after {time.time() - t_start:.0f} s")
+
+    gains, _ = tune_stanley(sim, train_paths, SMALL_GRID)
+    stanley_metrics, stanley_runs = evaluate_stanley(sim, gains, eval_paths)
+    print(f"[demo] Stanley tuned on the training path(s): k={gains.k:g}, k_soft={gains.k_soft:g}")
+
+    import torch
+
+    torch.manual_seed(args.seed)
+    before_metrics, before_runs = evaluate_policy(sim, SteeringMLP(), eval_paths)
+
+    print(
+        f"[demo] training {args.iterations} windows of {args.horizon} steps x {args.n_envs} envs (the first "
+        "backward pass compiles the reverse kernels, ~35 s)"
+    )
+    steps_before = sim.env_steps
+    policy, history = _train(args, sim, train_paths, out)
+    train_steps = sim.env_steps - steps_before
+    after_metrics, after_runs = evaluate_policy(sim, policy, eval_paths)
+
+    rows = [("MLP before", m) for m in before_metrics]
+    rows += [("MLP after", m) for m in after_metrics]
+    rows += [(f"Stanley (k={gains.k:g})", m) for m in stanley_metrics]
+    print()
+    _print_table(rows)
+    print(f"\ngradient training: {train_steps} simulated env-steps, {history['wall_clock'][-1]:.0f} s")
+
+    runs = {"MLP before": before_runs, "MLP after": after_runs, "Stanley": stanley_runs}
+    plots = [
+        plot_trajectories(runs, out / "demo_trajectories.png", title="closed-loop tracking"),
+        plot_errors({"MLP after": after_runs, "Stanley": stanley_runs}, out / "demo_errors.png"),
+        plot_training_curve(
+            {"gradient": {"env_steps": history["env_steps"], "loss": history["loss"]}}, out / "demo_training_curve.png"
+        ),
+    ]
+    results = {
+        "mlp_before": [m.as_dict() for m in before_metrics],
+        "mlp_after": [m.as_dict() for m in after_metrics],
+        "stanley": [m.as_dict() for m in stanley_metrics],
+        "stanley_gains": vars(gains),
+        "train_env_steps": train_steps,
+    }
+    (out / "demo_metrics.json").write_text(json.dumps(results, indent=2))
+    print("plots: " + ", ".join(str(p) for p in plots))
+    print(f"[demo] total {time.time() - t_start:.0f} s")
+    return 0
+
+
+# `genesis-grad sysid generate | fit` (issue 13's application) registers itself; imported last, after `register`.
+from .sysid import cli as _sysid_cli  # noqa: E402, F401
+
+if __name__ == "__main__":
+    sys.exit(main())

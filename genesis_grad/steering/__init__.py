@@ -1,0 +1,52 @@
+"""
+End-to-end differentiable steering: an MLP steering controller trained by back-propagation through the Genesis car
+physics (wheel-ground contact included), with the PD steering targets and state getters made differentiable by
+``genesis_grad_patch``.
+
+Modules, one per concern:
+
+- ``paths``: reference paths (generators, CSV reader);
+- ``error_state``: ``compute_error_state_torch`` (e_lat, e_head, e_speed) against the nearest reference point;
+- ``sim``: the car scene (batched), resets to sampled states, stepping, differentiable pose reading;
+- ``policy``: the MLP;
+- ``train``: gradient training through the physics (truncated windows, discounting, clipping);
+- ``baselines``: tuned Stanley controller, evolution-strategies training of the same MLP;
+- ``evaluate``: closed-loop metrics and plots.
+
+The names below are re-exported lazily, so that importing the package neither imports Genesis nor initializes it.
+"""
+
+from importlib import import_module
+
+_EXPORTS = {
+    "ReferencePath": "paths",
+    "load_reference_csv": "paths",
+    "save_reference_csv": "paths",
+    "make_path": "paths",
+    "training_paths": "paths",
+    "held_out_path": "paths",
+    "compute_error_state_torch": "error_state",
+    "nearest_reference_index": "error_state",
+    "TorchReference": "error_state",
+    "SteeringSim": "sim",
+    "ensure_genesis_init": "sim",
+    "SteeringMLP": "policy",
+    "load_policy": "policy",
+    "TrainConfig": "train",
+    "train_gradient": "train",
+    "StanleyController": "baselines",
+    "StanleyGains": "baselines",
+    "tune_stanley": "baselines",
+    "train_es": "baselines",
+    "run_paths": "evaluate",
+    "evaluate_policy": "evaluate",
+    "PathMetrics": "evaluate",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
