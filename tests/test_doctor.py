@@ -19,8 +19,8 @@ import torch
 from conftest import build_diag_arm
 
 import genesis_grad_patch as ggp
-from genesis_grad_patch import strict
 from genesis_grad.cli_diagnostics import register
+from genesis_grad_patch import strict
 from genesis_grad_patch.doctor import (
     AFTER_LAST_READ,
     CUT_AT_DETACH,
