@@ -2,16 +2,25 @@
 Overhead of the plugin against stock Genesis, measured side by side in one process.
 
 Each measurement alternates stock (plugin uninstalled) and plugin runs of the same workload, and reports the ratio of
-their medians, so that machine noise hits both alike. Targets: off-grad forward step <= 1.01, grad-mode forward with
-getters every step <= 1.05, backward of a PD-target rollout against the stock backward of the same rollout driven by
-`control_dofs_force` <= 1.05, and the replay record (forward + backward of a decimated rollout, tracked targets every
-5th step and held in between, against stock re-sending them every step, which stock replays exactly) <= 1.05.
+their medians, so that machine noise hits both alike. Two scenes, each in its own process (`gs.init` is once per
+process):
 
-Usage: python benchmarks/overhead.py [--steps 100] [--repeats 9]
+- ``report``: the report's own set-up, unbatched, float32: one car on the ground (the steering car, free base, wheel
+  contacts), PD steering targets and `get_qpos` + `get_vel` every step, targets not tracked;
+- ``batched``: 4 environments, float64, the planar car, PD targets and `get_qpos` + `get_dofs_velocity` every step.
+
+Targets: off-grad forward (targets and two getters every step) <= 1.01, grad-mode forward with the getters <= 1.05,
+backward of a PD-target rollout against the stock backward of the same rollout driven by `control_dofs_force` <= 1.05;
+on the batched scene also the replay record (forward + backward of a decimated rollout, tracked targets every 5th step
+and held in between, against stock re-sending them every step, which stock replays exactly) <= 1.05.
+
+Usage: python benchmarks/overhead.py [--scene report|batched] [--steps 100] [--repeats 9]
 """
 
 import argparse
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -20,15 +29,25 @@ import torch
 
 import genesis_grad_patch as ggp
 
-CAR = str(Path(__file__).parents[1] / "tests" / "assets" / "planar_car.xml")
-STEER = [3, 4]
+ROOT = Path(__file__).parents[1]
+PLANAR_CAR = str(ROOT / "tests" / "assets" / "planar_car.xml")
+STEERING_CAR = str(ROOT / "genesis_grad" / "steering" / "assets" / "car.xml")
+SCENES = {
+    # name: (precision, n_envs, car, steering dofs, second getter)
+    "report": ("32", 0, STEERING_CAR, None, "get_vel"),
+    "batched": ("64", 4, PLANAR_CAR, [3, 4], "get_dofs_velocity"),
+}
 
 
-def build(requires_grad: bool, n_envs: int):
+def build(requires_grad: bool, n_envs: int, car_file: str):
+    on_ground = car_file == STEERING_CAR
+    gravity = (0, 0, -9.81) if on_ground else (0, 0, 0)
     scene = gs.Scene(
-        sim_options=gs.options.SimOptions(dt=0.01, requires_grad=requires_grad, gravity=(0, 0, 0)), show_viewer=False
+        sim_options=gs.options.SimOptions(dt=0.01, requires_grad=requires_grad, gravity=gravity), show_viewer=False
     )
-    car = scene.add_entity(gs.morphs.MJCF(file=CAR))
+    if on_ground:
+        scene.add_entity(gs.morphs.Plane())
+    car = scene.add_entity(gs.morphs.MJCF(file=car_file))
     scene.build(n_envs=n_envs)
     return scene, car
 
@@ -55,37 +74,53 @@ def side_by_side(stock_fn, plugin_fn, repeats: int) -> tuple[float, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
+    parser.add_argument("--scene", choices=sorted(SCENES), help="one scene in this process (default: each in its own)")
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--repeats", type=int, default=9)
-    parser.add_argument("--n-envs", type=int, default=4)
     args = parser.parse_args()
-    gs.init(backend=gs.cpu, precision="64", logging_level="warning")
-    steps, n_envs = args.steps, args.n_envs
-    targets = 0.2 * torch.ones((steps, n_envs, 2), dtype=torch.float64)
+    if args.scene is None:
+        for scene in ("report", "batched"):
+            cmd = [
+                sys.executable,
+                __file__,
+                "--scene",
+                scene,
+                "--steps",
+                str(args.steps),
+                "--repeats",
+                str(args.repeats),
+            ]
+            subprocess.run(cmd, check=True)
+        return
+    run_scene(args.scene, args.steps, args.repeats)
 
-    plain_scene, plain_car = build(False, n_envs)
 
-    def off_grad():
-        plain_scene.reset()
-        for t in range(steps):
-            plain_car.control_dofs_position(targets[t], dofs_idx_local=STEER)
-            plain_scene.step()
+def run_scene(name: str, steps: int, repeats: int) -> None:
+    precision, n_envs, car_file, steer, second_getter = SCENES[name]
+    gs.init(backend=gs.cpu, precision=precision, logging_level="warning")
+    plain_scene, plain_car = build(False, n_envs, car_file)
+    grad_scene, grad_car = build(True, n_envs, car_file)
+    if steer is None:
+        steer = [grad_car.get_joint(j).dofs_idx_local[0] for j in ("steer_fl", "steer_fr")]
+    batch = (n_envs,) if n_envs else ()
+    targets = 0.2 * torch.ones((steps, *batch, 2), dtype=gs.tc_float)
 
-    grad_scene, grad_car = build(True, n_envs)
+    def drive(scene, car):
+        def run():
+            scene.reset()
+            for t in range(steps):
+                car.control_dofs_position(targets[t], dofs_idx_local=steer)
+                scene.step()
+                car.get_qpos(), getattr(car, second_getter)()
 
-    def forward_with_getters():
-        grad_scene.reset()
-        for t in range(steps):
-            grad_car.control_dofs_position(targets[t], dofs_idx_local=STEER)
-            grad_scene.step()
-            grad_car.get_qpos(), grad_car.get_dofs_velocity(), grad_car.get_pos(), grad_car.get_quat()
+        return run
 
     def rollout(method: str):
         x = targets.clone().requires_grad_()
         grad_scene.reset()
         loss = 0.0
         for t in range(steps):
-            getattr(grad_car, method)(x[t], dofs_idx_local=STEER)
+            getattr(grad_car, method)(x[t], dofs_idx_local=steer)
             grad_scene.step()
             loss = loss + (grad_scene.sim.rigid_solver.get_state().qpos ** 2).sum()
         return loss
@@ -94,19 +129,20 @@ def main() -> None:
         loss = rollout(method)
         return lambda: loss.backward()
 
+    off_grad, forward_with_getters = drive(plain_scene, plain_car), drive(grad_scene, grad_car)
     rows = []
-    rows.append(("off-grad forward step", *side_by_side(off_grad, off_grad, args.repeats), 1.01))
+    rows.append(("off-grad forward, targets + 2 getters", *side_by_side(off_grad, off_grad, repeats), 1.01))
     rows.append(
         (
-            "grad-mode forward, getters every step",
-            *side_by_side(forward_with_getters, forward_with_getters, args.repeats),
+            "grad-mode forward, targets + 2 getters",
+            *side_by_side(forward_with_getters, forward_with_getters, repeats),
             1.05,
         )
     )
 
     # Backward alone: each rollout is recorded untimed right before its backward.
     stock_bw, plugin_bw = [], []
-    for i in range(args.repeats + 1):
+    for i in range(repeats + 1):
         ggp.uninstall()
         stock_run = backward_of("control_dofs_force")
         t_stock = timed(stock_run)
@@ -125,46 +161,47 @@ def main() -> None:
         )
     )
 
-    # The replay record: forward + backward of tracked forces, held between the ticks of a 5x slower policy (plugin,
-    # exact) against the same rollout re-sending them every step (stock, exact); then both re-sending every step, the
-    # record's worst case (a copy of the control fields per step).
-    def forward_backward(every: int):
-        def run():
-            x = targets.clone().requires_grad_()
-            grad_scene.reset()
-            loss = 0.0
-            for t in range(steps):
-                if t % every == 0:
-                    grad_car.control_dofs_force(x[t], dofs_idx_local=STEER)
-                grad_scene.step()
-                loss = loss + (grad_scene.sim.rigid_solver.get_state().qpos ** 2).sum()
-            loss.backward()
+    if name == "batched":
+        # The replay record: forward + backward of tracked forces, held between the ticks of a 5x slower policy
+        # (plugin, exact) against the same rollout re-sending them every step (stock, exact); then both re-sending every
+        # step, the record's worst case (a copy of the control fields per step).
+        def forward_backward(every: int):
+            def run():
+                x = targets.clone().requires_grad_()
+                grad_scene.reset()
+                loss = 0.0
+                for t in range(steps):
+                    if t % every == 0:
+                        grad_car.control_dofs_force(x[t], dofs_idx_local=steer)
+                    grad_scene.step()
+                    loss = loss + (grad_scene.sim.rigid_solver.get_state().qpos ** 2).sum()
+                loss.backward()
 
-        return run
+            return run
 
-    every_step, decimated = forward_backward(1), forward_backward(5)
-    rows.append(
-        (
-            "replay: decimated forces (plugin) vs every step (stock), fwd+bwd",
-            *side_by_side(every_step, decimated, args.repeats),
-            1.05,
+        every_step, decimated = forward_backward(1), forward_backward(5)
+        rows.append(
+            (
+                "replay: decimated forces (plugin) vs every step (stock), fwd+bwd",
+                *side_by_side(every_step, decimated, repeats),
+                1.05,
+            )
         )
-    )
-    rows.append(
-        (
-            "replay: forces every step, plugin vs stock, fwd+bwd",
-            *side_by_side(every_step, every_step, args.repeats),
-            1.05,
+        rows.append(
+            (
+                "replay: forces every step, plugin vs stock, fwd+bwd",
+                *side_by_side(every_step, every_step, repeats),
+                1.05,
+            )
         )
-    )
 
-    print(f"steps={steps} n_envs={n_envs} repeats={args.repeats} backend=cpu precision=64")
+    print(f"\nscene={name} steps={steps} n_envs={n_envs} repeats={repeats} backend=cpu precision={precision}")
     print("| workload | stock (ms) | plugin (ms) | ratio | target |")
     print("|---|---|---|---|---|")
-    for name, stock, plugin, target in rows:
+    for label, stock, plugin, target in rows:
         ratio = plugin / stock
         flag = "ok" if ratio <= target else "over"
-        print(f"| {name} | {1e3 * stock:.1f} | {1e3 * plugin:.1f} | {ratio:.3f} | <= {target} ({flag}) |")
+        print(f"| {label} | {1e3 * stock:.1f} | {1e3 * plugin:.1f} | {ratio:.3f} | <= {target} ({flag}) |")
 
 
 if __name__ == "__main__":

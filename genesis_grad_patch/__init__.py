@@ -19,16 +19,24 @@ Importing the package installs the patches, so that in a scene built with `SimOp
 """
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from . import patching
-from .doctor import doctor
-from .gradcheck import gradcheck
-from .strict import get_mode, set_mode
+from .breaks import BreakEvent, BreakKind, GradientBreakError, GradientBreakWarning, get_mode, set_mode
+from .doctor import DoctorReport, doctor
+from .gradcheck import GradcheckResult, gradcheck
 from .version import SUPPORTED_GENESIS_VERSION, UnsupportedGenesisVersion, check_genesis_version
 
 __version__ = "0.1.0"
 __all__ = [
     "SUPPORTED_GENESIS_VERSION",
+    "BreakEvent",
+    "BreakKind",
+    "DoctorReport",
+    "GradcheckResult",
+    "GradientBreakError",
+    "GradientBreakWarning",
     "UnsupportedGenesisVersion",
     "doctor",
     "get_mode",
@@ -36,11 +44,13 @@ __all__ = [
     "install",
     "is_disabled",
     "is_installed",
+    "patched",
     "set_mode",
     "uninstall",
 ]
 
 DISABLE_ENV_VAR = "GENESIS_GRAD_PATCH_DISABLE"
+GROUPS = ("core", "strict")
 
 
 def is_disabled() -> bool:
@@ -48,37 +58,97 @@ def is_disabled() -> bool:
     return os.environ.get(DISABLE_ENV_VAR) == "1"
 
 
-def install() -> None:
-    """Apply the patches to Genesis (idempotent). Raises `UnsupportedGenesisVersion` on any Genesis but 1.4.5."""
-    if patching.is_patched():
-        return
-    check_genesis_version()
-    from . import compat, control, detach_watch, getters, params, replay, strict, tape_guards
+def install(strict: bool = True) -> None:
+    """
+    Apply the patches to Genesis (idempotent). Raises `UnsupportedGenesisVersion` on any Genesis but 1.4.5.
 
-    control.install()
-    params.install()
-    replay.install()
-    tape_guards.install()
-    getters.install()
-    compat.install()
-    strict.install()
-    detach_watch.install()
+    Parameters
+    ----------
+    strict : bool, optional
+        Also install strict mode (the reports of gradient breaks, the record of detaches, the backward-misuse errors).
+        Without it the gradients are the same; misuse is not reported. Defaults to True.
+    """
+    from . import breaks
+
+    if not patching.is_patched("core"):
+        check_genesis_version()
+        from . import backward_checks, compat, control, getters, params, replacements, replay, tape_guards
+
+        replacements.install()
+        control.install()
+        params.install()
+        replay.install()
+        tape_guards.install()
+        getters.install()
+        compat.install()
+        backward_checks.install()
+    if strict and not patching.is_patched("strict"):
+        from . import backward_checks, detach_watch, replacements
+
+        replacements.install(strict=True)
+        backward_checks.install(strict=True)
+        detach_watch.install()
+        breaks.set_enabled(True)
+    elif not strict:
+        _uninstall_strict()
 
 
-def uninstall() -> None:
-    """Revert every patch: Genesis behaves exactly as stock again (idempotent)."""
-    if not patching.is_patched():
-        return
-    from . import getters, replay
+def _uninstall_strict() -> None:
+    from . import breaks, detach_watch, input_checks
 
-    getters.uninstall()
-    replay.clear()
-    patching.revert_all()
+    patching.revert(("strict",))
+    breaks.set_enabled(False)
+    breaks.clear()
+    detach_watch.clear()
+    input_checks.clear()
+
+
+def uninstall(groups: tuple[str, ...] = GROUPS) -> None:
+    """
+    Revert the patches of the given groups (all by default): Genesis behaves exactly as stock again (idempotent).
+
+    `uninstall(("strict",))` takes strict mode out alone, leaving the gradients in place. Everything the plugin
+    remembered (records of the scenes, breaks, detaches, caches) is forgotten with the patches.
+    """
+    unknown = set(groups) - set(GROUPS)
+    if unknown:
+        raise ValueError(f"Unknown patch groups {sorted(unknown)}: expected some of {GROUPS}.")
+    if "strict" in groups:
+        _uninstall_strict()
+    if "core" in groups and patching.is_patched("core"):
+        from . import getters, records, replay
+
+        getters.uninstall()
+        replay.clear()
+        records.clear()
+        patching.revert()
+        _uninstall_strict()
 
 
 def is_installed() -> bool:
     """Whether the patches are currently applied."""
-    return patching.is_patched()
+    return patching.is_patched("core")
+
+
+@contextmanager
+def patched(strict: bool = True) -> Iterator[None]:
+    """
+    Apply the patches for the duration of a block, then restore what was there before (scoped patching).
+
+    ``with genesis_grad_patch.patched(): ...`` installs the plugin if it is not (with or without strict mode) and, on
+    exit, puts Genesis back exactly as it found it: stock if the plugin was not installed, patched if it was.
+    """
+    was_core, was_strict = patching.is_patched("core"), patching.is_patched("strict")
+    install(strict=strict)
+    try:
+        yield
+    finally:
+        if not was_core:
+            uninstall()
+        elif was_strict and not patching.is_patched("strict"):
+            install(strict=True)
+        elif not was_strict and patching.is_patched("strict"):
+            uninstall(("strict",))
 
 
 if is_disabled():

@@ -3,7 +3,7 @@
 import genesis as gs
 import torch
 
-from . import patching
+from . import breaks, input_checks, patching
 
 
 def from_torch(
@@ -47,6 +47,8 @@ def from_torch(
     out = tensor.to(device=gs.device, dtype=dtype)
     if detach:
         out = out.detach()
+        if breaks.checking and tensor.requires_grad:
+            input_checks.note_from_torch(tensor, out)
     if requires_grad and not out.requires_grad:
         out = out.detach().requires_grad_(True)
     return out

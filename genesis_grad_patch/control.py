@@ -12,7 +12,6 @@ of every control call of that step, tracked or not: otherwise the gradient of st
 into an earlier tracked input (the stale `ctrl_force.grad` of stock Genesis).
 """
 
-import sys
 from functools import wraps
 from inspect import signature
 
@@ -24,7 +23,7 @@ from genesis.engine.solvers.rigid import rigid_solver
 from genesis.engine.solvers.rigid.rigid_solver import RigidSolver
 from genesis.utils.misc import broadcast_tensor
 
-from . import patching
+from . import callers, patching, records
 from .kernels import kernel_get_dofs_ctrl_pd_grad
 
 # Control method -> (its target arguments, the gradient field each one reads).
@@ -114,14 +113,6 @@ def entity_process_input_grad(self: RigidEntity) -> list[tuple[torch.Tensor, tor
     return inputs_grad
 
 
-def _is_called_by_genesis(depth: int) -> bool:
-    """Whether the frame `depth` levels above the caller belongs to Genesis itself (e.g. an entity method)."""
-    return sys._getframe(depth + 1).f_globals.get("__name__", "").startswith("genesis.")
-
-
-_SPLIT_ATTR = "_grad_patch_control_split"
-
-
 def _indices_on_host(idx, size: int, name: str) -> tuple[int, ...]:
     """
     The indices given to a solver-level call, as a tuple of ints read on the host.
@@ -146,7 +137,7 @@ def _control_split(solver: RigidSolver, dofs: tuple[int, ...]) -> list[tuple[Rig
     Computed on the host and cached per index set: a policy calling the same dofs every step pays it once, and the
     columns live on `gs.device` already, so the call itself makes no device-to-host copy and no synchronization.
     """
-    cache = solver.__dict__.setdefault(_SPLIT_ATTR, {})
+    cache = records.of_solver(solver).control_split
     split = cache.get(dofs)
     if split is None:
         split = []
@@ -172,28 +163,31 @@ def _columns(value, cols: torch.Tensor, n_cols: int):
 def _route_to_entities(solver: RigidSolver, method: str, targets: dict, dofs_idx, envs_idx) -> None:
     """Split a solver-level control call into entity calls, so that Genesis tapes it like any entity call."""
     dofs = _indices_on_host(dofs_idx, solver.n_dofs, "dofs_idx")
-    for entity, cols, local in _control_split(solver, dofs):
-        entity_targets = {arg: _columns(value, cols, len(dofs)) for arg, value in targets.items()}
-        getattr(entity, method)(**entity_targets, dofs_idx_local=local, envs_idx=envs_idx)
+    # The user's call was checked at the solver: the entity calls record their inputs without reporting again.
+    with callers.calling_as(callers.Origin.PLUGIN):
+        for entity, cols, local in _control_split(solver, dofs):
+            entity_targets = {arg: _columns(value, cols, len(dofs)) for arg, value in targets.items()}
+            getattr(entity, method)(**entity_targets, dofs_idx_local=local, envs_idx=envs_idx)
 
 
-def _solver_control(method: str):
-    stock = getattr(RigidSolver, method)
+def solver_control(method: str, stock):
+    """
+    The implementation of a solver-level control in a differentiable scene: the call is split into entity calls.
+
+    Genesis tapes entity calls only; split, a solver call is taped, replayed and differentiated like any entity call.
+    """
     sig = signature(stock)
     target_args = [arg for arg, _ in CONTROL_TARGETS[method]]
 
     @wraps(stock)
-    def wrapper(self: RigidSolver, *args, **kwargs):
-        # Calls from Genesis (an entity method, a replay of the tape) are already taped: they write the field.
-        if not self._requires_grad or _is_called_by_genesis(1):
-            return stock(self, *args, **kwargs)
+    def routed(self: RigidSolver, *args, **kwargs):
         bound = sig.bind(self, *args, **kwargs)
         bound.apply_defaults()
         arguments = bound.arguments
         targets = {arg: arguments[arg] for arg in target_args}
         _route_to_entities(self, method, targets, arguments["dofs_idx"], arguments["envs_idx"])
 
-    return wrapper
+    return routed
 
 
 def _assign_detached(tensor, indices, value, *args, **kwargs):
@@ -214,5 +208,3 @@ def _assign_detached(tensor, indices, value, *args, **kwargs):
 def install() -> None:
     patching.patch(rigid_solver, "assign_indexed_tensor", _assign_detached)
     patching.patch(RigidEntity, "process_input_grad", entity_process_input_grad)
-    for method in CONTROL_TARGETS:
-        patching.patch(RigidSolver, method, _solver_control(method))

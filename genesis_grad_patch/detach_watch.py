@@ -5,7 +5,7 @@ A control input that does not track gradients is a valid input, so the control c
 from the output of `model(obs).detach()`, `torch.tensor([a.item(), b.item()])`, `x.tolist()`, `x.data`,
 `x.detach().numpy()` or a helper that detaches. The torch methods that cut a tracked tensor from the graph register
 their result (with the tracked source and the user's line), and so do the constructors that rebuild a tensor from such
-a result; strict mode's input check then recognises it at the control call and names the cut (`strict.CUT_AT_DETACH`),
+a result; strict mode's input check then recognises it at the control call and names the cut (`BreakKind.CUT_AT_DETACH`),
 and the doctor gives the parameters behind it that reason.
 
 Only these few methods are wrapped, not every torch function: a `TorchFunctionMode` doing the same cost 16.8% of a
@@ -22,7 +22,7 @@ from functools import wraps
 import numpy as np
 import torch
 
-from . import patching, strict
+from . import breaks, patching
 
 # Tensor methods whose result is cut from the graph, and how a user would read the cut.
 DETACHING = {
@@ -43,22 +43,22 @@ _MAX_SCANNED = 64
 
 
 def _register(out, source: torch.Tensor, how: str) -> None:
-    frame = strict.user_frame(sys._getframe(2))
-    location = strict.Location.of(frame)
+    frame = breaks.user_frame(sys._getframe(2))
+    location = breaks.Location.of(frame)
     key = id(out)
     try:
-        ref = weakref.ref(out, lambda _, key=key: strict._detached.pop(key, None))
+        ref = weakref.ref(out, lambda _, key=key: breaks._detached.pop(key, None))
     except TypeError:
         ref = lambda out=out: out  # noqa: E731 (a float or a list: kept alive while it is in the record)
         _strong_keys.append(key)
         if len(_strong_keys) > _MAX_STRONG:
-            strict._detached.pop(_strong_keys.popleft(), None)
-    strict._detached[key] = (ref, location, strict._sources((source,))[0], f"{how} of a tracked tensor at {location}")
+            breaks._detached.pop(_strong_keys.popleft(), None)
+    breaks._detached[key] = (ref, location, breaks._sources((source,))[0], f"{how} of a tracked tensor at {location}")
 
 
 def registered(value) -> tuple | None:
     """The record entry of a value cut from a tracked tensor (the value itself, or an element of a list of them)."""
-    entry = strict._detached.get(id(value))
+    entry = breaks._detached.get(id(value))
     if entry is not None and entry[0]() is value:
         return entry
     # Python numbers from `.item()` / `.tolist()` are the only entries a list can hold: none recorded, nothing to scan.
@@ -73,7 +73,7 @@ def registered(value) -> tuple | None:
 
 def _internal_caller() -> bool:
     """Whether the wrapped method was called by Genesis, torch or the plugin (two frames up), not by the user."""
-    return strict._is_internal_file(sys._getframe(2).f_code.co_filename)
+    return breaks._is_internal_file(sys._getframe(2).f_code.co_filename)
 
 
 def _detaching(name: str):
@@ -86,9 +86,9 @@ def _detaching(name: str):
         # Cheapest test first: Genesis calls these on untracked tensors at every step. Genesis's and the plugin's own
         # detaches of tracked tensors (the step token, say) are no user's cut either.
         if self.requires_grad:
-            if strict.get_mode() != "off" and not _internal_caller():
+            if breaks.checking and not _internal_caller():
                 _register(out, self, how)
-        elif strict._detached and (entry := registered(self)) is not None and not _internal_caller():
+        elif breaks._detached and (entry := registered(self)) is not None and not _internal_caller():
             # `x.detach().numpy()`, `x.detach().tolist()`: the cut is carried on to the conversion.
             _register(out, entry[2], f"{entry[3].split(' of a tracked tensor')[0]} then {how}")
         return out
@@ -101,7 +101,7 @@ def _data_property():
 
     def get(self):
         out = stock.__get__(self)
-        if self.requires_grad and strict.get_mode() != "off" and not _internal_caller():
+        if self.requires_grad and breaks.checking and not _internal_caller():
             _register(out, self, "`.data`")
         return out
 
@@ -118,7 +118,7 @@ def _rebuilding(name: str):
     def wrapper(data, *args, **kwargs):
         out = stock(data, *args, **kwargs)
         # Nothing recorded (no user cut yet): nothing can be rebuilt from one.
-        if strict._detached and isinstance(data, (float, list, tuple, np.ndarray)) and not _internal_caller():
+        if breaks._detached and isinstance(data, (float, list, tuple, np.ndarray)) and not _internal_caller():
             entry = registered(data)
             if entry is not None and not out.requires_grad:
                 how = entry[3].split(" of a tracked tensor")[0]
@@ -130,7 +130,13 @@ def _rebuilding(name: str):
 
 def install() -> None:
     for name in DETACHING:
-        patching.patch(torch.Tensor, name, _detaching(name))
-    patching.patch(torch.Tensor, "data", _data_property())
+        patching.patch(torch.Tensor, name, _detaching(name), group="strict")
+    patching.patch(torch.Tensor, "data", _data_property(), group="strict")
     for name in REBUILDING:
-        patching.patch(torch, name, _rebuilding(name))
+        patching.patch(torch, name, _rebuilding(name), group="strict")
+
+
+def clear() -> None:
+    """Forget every recorded detach (used by `uninstall`)."""
+    breaks._detached.clear()
+    _strong_keys.clear()

@@ -5,141 +5,48 @@ Gradient doctor: explain which parameters a loss reaches through a Genesis rollo
 `StepNodeBackward` per `scene.step()` (its context holds the step index, the rollout and the ids of the inputs taped for
 that step) and one `ReadNodeBackward` per state read. The walk gives the steps and reads the loss passes through and the
 control inputs that reach it; the rollout's own token (`sim._grad_token`) gives every input the rollout took, reached by
-the loss or not. Strict mode (strict.py) adds where each input was given, which getters each read served, and the breaks
+the loss or not. Strict mode (breaks.py) adds where each input was given, which getters each read served, and the breaks
 it detected, which name the nearest reason for each parameter that gets no gradient.
 """
 
-import math
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import genesis as gs
 import torch
 
-from . import patching, strict
+from . import breaks, patching
+from .breaks import BreakKind
+from .doctor_report import (
+    AFTER_LAST_READ,
+    CUT_AT_DETACH,
+    DROPPED_INPUT,
+    NON_DIFFERENTIABLE_GETTER,
+    NOT_IN_GRAPH,
+    REASON_TITLES,
+    REQUIRES_GRAD_FALSE,
+    SCENE_NOT_DIFFERENTIABLE,
+    BreakInfo,
+    DoctorReport,
+    InputInfo,
+    ParamInfo,
+    ReadInfo,
+    SceneInfo,
+    _steps_text,
+)
 
 STEP_NODE = "StepNodeBackward"
 READ_NODE = "ReadNodeBackward"
 
-# Reasons a parameter gets no gradient, nearest first.
-REQUIRES_GRAD_FALSE = "requires_grad_false"
-SCENE_NOT_DIFFERENTIABLE = "scene_not_differentiable"
-CUT_AT_DETACH = "cut_at_detach"
-NON_DIFFERENTIABLE_GETTER = "non_differentiable_getter"
-DROPPED_INPUT = "dropped_input"
-AFTER_LAST_READ = "after_last_read"
-NOT_IN_GRAPH = "not_in_graph"
-
-REASON_TITLES = {
-    REQUIRES_GRAD_FALSE: "requires_grad=False",
-    SCENE_NOT_DIFFERENTIABLE: "scene not differentiable",
-    CUT_AT_DETACH: "cut at a conversion/detach",
-    NON_DIFFERENTIABLE_GETTER: "read from a non-differentiable getter",
-    DROPPED_INPUT: "input of a non-differentiable setter",
-    AFTER_LAST_READ: "acts after the last state read",
-    NOT_IN_GRAPH: "not part of the graph at all",
-}
 # The strict-mode break kinds each reason covers, in order of precedence.
 _EVENT_REASONS = (
-    (strict.SCENE_NOT_DIFFERENTIABLE, SCENE_NOT_DIFFERENTIABLE),
-    (strict.CUT_AT_DETACH, CUT_AT_DETACH),
-    (strict.CUT_AT_CONVERSION, CUT_AT_DETACH),
-    (strict.DROPPED_INPUT, DROPPED_INPUT),
+    (BreakKind.SCENE_NOT_DIFFERENTIABLE, SCENE_NOT_DIFFERENTIABLE),
+    (BreakKind.CUT_AT_DETACH, CUT_AT_DETACH),
+    (BreakKind.CUT_AT_CONVERSION, CUT_AT_DETACH),
+    (BreakKind.DROPPED_INPUT, DROPPED_INPUT),
 )
-_READ_BREAKS = (strict.READ_UNDER_NO_GRAD, strict.NON_DIFFERENTIABLE_GETTER)
-
-
-# ------------------------------------------------------------------------------------------------------------------
-# Report
-# ------------------------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class InputInfo:
-    """Tracked inputs the rollout took at a range of steps from the same call."""
-
-    steps: list[int]
-    call: str
-    location: str | None
-    reaches_loss: bool
-    params: list[str]
-    depends_on_state: bool
-
-
-@dataclass
-class ReadInfo:
-    """State reads of the loss graph at a range of steps, with the getters that served them (when recorded)."""
-
-    steps: list[int]
-    getters: list[str]
-
-
-@dataclass
-class BreakInfo:
-    """A gradient break strict mode recorded during the rollout, at one line (grouped over the steps it repeated at)."""
-
-    kind: str
-    call: str
-    location: str
-    source: str
-    steps: list[int]
-    count: int
-    cause: str
-    fix: str
-
-
-@dataclass
-class ParamInfo:
-    name: str
-    shape: tuple[int, ...]
-    gets_gradient: bool
-    steps: list[int] = field(default_factory=list)
-    reason_kind: str | None = None
-    reason: str | None = None
-
-
-@dataclass
-class SceneInfo:
-    requires_grad: bool
-    steps: int
-    epoch: int
-    tracked_input_steps: list[int]
-    reached_by_loss: bool
-
-
-@dataclass
-class DoctorReport:
-    """What `doctor` found. `str(report)` is a readable report, `report.to_dict()` the same as plain data."""
-
-    loss: dict[str, Any]
-    plugin_installed: bool
-    strict_mode: str
-    scenes: list[SceneInfo]
-    steps: list[int]
-    reads: list[ReadInfo]
-    inputs: list[InputInfo]
-    params: list[ParamInfo]
-    breaks: list[BreakInfo]
-    findings: list[str]
-
-    @property
-    def healthy(self) -> bool:
-        """Every parameter gets a gradient and no break was recorded during the rollout."""
-        return all(p.gets_gradient for p in self.params) and not self.breaks
-
-    @property
-    def starved(self) -> list[ParamInfo]:
-        """The parameters that get no gradient."""
-        return [p for p in self.params if not p.gets_gradient]
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["healthy"] = self.healthy
-        return data
-
-    def __str__(self) -> str:
-        return _format(self)
+_READ_BREAKS = (BreakKind.READ_UNDER_NO_GRAD, BreakKind.NON_DIFFERENTIABLE_GETTER)
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -279,21 +186,6 @@ def _named_params(params_or_module, loss_walk: _Walk) -> list[tuple[str, torch.T
     return [(f"params[{i}]", p) for i, p in enumerate(params_or_module)]
 
 
-def _steps_text(steps: Iterable[int]) -> str:
-    steps = sorted(set(steps))
-    if not steps:
-        return "none"
-    runs, start, prev = [], steps[0], steps[0]
-    for s in steps[1:] + [None]:
-        if s is not None and s == prev + 1:
-            prev = s
-            continue
-        runs.append(f"{start}" if start == prev else f"{start}-{prev}")
-        if s is not None:
-            start = prev = s
-    return ", ".join(runs)
-
-
 def _group(items: list[tuple[int, tuple]]) -> list[tuple[list[int], tuple]]:
     """Group (step, key) pairs by key, ordered by their first step."""
     groups: dict[tuple, list[int]] = {}
@@ -334,11 +226,11 @@ def doctor(loss: torch.Tensor, params_or_module=None) -> DoctorReport:
     param_set = {id(p) for _, p in named}
     candidates = _rollouts(loss_walk)
     rollouts = []
-    events: dict[int, strict.BreakEvent] = {}
-    loose: dict[int, strict.BreakEvent] = {}  # breaks tied to no scene (gs.from_torch), cutting the parameters off
+    events: dict[int, breaks.BreakEvent] = {}
+    loose: dict[int, breaks.BreakEvent] = {}  # breaks tied to no scene (gs.from_torch), cutting the parameters off
     event_leaves: dict[int, set[int]] = {}
     for rollout in candidates:
-        rollout_events = strict.events(rollout.sim, rollout.epoch)
+        rollout_events = breaks.events(rollout.sim, rollout.epoch)
         for event in rollout_events:
             if event.seq not in event_leaves:
                 event_leaves[event.seq] = _sources_leaves(event.sources)
@@ -359,7 +251,7 @@ def doctor(loss: torch.Tensor, params_or_module=None) -> DoctorReport:
     input_steps: dict[int, set[int]] = {}  # leaf -> steps whose inputs it feeds directly
     for rollout in rollouts:
         step_nodes = rollout.step_nodes or [n for n in loss_walk.steps if n.sim() is rollout.sim]
-        records = strict.input_records(rollout.sim, rollout.epoch)
+        records = breaks.input_records(rollout.sim, rollout.epoch)
         for node in sorted(step_nodes, key=lambda n: n.step):
             for (fn, _), tensor_id in zip(node.next_functions[1:], node.inputs_id, strict=False):
                 record = records.get(tensor_id)
@@ -383,7 +275,7 @@ def doctor(loss: torch.Tensor, params_or_module=None) -> DoctorReport:
     # Reads of the loss graph, with the getters strict mode saw serve them.
     reads_raw = []
     for node in loss_walk.reads:
-        getters = [f"{name} ({location.short()})" for name, location in strict.read_getters(node)]
+        getters = [f"{name} ({location.short()})" for name, location in breaks.read_getters(node)]
         reads_raw.append((_read_step(node), tuple(dict.fromkeys(getters))))
     reads = [ReadInfo(steps, list(key)) for steps, key in _group(reads_raw)]
     loss_read_steps = sorted({_read_step(n) for n in loss_walk.reads})
@@ -416,7 +308,7 @@ def doctor(loss: torch.Tensor, params_or_module=None) -> DoctorReport:
     report = DoctorReport(
         loss=_loss_info(loss),
         plugin_installed=plugin,
-        strict_mode=strict.get_mode(),
+        strict_mode=breaks.get_mode(),
         scenes=scenes,
         steps=sorted({n.step for n in loss_walk.steps}),
         reads=reads,
@@ -429,7 +321,7 @@ def doctor(loss: torch.Tensor, params_or_module=None) -> DoctorReport:
     return report
 
 
-def _group_breaks(events: Iterable[strict.BreakEvent], rollouts: list[_Rollout]) -> list[BreakInfo]:
+def _group_breaks(events: Iterable[breaks.BreakEvent], rollouts: list[_Rollout]) -> list[BreakInfo]:
     """One entry per (kind, call, line), with the steps it happened at."""
     groups: dict[tuple, BreakInfo] = {}
     for event in events:
@@ -550,103 +442,3 @@ def _findings(report: DoctorReport, loss, rollouts, plugin) -> list[str]:
 # ------------------------------------------------------------------------------------------------------------------
 # Text
 # ------------------------------------------------------------------------------------------------------------------
-
-
-def _steps_label(steps: list[int]) -> str:
-    return f"{'step' if len(set(steps)) == 1 else 'steps'} {_steps_text(steps)}"
-
-
-def _table(header: tuple[str, ...], rows: list[tuple[str, ...]], indent: str = "  ") -> list[str]:
-    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=True)]
-    line = indent + "  ".join(f"{h:<{w}}" for h, w in zip(header, widths, strict=True))
-    out = [line.rstrip(), indent + "  ".join("-" * w for w in widths)]
-    out += [(indent + "  ".join(f"{str(c):<{w}}" for c, w in zip(row, widths, strict=True))).rstrip() for row in rows]
-    return out
-
-
-def _short(location: str) -> str:
-    """file.py:line from a full path:line."""
-    return location.rsplit("/", 1)[-1]
-
-
-def _format(report: DoctorReport) -> str:
-    loss = report.loss
-    value = loss["value"]
-    value_text = f"{value:.6g}" if isinstance(value, float) and math.isfinite(value) else str(value)
-    lines = [
-        "Gradient doctor",
-        "===============",
-        f"loss: {value_text}  requires_grad={loss['requires_grad']}  grad_fn={loss['grad_fn']}",
-        f"plugin: installed  strict mode: {report.strict_mode}"
-        if report.plugin_installed
-        else "plugin: NOT installed (stock Genesis, no strict mode)",
-    ]
-    for i, scene in enumerate(report.scenes):
-        lines.append(
-            f"scene {i}: {'differentiable' if scene.requires_grad else 'NOT differentiable'}, {scene.steps} steps, "
-            + (
-                f"tracked inputs at steps {_steps_text(scene.tracked_input_steps)}, "
-                if scene.tracked_input_steps
-                else "no tracked input, "
-            )
-            + f"{'reached' if scene.reached_by_loss else 'not reached'} by the loss"
-        )
-    lines += ["", "Graph behind the loss", f"  simulation steps: {_steps_text(report.steps)}"]
-    if report.reads:
-        lines.append("  state reads:")
-        for read in report.reads:
-            getters = ", ".join(read.getters) if read.getters else "(getter names not recorded)"
-            lines.append(f"    {_steps_label(read.steps)}: {getters}")
-    else:
-        lines.append("  state reads: none")
-
-    lines += ["", "Control inputs of the rollout"]
-    if report.inputs:
-        rows = [
-            (
-                _steps_text(i.steps),
-                i.call,
-                i.location or "-",
-                "yes" if i.reaches_loss else "NO",
-                ", ".join(i.params) or "-",
-            )
-            for i in report.inputs
-        ]
-        lines += _table(("steps", "call", "at", "reaches loss", "from parameters"), rows)
-    else:
-        lines.append("  none that tracks gradients")
-
-    lines += ["", "Parameters"]
-    if report.params:
-        rows = [
-            (
-                p.name,
-                "x".join(map(str, p.shape)) or "scalar",
-                f"yes (steps {_steps_text(p.steps)})"
-                if p.gets_gradient and p.steps
-                else "yes"
-                if p.gets_gradient
-                else "NO",
-                REASON_TITLES.get(p.reason_kind, "") if p.reason_kind else "",
-            )
-            for p in report.params
-        ]
-        lines += _table(("parameter", "shape", "gradient", "reason"), rows)
-        reasons = dict.fromkeys(p.reason for p in report.params if p.reason)
-        for reason in reasons:
-            names = ", ".join(p.name for p in report.params if p.reason == reason)
-            lines.append(f"  * {names}: {reason}")
-    else:
-        lines.append("  none given")
-
-    if report.breaks:
-        lines += ["", "Breaks recorded during the rollout"]
-        rows = [(_steps_text(b.steps), str(b.count), b.kind, b.call, _short(b.location)) for b in report.breaks]
-        lines += _table(("steps", "times", "kind", "call", "at"), rows)
-        for b in report.breaks:
-            code = f" `{b.source}`" if b.source else ""
-            lines.append(f"  * {_short(b.location)}{code}: {b.cause} Fix: {b.fix}")
-
-    lines += ["", "Diagnosis"]
-    lines += [f"  - {finding}" for finding in report.findings] or ["  - nothing to report"]
-    return "\n".join(lines)

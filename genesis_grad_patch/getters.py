@@ -10,9 +10,10 @@ The state is read once per step however many getters are called: the cache is ke
 any solver setter drops it (through Genesis's own mutation notifications). Each getter returns its own tensor, as stock
 does: an in-place edit of one result changes neither the cached state nor what the next getter returns.
 
-Genesis reads state through the same getters while it runs a step (sensors, the viewer's mouse interaction, recorders)
-and keeps the results in its own buffers: those calls take the stock path, told apart by a context variable set while
-Genesis runs (`genesis_is_running`), not by inspecting the caller's frame on every call.
+The functions below are the implementations the getters' replacements (`replacements.py`) call when a read must be
+differentiable: a differentiable scene, grad mode, a rollout with a tracked input, and not Genesis reading for itself
+(sensors, the viewer's mouse interaction and recorders keep the results in their own buffers; `callers.py` tells
+those calls apart).
 
 A getter whose result is not a function of the differentiable state (the velocity of a link that is not a free base)
 returns the stock value and reports the break through strict mode: a `GradientBreakWarning` once per call site and
@@ -20,15 +21,13 @@ rollout, a `GradientBreakError` in "raise" mode.
 """
 
 import weakref
-from collections.abc import Callable
-from contextvars import ContextVar
-from functools import wraps
 from typing import NamedTuple
 
 import genesis as gs
 import genesis.utils.geom as gu
 import torch
 from genesis.constants import link_ref_frame
+from genesis.engine.scene import Scene
 from genesis.engine.simulator import Simulator
 from genesis.engine.solvers.base_solver import StateChange, Subscriber
 from genesis.engine.solvers.kinematic_solver import _offset_world_shift, _select_links_offset
@@ -37,64 +36,34 @@ from genesis.recorders.recorder_manager import RecorderManager
 from genesis.utils.misc import indices_to_mask, qd_to_torch
 from genesis.vis.visualizer import Visualizer
 
-from . import control, patching, strict
+from . import callers, control, input_checks, patching, records
 
-_CACHE_ATTR = "_grad_patch_state_cache"
-_DOFS_MAP_ATTR = "_grad_patch_dofs_map"
 _subscribed: "weakref.WeakKeyDictionary[RigidSolver, Subscriber]" = weakref.WeakKeyDictionary()
 
-
-# True while Genesis runs its own code that reads state through the getters (see `_runs_genesis`). A context variable
-# rather than a global: each thread (the viewer's, the user's) sees its own value.
-_genesis_running: ContextVar[bool] = ContextVar("genesis_grad_patch_genesis_running", default=False)
-
-
-def genesis_is_running() -> bool:
-    """Whether the current thread is inside Genesis's own step work (sensors, viewer, recorders)."""
-    return _genesis_running.get()
-
-
-def is_differentiable(solver: RigidSolver) -> bool:
-    """Whether a getter called now on this solver must return a tensor of the autograd graph."""
-    return solver._requires_grad and solver.is_active and torch.is_grad_enabled() and not _genesis_running.get()
-
-
-def _runs_genesis(inner: Callable) -> Callable:
-    """
-    Wrap a Genesis method that reads state for Genesis's own use, so that the getters it calls take the stock path.
-
-    A sensor writes `get_links_pos` results into buffers that live across steps, the viewer's mouse interaction reads
-    `link.get_vel()` of any link: differentiable results would put autograd history (and the whole rollout's graph)
-    into Genesis's buffers, and raise or warn at every step for getters without a gradient.
-    """
-
-    @wraps(inner)
-    def wrapper(*args, **kwargs):
-        token = _genesis_running.set(True)
-        try:
-            return inner(*args, **kwargs)
-        finally:
-            _genesis_running.reset(token)
-
-    return wrapper
-
-
-# Where Genesis reads state for itself: the step (sensors, couplers), the viewer's per-step update (its plugins, the
-# mouse interaction), and the recorders (which log values, never differentiate them).
-_GENESIS_READERS = ((Simulator, "step"), (Visualizer, "update_on_sim_step"), (RecorderManager, "step"))
+# Where Genesis reads state for itself: the build and the reset (geometry caches), the step (sensors, couplers), the
+# viewer's per-step update (its plugins, the mouse interaction), and the recorders (which log values, never
+# differentiate them).
+_GENESIS_READERS = (
+    (Scene, "build"),
+    (Scene, "reset"),
+    (Simulator, "step"),
+    (Visualizer, "update_on_sim_step"),
+    (RecorderManager, "step"),
+)
 
 
 def _drop_cache(solver_ref: weakref.ref) -> None:
     solver = solver_ref()
     if solver is not None:
-        solver.__dict__.pop(_CACHE_ATTR, None)
+        records.of_solver(solver).state_cache = None
 
 
 def read_state(solver: RigidSolver):
     """Return the differentiable state of the current step, reading it at most once per step."""
     sim = solver._sim
     key = (sim.cur_step_global, sim._grad_epoch)
-    cached = solver.__dict__.get(_CACHE_ATTR)
+    record = records.of_solver(solver)
+    cached = record.state_cache
     if cached is not None and cached[0] == key:
         return cached[1]
     if solver not in _subscribed:
@@ -103,7 +72,7 @@ def read_state(solver: RigidSolver):
         solver.subscribe(subscriber)
         _subscribed[solver] = subscriber
     state = _get_state_zerocopy(solver) if gs.use_zerocopy else solver.get_state()
-    solver.__dict__[_CACHE_ATTR] = (key, state)
+    record.state_cache = (key, state)
     return state
 
 
@@ -149,7 +118,6 @@ def clear_caches() -> None:
     """Forget every cached state and unsubscribe from the solvers (used by `uninstall`)."""
     for solver, subscriber in list(_subscribed.items()):
         solver._subscribers.discard(subscriber)
-        solver.__dict__.pop(_CACHE_ATTR, None)
     _subscribed.clear()
 
 
@@ -183,7 +151,8 @@ class _DofsMap(NamedTuple):
 
 
 def _dofs_map(solver: RigidSolver) -> _DofsMap:
-    dofs_map = solver.__dict__.get(_DOFS_MAP_ATTR)
+    record = records.of_solver(solver)
+    dofs_map = record.dofs_map
     if dofs_map is not None:
         return dofs_map
     lin, rot, free_dofs = [], [], {}
@@ -207,7 +176,7 @@ def _dofs_map(solver: RigidSolver) -> _DofsMap:
     lin_cols = columns(lin, idx_types) if lin else [torch.zeros(0, dtype=t, device=gs.device) for t in idx_types]
     rot_cols = columns(rot, idx_types) if rot else [torch.zeros(0, dtype=t, device=gs.device) for t in idx_types]
     dofs_map = _DofsMap(*lin_cols, *rot_cols, free_dofs)
-    solver.__dict__[_DOFS_MAP_ATTR] = dofs_map
+    record.dofs_map = dofs_map
     return dofs_map
 
 
@@ -271,37 +240,30 @@ def _links_com(solver: RigidSolver, state: GetterState, ref: int) -> torch.Tenso
 
 
 # ------------------------------------------------------------------------------------------------------------------
-# Replacements of the RigidSolver getters. Each one runs the stock getter unless the call must be differentiable.
+# The differentiable getters (called by their replacements when the read must be differentiable).
 # ------------------------------------------------------------------------------------------------------------------
 
 
 def _stock_read(self: RigidSolver, name: str, cause: str, *args, **kwargs) -> torch.Tensor:
     """The stock value of a getter call that cannot be differentiable, reported as a gradient break (strict mode)."""
-    strict.report_non_differentiable_read(self, name, cause)
+    if callers.get() is None:
+        input_checks.report_non_differentiable_read(self, name, cause)
     return patching.original(RigidSolver, name)(self, *args, **kwargs)
 
 
 def get_qpos(self: RigidSolver, qs_idx=None, envs_idx=None):
-    if not is_differentiable(self):
-        return patching.original(RigidSolver, "get_qpos")(self, qs_idx, envs_idx)
     return _select(self, read_state(self).qpos, envs_idx, qs_idx)
 
 
 def get_dofs_velocity(self: RigidSolver, dofs_idx=None, envs_idx=None):
-    if not is_differentiable(self):
-        return patching.original(RigidSolver, "get_dofs_velocity")(self, dofs_idx, envs_idx)
     return _select(self, read_state(self).dofs_vel, envs_idx, dofs_idx)
 
 
 def get_dofs_position(self: RigidSolver, dofs_idx=None, envs_idx=None):
-    if not is_differentiable(self):
-        return patching.original(RigidSolver, "get_dofs_position")(self, dofs_idx, envs_idx)
     return _select(self, _dofs_position(self, read_state(self).qpos), envs_idx, dofs_idx)
 
 
 def get_links_pos(self: RigidSolver, links_idx=None, envs_idx=None, *, ref=link_ref_frame.link_origin, relative=False):
-    if not is_differentiable(self):
-        return patching.original(RigidSolver, "get_links_pos")(self, links_idx, envs_idx, ref=ref, relative=relative)
     ref_frame = self._sanitize_ref_frame(ref)
     state = read_state(self)
     if ref_frame != link_ref_frame.link_origin:
@@ -319,8 +281,6 @@ def get_links_pos(self: RigidSolver, links_idx=None, envs_idx=None, *, ref=link_
 
 
 def get_links_quat(self: RigidSolver, links_idx=None, envs_idx=None, *, relative=False):
-    if not is_differentiable(self):
-        return patching.original(RigidSolver, "get_links_quat")(self, links_idx, envs_idx, relative=relative)
     links_quat = read_state(self).links_quat
     tensor = links_quat[indices_to_mask(envs_idx, links_idx)]
     idx = links_idx if isinstance(links_idx, int) else slice(None)
@@ -347,8 +307,6 @@ _LINK_VEL_CAUSE = (
 
 
 def get_links_vel(self: RigidSolver, links_idx=None, envs_idx=None, *, ref=link_ref_frame.link_origin, relative=False):
-    if not is_differentiable(self):
-        return patching.original(RigidSolver, "get_links_vel")(self, links_idx, envs_idx, ref=ref, relative=relative)
     args = (links_idx, envs_idx)
     if self._sanitize_ref_frame(ref, has_root_COM=False) != link_ref_frame.link_origin:
         cause = f"'get_links_vel(ref={ref})' is not differentiable: only the velocity of the link origin is."
@@ -369,14 +327,25 @@ def get_links_vel(self: RigidSolver, links_idx=None, envs_idx=None, *, ref=link_
 
 
 def get_links_ang(self: RigidSolver, links_idx=None, envs_idx=None):
-    if not is_differentiable(self):
-        return patching.original(RigidSolver, "get_links_ang")(self, links_idx, envs_idx)
     dofs = _free_root_dofs(self, links_idx)
     if dofs is None:
         return _stock_read(self, "get_links_ang", _LINK_VEL_CAUSE.format(name="get_links_ang"), links_idx, envs_idx)
     _, tensor = _free_base_velocity(self, dofs, links_idx, envs_idx)
     return tensor[0] if self.n_envs == 0 else tensor
 
+
+def _link_velocity_is_differentiable(self: RigidSolver, links_idx=None, envs_idx=None, **kwargs) -> bool:
+    ref = kwargs.get("ref", link_ref_frame.link_origin)
+    if self._sanitize_ref_frame(ref, has_root_COM=False) != link_ref_frame.link_origin:
+        return False
+    return _free_root_dofs(self, links_idx) is not None
+
+
+# Getters whose result is differentiable only for some arguments: a read of the others under no_grad loses nothing.
+DIFFERENTIABLE_FOR = {
+    "get_links_vel": _link_velocity_is_differentiable,
+    "get_links_ang": _link_velocity_is_differentiable,
+}
 
 GETTERS = {
     "get_qpos": get_qpos,
@@ -390,10 +359,8 @@ GETTERS = {
 
 
 def install() -> None:
-    for name, getter in GETTERS.items():
-        patching.patch(RigidSolver, name, getter)
     for owner, name in _GENESIS_READERS:
-        patching.patch(owner, name, _runs_genesis(getattr(owner, name)))
+        patching.patch(owner, name, callers.runs_genesis(getattr(owner, name)))
 
 
 def uninstall() -> None:

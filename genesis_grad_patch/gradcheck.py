@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from . import strict
+from . import breaks
 
 
 @dataclass
@@ -77,6 +77,29 @@ def _as_inputs(inputs) -> list[torch.Tensor]:
     if not inputs or not all(isinstance(x, torch.Tensor) for x in inputs):
         raise TypeError("gradcheck expects a tensor, a sequence of tensors, or a torch.nn.Module as inputs.")
     return inputs
+
+
+def central_differences(
+    evaluate: Callable[[], float], x: torch.Tensor, coords: Sequence[int], eps: float
+) -> list[float]:
+    """
+    Central finite differences of `evaluate()` along flat coordinates of `x`, perturbed in place and restored.
+
+    The one finite-difference implementation of the project: `gradcheck` and the test suite use it.
+    """
+    view = x.view(-1)
+    grads = []
+    # Finite differences need the value only: no graph, and no strict-mode report on reads made without one.
+    with torch.no_grad(), breaks.set_mode("off"):
+        for j in coords:
+            value = view[j].item()
+            view[j] = value + eps
+            plus = float(evaluate())
+            view[j] = value - eps
+            minus = float(evaluate())
+            view[j] = value
+            grads.append((plus - minus) / (2 * eps))
+    return grads
 
 
 def gradcheck(
@@ -165,23 +188,14 @@ def gradcheck(
             offsets.append(offsets[-1] + size)
 
         probes = []
-        # Finite differences need the value only: no graph, and no strict-mode report on reads made without one.
-        with torch.no_grad(), strict.set_mode("off"):
-            for index in flat:
-                i = next(k for k in range(len(leaves)) if offsets[k] <= index < offsets[k + 1])
-                j = index - offsets[i]
-                view = leaves[i].view(-1)
-                value = view[j].item()
-                view[j] = value + eps
-                plus = evaluate().item()
-                view[j] = value - eps
-                minus = evaluate().item()
-                view[j] = value
-                fd = (plus - minus) / (2 * eps)
-                ag = grads[i].reshape(-1)[j].item()
-                abs_err = abs(ag - fd)
-                rel_err = abs_err / max(abs(fd), abs(ag), atol) if math.isfinite(abs_err) else math.inf
-                probes.append(ProbeResult(i, j, ag, fd, abs_err, rel_err, abs_err <= atol + rtol * abs(fd)))
+        for index in flat:
+            i = next(k for k in range(len(leaves)) if offsets[k] <= index < offsets[k + 1])
+            j = index - offsets[i]
+            (fd,) = central_differences(lambda: evaluate().item(), leaves[i], (j,), eps)
+            ag = grads[i].reshape(-1)[j].item()
+            abs_err = abs(ag - fd)
+            rel_err = abs_err / max(abs(fd), abs(ag), atol) if math.isfinite(abs_err) else math.inf
+            probes.append(ProbeResult(i, j, ag, fd, abs_err, rel_err, abs_err <= atol + rtol * abs(fd)))
     finally:
         for x, flag in restore_flags:
             x.requires_grad_(flag)

@@ -41,7 +41,7 @@ from genesis.engine.solvers.rigid.rigid_solver import RigidSolver
 from genesis.utils.misc import indices_to_mask, qd_to_torch
 from quadrants.lang._fast_caching import args_hasher
 
-from . import patching, strict
+from . import input_checks, patching, records
 from .control import _grad_like
 
 # Setter -> (info field, component or None, sign) per term of its gradient. The fields are those of `dyn_info.dofs`.
@@ -208,9 +208,9 @@ def _refuse_unsupported(solver: RigidSolver, method: str, idx) -> None:
 def _warn_configuration_between_steps(solver: RigidSolver, method: str) -> None:
     """An untracked configuration set between steps of a rollout with tracked inputs: exact up to the derived poses."""
     sim = solver.sim
-    if not strict.has_tracked_inputs(sim):
+    if not records.has_tracked_inputs(sim):
         return
-    strict.report_approximate_gradient(
+    input_checks.report_approximate_gradient(
         f"RigidSolver.{method}",
         f"'{method}' overwrote the configuration between steps of a differentiable rollout (before step "
         f"{sim.cur_step_global}): the gradient of the inputs before it is cut at the entries it overwrote, but the link "
@@ -221,8 +221,8 @@ def _warn_configuration_between_steps(solver: RigidSolver, method: str) -> None:
     )
 
 
-def _parameter_setter(method: str):
-    stock = getattr(RigidSolver, method)
+def parameter_setter(method: str, stock):
+    """The implementation of a parameter setter in a differentiable scene: the call is taped for the coming step."""
     sig = signature(stock)
     value_arg = list(sig.parameters)[1]  # kp, kv, damping, ...
 
@@ -236,6 +236,7 @@ def _parameter_setter(method: str):
         index_arg = "qs_idx" if method == "set_qpos" else "dofs_idx"
         if tracked:
             _refuse_unsupported(self, method, arguments.get(index_arg))
+            records.note_tracked(self.sim)
             args = tuple(a.detach() if a is value else a for a in args)
             kwargs = {k: (v.detach() if v is value else v) for k, v in kwargs.items()}
         elif method in STATE_SETTERS and self.sim.cur_step_global > 0:
@@ -288,7 +289,5 @@ def clear_grads(solver: RigidSolver) -> None:
 def install() -> None:
     patching.patch(array_class, "get_dofs_info", _get_dofs_info)
     patching.patch(args_hasher, "dataclass_to_repr", _dataclass_to_repr)
-    for method in (*PARAMETERS, *STATE_SETTERS):
-        patching.patch(RigidSolver, method, _parameter_setter(method))
     patching.patch(RigidSolver, "process_input", process_input)
     patching.patch(RigidSolver, "process_input_grad", process_input_grad)

@@ -1,44 +1,63 @@
-"""Reversible attribute replacement: every patch keeps the exact object it replaced, for `uninstall()`."""
+"""
+Reversible attribute replacement: every patch keeps the exact object it replaced, for `uninstall()`.
+
+Patches belong to a group ("core" or "strict"), so that strict mode's own patches can be taken out alone. Each Genesis
+method is replaced once (see `replacements.py`): reverting a group puts back exactly what it replaced.
+"""
 
 from collections.abc import Callable
 from typing import Any
 
 _MISSING = object()
 
-# (owner, name) -> the attribute found in the owner's own namespace before patching, or _MISSING if it was inherited or
-# absent. Insertion order is kept so that reverting runs in the reverse order of patching.
-_originals: dict[tuple[Any, str], Any] = {}
+# (owner, name) -> (the attribute found in the owner's own namespace before patching, or _MISSING if it was inherited
+# or absent; the patch group). Insertion order is kept so that reverting runs in the reverse order of patching.
+_originals: dict[tuple[Any, str], tuple[Any, str]] = {}
 
 
-def patch(owner: Any, name: str, new: Any) -> None:
-    """Replace `owner.name` by `new`, remembering what `owner` itself held (idempotent per attribute)."""
+def patch(owner: Any, name: str, new: Any, group: str = "core") -> None:
+    """Replace `owner.name` by `new`, remembering what `owner` itself held (once per attribute)."""
     key = (owner, name)
-    if key not in _originals:
-        _originals[key] = vars(owner).get(name, _MISSING)
+    if key in _originals:
+        raise RuntimeError(f"{owner!r}.{name} is already replaced: each Genesis method has one replacement.")
+    _originals[key] = (vars(owner).get(name, _MISSING), group)
     setattr(owner, name, new)
 
 
 def original(owner: Any, name: str) -> Callable:
     """Return the attribute `owner.name` as it resolved before patching (inherited attributes included)."""
-    saved = _originals.get((owner, name), _MISSING)
-    if saved is not _MISSING:
-        return saved
+    saved = _originals.get((owner, name))
+    if saved is not None and saved[0] is not _MISSING:
+        return saved[0]
     for base in type.mro(owner)[1:] if isinstance(owner, type) else ():
         if name in vars(base):
             return vars(base)[name]
     return getattr(owner, name)
 
 
-def revert_all() -> None:
-    """Put back every replaced attribute, and remove those the owner did not define itself."""
-    for (owner, name), saved in reversed(list(_originals.items())):
+def revert(groups: tuple[str, ...] | None = None) -> None:
+    """Put back every attribute replaced by the given groups (all by default), in the reverse order of patching."""
+    for key, (saved, group) in reversed(list(_originals.items())):
+        if groups is not None and group not in groups:
+            continue
+        owner, name = key
         if saved is _MISSING:
             delattr(owner, name)
         else:
             setattr(owner, name, saved)
-    _originals.clear()
+        del _originals[key]
 
 
-def is_patched() -> bool:
-    """Whether any patch is currently applied."""
-    return bool(_originals)
+def revert_all() -> None:
+    """Put back every replaced attribute, and remove those the owner did not define itself."""
+    revert()
+
+
+def is_patched(group: str | None = None) -> bool:
+    """Whether any patch (of `group`, if given) is currently applied."""
+    return any(group is None or g == group for _, g in _originals.values())
+
+
+def replaced() -> list[tuple[Any, str, str]]:
+    """(owner, name, group) of every replaced attribute."""
+    return [(owner, name, group) for (owner, name), (_, group) in _originals.items()]

@@ -16,33 +16,16 @@ gets a clear error at the point of misuse, and leaves nothing behind.
   state read says so and names the steps, instead of torch's "can't retain_grad on Tensor that has requires_grad=False".
 """
 
-from functools import wraps
-from inspect import signature
-
 import genesis as gs
 import torch
 from genesis.engine.entities.rigid_entity.rigid_entity import RigidEntity
 from genesis.engine.simulator import Simulator
 from genesis.grad.bridge import StepNode
 
-from . import patching
-
-# The entity methods Genesis tapes in a differentiable scene (`@tracked`).
-TAPED_METHODS = (
-    "set_pos",
-    "set_quat",
-    "set_dofs_velocity",
-    "control_dofs_force",
-    "control_dofs_velocity",
-    "control_dofs_position",
-    "control_dofs_position_velocity",
-)
-
-# Simulator -> global steps of the current rollout that ran under torch.no_grad() (reset by `reset_grad`).
-_NO_GRAD_STEPS_ATTR = "_grad_patch_no_grad_steps"
+from . import patching, records
 
 
-def _refuse_duplicates(method: str, dofs_idx, envs_idx) -> None:
+def refuse_duplicates(method: str, dofs_idx, envs_idx) -> None:
     """
     Refuse a tracked target given twice to the same dof or environment.
 
@@ -64,26 +47,14 @@ def _refuse_duplicates(method: str, dofs_idx, envs_idx) -> None:
             )
 
 
-def _untaped_on_error(name: str):
-    stock = getattr(RigidEntity, name)
-    sig = signature(stock)
-
-    @wraps(stock)
-    def wrapper(self: RigidEntity, *args, **kwargs):
-        if not self._update_tgt_while_set:
-            return stock(self, *args, **kwargs)
-        if any(isinstance(value, torch.Tensor) and value.requires_grad for value in (*args, *kwargs.values())):
-            arguments = sig.bind(self, *args, **kwargs).arguments
-            _refuse_duplicates(name, arguments.get("dofs_idx_local"), arguments.get("envs_idx"))
-        # `@tracked` tapes the call, then runs it: a call that raises must not stay on the tape.
-        pending = dict(self._tgt)
-        try:
-            return stock(self, *args, **kwargs)
-        except BaseException:
-            self._tgt = pending
-            raise
-
-    return wrapper
+def untaped_on_error(entity: RigidEntity, stock, args: tuple, kwargs: dict):
+    """Run a taped entity method: `@tracked` tapes the call, then runs it, so a call that raises is taken off again."""
+    pending = dict(entity._tgt)
+    try:
+        return stock(entity, *args, **kwargs)
+    except BaseException:
+        entity._tgt = pending
+        raise
 
 
 def _step_forward(ctx, sim, step, epoch, token, *inputs):
@@ -127,12 +98,13 @@ def _step_backward(ctx, token_grad):
 def note_step(sim: Simulator) -> None:
     """Remember the steps of a differentiable rollout run under `torch.no_grad()` (called after each step)."""
     if not torch.is_grad_enabled():
-        sim.__dict__.setdefault(_NO_GRAD_STEPS_ATTR, []).append(sim.cur_step_global - 1)
+        records.of_sim(sim).no_grad_steps.append(sim.cur_step_global - 1)
 
 
 def _track_state(self: Simulator, *tensors: torch.Tensor):
     if self._requires_grad and not self._grad_token.requires_grad:
-        steps = self.__dict__.get(_NO_GRAD_STEPS_ATTR) or []
+        record = records.peek_sim(self)
+        steps = record.no_grad_steps if record is not None else []
         where = f"steps {_ranges(steps)}" if steps else "a step"
         gs.raise_exception(
             f"Reading the state of a differentiable rollout in grad mode after {where} of it ran under "
@@ -141,11 +113,6 @@ def _track_state(self: Simulator, *tensors: torch.Tensor):
             "computations under `no_grad`), read this state under `torch.no_grad()` too, or `scene.reset()` first."
         )
     return patching.original(Simulator, "track_state")(self, *tensors)
-
-
-def _reset_grad(self: Simulator) -> None:
-    self.__dict__.pop(_NO_GRAD_STEPS_ATTR, None)
-    return patching.original(Simulator, "reset_grad")(self)
 
 
 def _ranges(steps: list[int]) -> str:
@@ -159,9 +126,6 @@ def _ranges(steps: list[int]) -> str:
 
 
 def install() -> None:
-    for name in TAPED_METHODS:
-        patching.patch(RigidEntity, name, _untaped_on_error(name))
     patching.patch(StepNode, "forward", staticmethod(_step_forward))
     patching.patch(StepNode, "backward", staticmethod(_step_backward))
     patching.patch(Simulator, "track_state", _track_state)
-    patching.patch(Simulator, "reset_grad", _reset_grad)

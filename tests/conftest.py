@@ -1,21 +1,8 @@
-"""Shared set-up of the suite: one Genesis runtime per process (CPU, float64) and finite-difference helpers."""
-
-import contextlib
-import os
-from collections.abc import Callable, Sequence
-from pathlib import Path
+"""pytest's hooks for the suite: one Genesis runtime per process (CPU, float64), plugin-only tests skipped upstream."""
 
 import genesis as gs
 import pytest
-import torch
-
-import genesis_grad_patch as ggp
-
-ASSETS = Path(__file__).parent / "assets"
-PLANAR_CAR = str(ASSETS / "planar_car.xml")
-DIAG_ARM = str(ASSETS / "diag_arm.xml")
-# The plugin is disabled when the suite runs against the upstream patch (scripts/check_upstream_patch.sh).
-UPSTREAM_MODE = os.environ.get(ggp.DISABLE_ENV_VAR) == "1"
+from helpers import UPSTREAM_MODE
 
 
 def pytest_configure(config):
@@ -30,56 +17,3 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "plugin_only" in item.keywords:
             item.add_marker(skip)
-
-
-@contextlib.contextmanager
-def stock_genesis():
-    """Run a block on stock Genesis (plugin uninstalled), then put the plugin back."""
-    if UPSTREAM_MODE:
-        pytest.fail("stock_genesis() has no meaning against the upstream patch: guard the call with UPSTREAM_MODE")
-    ggp.uninstall()
-    try:
-        yield
-    finally:
-        ggp.install()
-
-
-def central_fd(
-    f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, coords: Sequence[int] | None = None, eps: float = 1e-6
-) -> torch.Tensor:
-    """Central finite differences of the scalar `f` at `x` along the given flat coordinates (all by default)."""
-    x = x.detach()
-    coords = range(x.numel()) if coords is None else coords
-    grads = []
-    with torch.no_grad():
-        for i in coords:
-            e = torch.zeros_like(x).reshape(-1)
-            e[i] = eps
-            e = e.reshape(x.shape)
-            grads.append((f(x + e) - f(x - e)) / (2 * eps))
-    return torch.stack(grads)
-
-
-def assert_grad_close(autograd: torch.Tensor, fd: torch.Tensor, rtol: float = 1e-6, atol: float = 1e-9) -> None:
-    """Compare gradients with a relative tolerance on the largest entry, so that near-zero entries do not dominate."""
-    autograd, fd = autograd.detach().reshape(-1), fd.detach().reshape(-1).to(autograd.dtype)
-    scale = max(fd.abs().max().item(), atol)
-    err = (autograd - fd).abs().max().item() / scale
-    assert err <= rtol, f"autograd {autograd.tolist()} != finite differences {fd.tolist()} (rel. err {err:.2e})"
-
-
-def make_scene(*entities, n_envs: int = 0, dt: float = 0.01, substeps: int = 1, requires_grad: bool = True):
-    """Build a scene with the given morphs (no gravity: smooth, contact-free dynamics). Returns (scene, entities)."""
-    scene = gs.Scene(
-        sim_options=gs.options.SimOptions(dt=dt, substeps=substeps, requires_grad=requires_grad, gravity=(0, 0, 0)),
-        show_viewer=False,
-    )
-    added = [scene.add_entity(morph) for morph in entities]
-    scene.build(n_envs=n_envs)
-    return scene, added
-
-
-def build_diag_arm(requires_grad: bool = True, n_envs: int = 0):
-    """The two-joint arm of most tests (strict mode, doctor, schedules, misuse, parameters), without gravity."""
-    scene, (arm,) = make_scene(gs.morphs.MJCF(file=DIAG_ARM), requires_grad=requires_grad, n_envs=n_envs)
-    return scene, arm

@@ -3,7 +3,7 @@
 import genesis as gs
 import pytest
 import torch
-from conftest import ASSETS, PLANAR_CAR, UPSTREAM_MODE, assert_grad_close, central_fd, make_scene, stock_genesis
+from helpers import ASSETS, PLANAR_CAR, UPSTREAM_MODE, assert_grad_close, central_fd, make_scene, stock_genesis
 
 T = 6
 STEER = [3, 4]

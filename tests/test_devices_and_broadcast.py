@@ -12,7 +12,7 @@ Devices and broadcasting of the control and getter paths (review of issue 11, co
 import genesis as gs
 import pytest
 import torch
-from conftest import DIAG_ARM, assert_grad_close, make_scene
+from helpers import DIAG_ARM, assert_grad_close, make_scene
 from torch.overrides import TorchFunctionMode
 
 N_ENVS = 3  # differs from the arm's 2 dofs, so that a (N_ENVS,) input can only mean one value per environment
@@ -90,6 +90,8 @@ def test_solver_control_routing_stays_on_device(batched, monkeypatch):
 def test_getters_stay_on_device(batched):
     scene, arm = batched
     scene.reset()
+    # A tracked input: the getters then build the graph (a rollout that tracks nothing reads stock values).
+    arm.control_dofs_position(torch.zeros(N_ENVS, 2, dtype=torch.float64, requires_grad=True))
     scene.step()
     with _DeviceAudit() as audit:
         values = [

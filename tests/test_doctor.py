@@ -16,7 +16,7 @@ from pathlib import Path
 import genesis as gs
 import pytest
 import torch
-from conftest import build_diag_arm
+from helpers import build_diag_arm
 
 import genesis_grad_patch as ggp
 from genesis_grad.cli_diagnostics import register
@@ -114,11 +114,14 @@ def test_doctor_healthy(arm_scene):
     assert len(report.scenes) == 1  # other live scenes of the session do not concern this loss
     assert report.steps == list(range(1, HORIZON + 1))
     assert all(p.steps == list(range(1, HORIZON + 1)) for p in report.params)
-    (inputs,) = report.inputs
-    assert inputs.reaches_loss and inputs.depends_on_state and inputs.steps == list(range(1, HORIZON + 1))
-    assert inputs.call == "RigidEntity.control_dofs_position(position)"
-    assert inputs.location == Path(line_of("# <control>")).name
-    assert inputs.params == ["0.weight", "0.bias", "2.weight", "2.bias"]
+    # The first input is computed from the initial state, which depends on nothing tracked (read as a stock value).
+    first, inputs = report.inputs
+    assert first.steps == [1] and not first.depends_on_state and first.reaches_loss
+    assert inputs.reaches_loss and inputs.depends_on_state and inputs.steps == list(range(2, HORIZON + 1))
+    for group in (first, inputs):
+        assert group.call == "RigidEntity.control_dofs_position(position)"
+        assert group.location == Path(line_of("# <control>")).name
+        assert group.params == ["0.weight", "0.bias", "2.weight", "2.bias"]
     getters = {g for read in report.reads for g in read.getters}
     assert f"get_dofs_position ({Path(line_of('# <read loss>')).name})" in getters
     assert f"get_dofs_position ({Path(line_of('# <read obs>')).name})" in getters
@@ -140,7 +143,7 @@ def test_doctor_2_1_from_torch_detach(arm_scene):
     assert not report.healthy and reasons(report) == {CUT_AT_DETACH}
     where = line_of("# <2.1>")
     assert all(where in p.reason and "detach=True" in p.reason for p in report.params)
-    assert report.steps == list(range(1, HORIZON + 1))  # the simulation is in the graph, its inputs are not
+    assert report.steps == []  # nothing of the rollout tracks gradients: its reads are stock values, no graph
     assert not report.inputs
     assert any(b.location == where and b.kind == strict.CUT_AT_DETACH for b in report.breaks)
     assert Path(where).name in str(report)

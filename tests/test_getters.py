@@ -5,7 +5,7 @@ import warnings
 import genesis as gs
 import pytest
 import torch
-from conftest import ASSETS, PLANAR_CAR, assert_grad_close, central_fd, make_scene
+from helpers import ASSETS, PLANAR_CAR, assert_grad_close, central_fd, make_scene
 
 import genesis_grad_patch as ggp
 from genesis_grad_patch.strict import GradientBreakError, GradientBreakWarning
@@ -35,7 +35,9 @@ def scene_single():
 
 def _advance(scene, box, n_steps=3):
     scene.reset()
-    box.set_dofs_velocity(SPIN.expand(scene.n_envs, 6) if scene.n_envs else SPIN)
+    # A tracked input: the getters of this rollout build the graph (a rollout that tracks nothing reads stock values).
+    spin = SPIN.clone().requires_grad_()
+    box.set_dofs_velocity(spin.expand(scene.n_envs, 6) if scene.n_envs else spin)
     for _ in range(n_steps):
         scene.step()
 
@@ -136,6 +138,7 @@ def test_state_is_read_once_per_step(scene_single, monkeypatch):
     register = solver._queried_states.append
     monkeypatch.setattr(solver._queried_states, "append", lambda state: reads.append(1) or register(state))
     scene.reset()
+    car.set_dofs_velocity(torch.zeros(car.n_dofs, dtype=torch.float64, requires_grad=True))
     scene.step()
     for _ in range(3):
         car.get_qpos(), car.get_pos(), box.get_vel(), box.get_ang(), solver.get_dofs_position()
@@ -149,6 +152,9 @@ def test_state_is_read_once_per_step(scene_single, monkeypatch):
     assert len(reads) == 3
     torch.testing.assert_close(qpos.detach(), torch.tensor([0.1, 0.2, 0.3, 0.0, 0.0], dtype=qpos.dtype))
     scene.reset()
+    car.get_qpos()
+    assert len(reads) == 3, "a rollout that tracks nothing reads stock values: no state on the tape"
+    car.set_dofs_velocity(torch.zeros(car.n_dofs, dtype=torch.float64, requires_grad=True))
     car.get_qpos()
     assert len(reads) == 4
 

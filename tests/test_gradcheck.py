@@ -7,7 +7,7 @@ import types
 
 import pytest
 import torch
-from conftest import build_diag_arm
+from helpers import build_diag_arm
 
 import genesis_grad_patch as ggp
 from genesis_grad.cli_diagnostics import register

@@ -3,10 +3,10 @@
 import genesis as gs
 import pytest
 import torch
-from conftest import PLANAR_CAR, make_scene
 from genesis.engine.entities.rigid_entity.rigid_entity import RigidEntity
 from genesis.engine.solvers.rigid import rigid_solver
 from genesis.engine.solvers.rigid.rigid_solver import RigidSolver
+from helpers import PLANAR_CAR, make_scene
 
 import genesis_grad_patch as ggp
 from genesis_grad_patch import version

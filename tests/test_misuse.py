@@ -11,7 +11,7 @@ import textwrap
 import genesis as gs
 import pytest
 import torch
-from conftest import DIAG_ARM, build_diag_arm
+from helpers import DIAG_ARM, build_diag_arm
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ Differentiable dof parameters (issue 13): kp, kv, damping, armature, stiffness, 
 import genesis as gs
 import pytest
 import torch
-from conftest import DIAG_ARM, assert_grad_close, build_diag_arm, central_fd, make_scene
+from helpers import DIAG_ARM, assert_grad_close, build_diag_arm, central_fd, make_scene
 
 from genesis_grad_patch.strict import GradientBreakWarning
 

@@ -3,7 +3,7 @@
 import genesis as gs
 import pytest
 import torch
-from conftest import ASSETS, PLANAR_CAR, assert_grad_close, central_fd, make_scene
+from helpers import ASSETS, PLANAR_CAR, assert_grad_close, central_fd, make_scene
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

@@ -9,7 +9,7 @@ import genesis as gs
 import numpy as np
 import pytest
 import torch
-from conftest import PLANAR_CAR, UPSTREAM_MODE, assert_grad_close, make_scene, stock_genesis
+from helpers import PLANAR_CAR, UPSTREAM_MODE, assert_grad_close, make_scene, stock_genesis
 
 HORIZON = 6
 STEER = [3, 4]  # local dofs of the two steering hinges (after x, y, yaw)

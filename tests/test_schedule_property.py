@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import genesis as gs
 import pytest
 import torch
-from conftest import DIAG_ARM, make_scene
+from helpers import DIAG_ARM, make_scene
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 

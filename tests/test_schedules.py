@@ -9,7 +9,7 @@ relative error), checked against central finite differences in float64.
 
 import pytest
 import torch
-from conftest import UPSTREAM_MODE, assert_grad_close, build_diag_arm, central_fd, stock_genesis
+from helpers import UPSTREAM_MODE, assert_grad_close, build_diag_arm, central_fd, stock_genesis
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import UPSTREAM_MODE, assert_grad_close, central_fd, stock_genesis
+from helpers import UPSTREAM_MODE, assert_grad_close, central_fd, stock_genesis
 
 import genesis_grad_patch
 from genesis_grad.steering import paths as P

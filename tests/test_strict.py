@@ -8,7 +8,7 @@ import genesis as gs
 import numpy as np
 import pytest
 import torch
-from conftest import build_diag_arm
+from helpers import build_diag_arm
 
 import genesis_grad_patch as ggp
 from genesis_grad_patch import patching, strict
@@ -250,16 +250,14 @@ def test_setter_dropping_tracked_input(grad_arm):
         arm.set_dofs_position(x)
 
 
-def test_solver_control_from_plugin_code_keeps_its_gradient(grad_arm):
-    # The strict wrapper of a solver control decides between the stock method (calls made by Genesis) and the
-    # routing to the entities (everyone else, plugin modules such as the steering demo included).
+def test_solver_control_keeps_its_gradient_whoever_calls_it(grad_arm):
+    # Whether a call comes from Genesis is known from the call's origin (a context variable set by the entity methods
+    # and Genesis's own work), not from the caller's module name: user code in any module is routed and taped.
     scene, arm = grad_arm
-    namespace = {"__name__": "genesis_grad.steering.diag"}
-    exec("def drive(solver, x):\n    solver.control_dofs_position(x, dofs_idx=[0, 1])\n", namespace)
     x = tracked(0.2, -0.1)
     scene.reset()
     for _ in range(2):
-        namespace["drive"](scene.sim.rigid_solver, x)
+        scene.sim.rigid_solver.control_dofs_position(x, dofs_idx=[0, 1])
         scene.step()
     (arm.get_dofs_position() ** 2).sum().backward()
     assert x.grad is not None and x.grad.abs().min() > 0
@@ -344,33 +342,59 @@ def test_modes(monkeypatch):
         assert strict._mode_from_env() == "warn"
 
 
-def test_uninstall_reverts_strict_patches():
+def test_uninstall_reverts_every_patch_and_strict_alone():
     from genesis.engine.entities.rigid_entity.rigid_entity import RigidEntity
     from genesis.engine.simulator import Simulator
     from genesis.engine.solvers.rigid.rigid_solver import RigidSolver
 
-    patched = [
+    core = [
         (RigidEntity, "control_dofs_position"),
         (RigidEntity, "set_dofs_position"),
-        (RigidEntity, "get_dofs_force"),
         (RigidSolver, "get_qpos"),
         (RigidSolver, "set_qpos"),
-        (Simulator, "reverse_step"),
         (Simulator, "reset_grad"),
     ]
+    strict_only = [(RigidEntity, "get_dofs_force"), (Simulator, "reverse_step"), (torch.Tensor, "detach")]
 
-    def is_strict(owner, name) -> bool:
-        return getattr(owner, name).__code__.co_filename == strict.__file__
+    def replaced(owner, name) -> bool:
+        return any(o is owner and n == name for o, n, _ in patching.replaced())
 
-    assert all(is_strict(owner, name) for owner, name in patched)
-    stock = {(owner, name): patching.original(owner, name) for owner, name in patched}
-    ggp.uninstall()
+    assert all(replaced(owner, name) for owner, name in core + strict_only)
+    stock = {(owner, name): patching.original(owner, name) for owner, name in core + strict_only}
+    # Strict mode alone: the gradients stay, the reports and their records go.
+    ggp.uninstall(("strict",))
     try:
-        assert all(getattr(owner, name) is stock[owner, name] for owner, name in patched)
-        assert not hasattr(gs, "from_torch")
+        assert all(replaced(owner, name) for owner, name in core)
+        assert not any(replaced(owner, name) for owner, name in strict_only)
+        assert all(getattr(owner, name) is stock[owner, name] for owner, name in strict_only)
+        assert not strict.events()
     finally:
         ggp.install()
-    assert all(is_strict(owner, name) for owner, name in patched)
+    ggp.uninstall()
+    try:
+        assert all(getattr(owner, name) is stock[owner, name] for owner, name in core + strict_only)
+        assert not hasattr(gs, "from_torch") and not patching.replaced()
+        # Scoped patching: installed in the block, stock again after it.
+        with ggp.patched():
+            assert ggp.is_installed() and replaced(RigidSolver, "get_qpos")
+        assert not ggp.is_installed() and RigidSolver.get_qpos is stock[RigidSolver, "get_qpos"]
+    finally:
+        ggp.install()
+    with ggp.patched(strict=False):
+        assert ggp.is_installed() and not replaced(Simulator, "reverse_step")
+    assert replaced(Simulator, "reverse_step")
+
+
+def test_catalog_lists_every_replaced_genesis_method():
+    """The catalog is the one list of what the plugin touches: every replaced Genesis attribute has its row."""
+    from genesis_grad_patch import catalog
+
+    rows = {(row.owner, row.name) for row in catalog.ROWS}
+    for owner, name, _ in patching.replaced():
+        if owner in (torch, torch.Tensor):
+            continue  # detach_watch's torch methods: not Genesis's
+        label = owner.__name__.rsplit(".", 1)[-1]
+        assert (label, name) in rows, f"{label}.{name} is replaced but not in the catalog"
 
 
 def _helper_that_detaches(x: torch.Tensor) -> torch.Tensor:
@@ -417,3 +441,13 @@ def test_doctor_names_the_detach_of_a_parameter_output(grad_arm):
     report = ggp.doctor(loss, policy)
     assert {p.reason_kind for p in report.params} == {"cut_at_detach"}
     assert all("`.detach()` of a tracked tensor" in p.reason for p in report.params)
+
+
+def test_readme_table_is_the_catalog():
+    from pathlib import Path
+
+    from genesis_grad_patch import catalog
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    table = readme.split("<!-- catalog:begin -->\n")[1].split("\n<!-- catalog:end -->")[0]
+    assert table == catalog.markdown_table(), "README's table is stale: paste `python -m genesis_grad_patch.catalog`"

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import assert_grad_close, central_fd
+from helpers import assert_grad_close, central_fd
 
 from genesis_grad.cli import main
 from genesis_grad.sysid import parameters as P

@@ -1,0 +1,69 @@
+"""
+Who is calling a replaced Genesis method: the user, the plugin on the user's behalf, a Genesis entity method on the
+user's behalf, or Genesis for its own purposes.
+
+The answer decides what a replacement does (route a solver-level control to the entities, check and report an input,
+make a read differentiable), so it must be cheap and exact: a context variable set by the callers that know, never an
+inspection of stack frames. Each thread (the viewer's, the user's) sees its own value.
+"""
+
+import enum
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from functools import wraps
+
+
+class Origin(enum.Enum):
+    """Who a call to a replaced method comes from; `None` (the default) is the user."""
+
+    #: The plugin calls Genesis for a user call it has already checked (a solver-level control split into entity
+    #: calls, the doctor or gradcheck reading state): record, do not report again.
+    PLUGIN = "plugin"
+    #: A Genesis entity method calls the solver on the user's behalf (`entity.control_dofs_position` calls
+    #: `solver.control_dofs_position`): the entity-level replacement did the checks.
+    ENTITY = "entity"
+    #: Genesis runs its own work (a step with its sensors, the viewer, the recorders): the stock path, nothing reported.
+    GENESIS = "genesis"
+
+
+_origin: ContextVar[Origin | None] = ContextVar("genesis_grad_patch_origin", default=None)
+
+get = _origin.get
+set_origin = _origin.set
+reset = _origin.reset
+
+
+def genesis_is_running() -> bool:
+    """Whether the current thread is inside Genesis's own work (sensors, viewer, recorders)."""
+    return _origin.get() is Origin.GENESIS
+
+
+@contextmanager
+def calling_as(origin: Origin) -> Iterator[None]:
+    """Run the block as `origin` (e.g. the plugin reading state on the user's behalf)."""
+    token = _origin.set(origin)
+    try:
+        yield
+    finally:
+        _origin.reset(token)
+
+
+def runs_genesis(inner: Callable) -> Callable:
+    """
+    Wrap a Genesis method that reads state for Genesis's own use, so that the getters it calls take the stock path.
+
+    A sensor writes `get_links_pos` results into buffers that live across steps, the viewer's mouse interaction reads
+    `link.get_vel()` of any link: differentiable results would put autograd history (and the whole rollout's graph)
+    into Genesis's buffers, and raise or warn at every step for getters without a gradient.
+    """
+
+    @wraps(inner)
+    def wrapper(*args, **kwargs):
+        token = _origin.set(Origin.GENESIS)
+        try:
+            return inner(*args, **kwargs)
+        finally:
+            _origin.reset(token)
+
+    return wrapper

@@ -1,0 +1,78 @@
+"""
+What the plugin remembers per simulator: kept in a `WeakKeyDictionary` beside Genesis's objects, never as attributes
+on them, so that a destroyed scene takes its record with it and `uninstall()` forgets everything at once.
+"""
+
+import weakref
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class SimRecord:
+    """The plugin's bookkeeping of one simulator's differentiable rollouts."""
+
+    #: Rollout (`sim._grad_epoch`) -> {id(tensor): InputRecord}: the tracked inputs taped, for the doctor.
+    inputs: dict[int, dict[int, Any]] = field(default_factory=dict)
+    #: The last rollout in which a tracked tensor was given to a control, setter or parameter (any strict mode).
+    tracked_epoch: int | None = None
+    #: Where the last `scene.reset()` was called (strict mode's backward-after-reset message).
+    reset_at: Any = None
+    #: (rollout, Location) of the last backward (strict mode's backward-twice message).
+    backward_at: tuple | None = None
+    #: Global steps of the current rollout that ran under `torch.no_grad()` (tape_guards).
+    no_grad_steps: list[int] = field(default_factory=list)
+
+
+@dataclass
+class SolverRecord:
+    """The plugin's caches of one rigid solver."""
+
+    #: ((step, rollout), state read at that step): the getters read the state once per step.
+    state_cache: tuple | None = None
+    #: Where forward kinematics takes each dof position from in qpos (getters).
+    dofs_map: Any = None
+    #: Dof index tuple -> how a solver-level control call splits over the entities (control).
+    control_split: dict = field(default_factory=dict)
+
+
+_sims: "weakref.WeakKeyDictionary[Any, SimRecord]" = weakref.WeakKeyDictionary()
+_solvers: "weakref.WeakKeyDictionary[Any, SolverRecord]" = weakref.WeakKeyDictionary()
+
+
+def of_sim(sim) -> SimRecord:
+    """The record of a simulator, created on first use."""
+    record = _sims.get(sim)
+    if record is None:
+        record = _sims[sim] = SimRecord()
+    return record
+
+
+def of_solver(solver) -> SolverRecord:
+    """The record of a rigid solver, created on first use."""
+    record = _solvers.get(solver)
+    if record is None:
+        record = _solvers[solver] = SolverRecord()
+    return record
+
+
+def peek_sim(sim) -> SimRecord | None:
+    """The record of a simulator if it has one (no allocation on the hot path)."""
+    return _sims.get(sim)
+
+
+def note_tracked(sim) -> None:
+    """A tracked tensor was given to the current rollout of `sim`: its getters must build the graph from now on."""
+    of_sim(sim).tracked_epoch = sim._grad_epoch
+
+
+def has_tracked_inputs(sim) -> bool:
+    """Whether a tracked tensor was given to the current rollout of `sim` (whatever the strict mode)."""
+    record = _sims.get(sim)
+    return record is not None and record.tracked_epoch == sim._grad_epoch
+
+
+def clear() -> None:
+    """Forget every record (used by `uninstall`)."""
+    _sims.clear()
+    _solvers.clear()

@@ -1,0 +1,219 @@
+"""
+One replacement per Genesis method, built from the catalog.
+
+Each public method of the catalog gets a single function in place of the stock one. It decides from the call's origin
+(`callers.py`) and one flag of the solver what to do, calls strict mode's services when strict mode is on
+(`input_checks`), and calls the implementation of the method's concern (`control`, `params`, `getters`), or the stock
+method. The off-grad path (a scene built without `requires_grad`, no input tracking gradients) costs one attribute
+test and one call.
+"""
+
+import sys
+from collections.abc import Callable
+from functools import wraps
+from inspect import signature
+
+import torch
+
+from . import breaks, callers, catalog, input_checks, patching, records, tape_guards
+from .callers import Origin
+from .catalog import ENTITY, SOLVER, Method, Status
+from .input_checks import any_tracked, arguments, detached_args
+
+_origin = callers.get
+_set_origin = callers.set_origin
+_reset_origin = callers.reset
+_ENTITY, _GENESIS, _PLUGIN = Origin.ENTITY, Origin.GENESIS, Origin.PLUGIN
+
+# Entity methods Genesis tapes (`@tracked`): a call that raises must be taken off the tape again (tape_guards).
+_TAPED = frozenset((*catalog.CONTROLS, *catalog.STATE_SETTERS))
+
+
+def _entity_input(row: Method, stock: Callable) -> Callable:
+    sig = signature(stock)
+    names = tuple(sig.parameters)[1:]
+    name = row.name
+    unsupported = row.status is Status.UNSUPPORTED_INPUT
+    category = "dropping" if unsupported else "taped"
+    taped = name in _TAPED
+
+    @wraps(stock)
+    def replacement(self, *args, **kwargs):
+        solver = self._solver
+        if not solver._requires_grad:
+            if not (breaks.checking and _origin() is None and any_tracked(args, kwargs)):
+                return stock(self, *args, **kwargs)
+            owner = type(self).__name__
+            input_checks.check_inputs(
+                owner, name, category, solver, arguments(names, args, kwargs), sys._getframe(1), True
+            )
+            # Reported here: the solver method the stock entity method calls is Genesis's call.
+            token = _set_origin(_ENTITY)
+            try:
+                return stock(self, *args, **kwargs)
+            finally:
+                _reset_origin(token)
+        origin = _origin()
+        token = _set_origin(_ENTITY)
+        try:
+            tracked = any_tracked(args, kwargs)
+            if unsupported and tracked:
+                # The gradient is dropped anyway, and some of Genesis's kernels crash on a tensor that tracks gradients
+                # (`set_dofs_armature`, a segfault in a differentiable scene): they get the value alone.
+                if breaks.checking and origin is None:
+                    input_checks.check_inputs(
+                        type(self).__name__,
+                        name,
+                        category,
+                        solver,
+                        arguments(names, args, kwargs),
+                        sys._getframe(1),
+                        True,
+                    )
+                args, kwargs = detached_args(args, kwargs)
+                return stock(self, *args, **kwargs)
+            # Genesis replays its tape with taping off, or calls for itself: nothing to check.
+            if origin is _ENTITY or origin is _GENESIS or not self._update_tgt_while_set or unsupported:
+                return stock(self, *args, **kwargs)
+            if breaks.checking:
+                # The plugin's own calls (a routed solver call) were checked where the user made them: recorded only.
+                input_checks.check_inputs(
+                    type(self).__name__,
+                    name,
+                    category,
+                    solver,
+                    arguments(names, args, kwargs),
+                    sys._getframe(1),
+                    origin is None,
+                )
+            if tracked:
+                records.note_tracked(solver._sim)
+            if not taped:
+                return stock(self, *args, **kwargs)
+            if tracked:
+                bound = sig.bind(self, *args, **kwargs).arguments
+                tape_guards.refuse_duplicates(name, bound.get("dofs_idx_local"), bound.get("envs_idx"))
+            return tape_guards.untaped_on_error(self, stock, args, kwargs)
+        finally:
+            _reset_origin(token)
+
+    return replacement
+
+
+def _solver_input(row: Method, stock: Callable, impl: Callable | None) -> Callable:
+    names = tuple(signature(stock).parameters)[1:]
+    name = row.name
+    unsupported = row.status is Status.UNSUPPORTED_INPUT
+    category = "dropping" if unsupported else "solver"
+    parameter = row.status is Status.DIFFERENTIABLE_PARAMETER
+    impl = stock if impl is None else impl
+
+    @wraps(stock)
+    def replacement(self, *args, **kwargs):
+        if not self._requires_grad:
+            if breaks.checking and _origin() is None and any_tracked(args, kwargs):
+                input_checks.check_inputs(
+                    type(self).__name__, name, category, self, arguments(names, args, kwargs), sys._getframe(1), True
+                )
+            return stock(self, *args, **kwargs)
+        origin = _origin()
+        if origin is _ENTITY or origin is _GENESIS:
+            # The solver half of an entity method (checked at the entity), or Genesis's own call: the stock method,
+            # except that parameters are taped whoever sets them.
+            if unsupported:
+                args, kwargs = detached_args(args, kwargs)
+            return impl(self, *args, **kwargs) if parameter else stock(self, *args, **kwargs)
+        if breaks.checking and origin is None:
+            input_checks.check_inputs(
+                type(self).__name__, name, category, self, arguments(names, args, kwargs), sys._getframe(1), True
+            )
+        if unsupported:
+            args, kwargs = detached_args(args, kwargs)
+        return impl(self, *args, **kwargs)
+
+    return replacement
+
+
+def _differentiable_read(row: Method, stock: Callable, impl: Callable, differentiable_for: Callable | None) -> Callable:
+    name = row.name
+
+    @wraps(stock)
+    def replacement(self, *args, **kwargs):
+        if not self._requires_grad:
+            return stock(self, *args, **kwargs)
+        origin = _origin()
+        if origin is _GENESIS:
+            # Genesis's own reads (sensors, viewer, recorders) keep stock values in its buffers.
+            return stock(self, *args, **kwargs)
+        if not torch.is_grad_enabled():
+            out = stock(self, *args, **kwargs)
+            if breaks.checking and origin is None:
+                if differentiable_for is None or differentiable_for(self, *args, **kwargs):
+                    input_checks.report_read_under_no_grad(self, name)
+            return out
+        if not records.has_tracked_inputs(self._sim) or not self.is_active:
+            # Nothing of this rollout tracks gradients: the state depends on nothing to differentiate, so the stock
+            # value is exact and no graph is built.
+            return stock(self, *args, **kwargs)
+        out = impl(self, *args, **kwargs)
+        if breaks.checking and origin is None:
+            input_checks.note_read(self, name, out)
+        return out
+
+    return replacement
+
+
+def _unsupported_read(row: Method, stock: Callable) -> Callable:
+    name = row.name
+    entity_level = row.owner == ENTITY
+    cause = f"'{name}' returns a tensor outside the autograd graph ({row.note})."
+
+    @wraps(stock)
+    def replacement(self, *args, **kwargs):
+        solver = self._solver if entity_level else self
+        if not breaks.checking or not solver._requires_grad or _origin() is not None or not torch.is_grad_enabled():
+            return stock(self, *args, **kwargs)
+        input_checks.report_non_differentiable_read(solver, f"{type(self).__name__}.{name}", cause)
+        # The solver getter the entity getter calls is Genesis's call, not the user's.
+        token = _set_origin(_ENTITY)
+        try:
+            return stock(self, *args, **kwargs)
+        finally:
+            _reset_origin(token)
+
+    return replacement
+
+
+def install(strict: bool = False) -> None:
+    """
+    Replace every public method of the catalog that the plugin implements (once each).
+
+    With `strict`, replace only those that exist for strict mode alone (the unsupported reads, reported).
+    """
+    from genesis.engine.entities.rigid_entity.rigid_entity import RigidEntity
+    from genesis.engine.solvers.rigid.rigid_solver import RigidSolver
+
+    from . import control, getters, params
+
+    owners = {ENTITY: RigidEntity, SOLVER: RigidSolver}
+    for row in catalog.ROWS:
+        cls = owners.get(row.owner)
+        if cls is None or not row.replaced or row.status is Status.MACHINERY or not hasattr(cls, row.name):
+            continue
+        if (row.status is Status.UNSUPPORTED_READ) != strict:
+            continue
+        stock = getattr(cls, row.name)
+        group = "core"
+        if row.status is Status.UNSUPPORTED_READ:
+            new, group = _unsupported_read(row, stock), "strict"
+        elif row.status is Status.DIFFERENTIABLE_READ:
+            new = _differentiable_read(row, stock, getters.GETTERS[row.name], getters.DIFFERENTIABLE_FOR.get(row.name))
+        elif cls is RigidEntity:
+            new = _entity_input(row, stock)
+        elif row.status is Status.DIFFERENTIABLE_PARAMETER:
+            new = _solver_input(row, stock, params.parameter_setter(row.name, stock))
+        elif row.status is Status.DIFFERENTIABLE_INPUT:
+            new = _solver_input(row, stock, control.solver_control(row.name, stock))
+        else:
+            new = _solver_input(row, stock, None)
+        patching.patch(cls, row.name, new, group=group)
