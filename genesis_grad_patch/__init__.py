@@ -1,21 +1,21 @@
 """
-genesis-grad-patch: differentiable PD control targets and state getters for Genesis rigid-body scenes.
+genesis-grad-patch: differentiable PD control targets, state getters and model parameters for Genesis rigid-body scenes.
 
-Importing the package installs the patches, so that in a scene built with `SimOptions(requires_grad=True)`:
+Importing the package installs the patches, so that in a scene built with `SimOptions(requires_grad=True)`,
+`loss.backward()` reaches every tensor given to a differentiable input or parameter, through every differentiable read.
+Which methods those are, entity and solver level, is the catalog's (`genesis_grad_patch.catalog`, printed by
+`python -m genesis_grad_patch.catalog`); every other input or read that would lose a gradient is reported by strict
+mode (`set_mode`), and `doctor` explains a loss that gets no gradient. The reverse pass replays each step with the
+controls and model parameters it ran with (decimated, held, overridden targets, gains changed mid-rollout), and misuse
+of the tape gets a clear error.
 
-- `control_dofs_position`, `control_dofs_velocity` and `control_dofs_position_velocity` accept targets that track
-  gradients, on entities and on the rigid solver, and `loss.backward()` delivers d loss / d target;
-- `get_qpos`, `get_dofs_position`, `get_dofs_velocity`, `get_links_pos`, `get_links_quat` (solver and entity) and
-  `get_pos`, `get_quat`, `get_vel`, `get_ang` (entity) return tensors of the autograd graph under grad mode;
-- every control call clears its gradient fields when its step is reversed (fixes stale `control_dofs_force` grads);
-- the reverse pass replays each step with the controls and model parameters it ran with (decimated, held, overridden
-  targets, mode switches, gains changed mid-rollout), see `replay`;
-- misuse of the tape (duplicated indices, failed calls and reverse passes, in-place inputs, double backward, no_grad
-  steps) gets a clear error and leaves nothing behind, see `tape_guards`;
-- `gs.from_torch` exists again for Genesis 0.x code, keeping the graph by default.
+Public surface: `install` / `uninstall` / `patched` (scoped, reversible patching, groups "core" and "strict"),
+`set_mode` / `get_mode`, `doctor`, `gradcheck`, and the types users filter on or read (`GradientBreakWarning`,
+`GradientBreakError`, `BreakKind`, `BreakEvent`, `DoctorReport`, `GradcheckResult`, `UnsupportedGenesisVersion`).
+The modules are the plugin's machinery, one per concern (see CONTRIBUTING.md).
 
-`install()` and `uninstall()` apply and revert the patches; `uninstall()` restores every original attribute. Setting
-`GENESIS_GRAD_PATCH_DISABLE=1` makes the import a no-op (used to test the upstream patch, which makes the plugin moot).
+Setting `GENESIS_GRAD_PATCH_DISABLE=1` makes the import a no-op (used to test the upstream patch, which makes the
+plugin moot).
 """
 
 import os

@@ -8,10 +8,9 @@ from collections.abc import Callable
 from functools import wraps
 from types import FrameType
 
-from genesis.engine.simulator import Simulator
-
 from . import breaks, patching, records
 from .breaks import GradientBreakError, Location, user_frame
+from .genesis_api import Simulator
 
 
 def _backward_error(frame: FrameType | None, cause: str, fix: str) -> GradientBreakError:

@@ -22,7 +22,7 @@ import torch
 from . import records
 
 if TYPE_CHECKING:
-    from genesis.engine.simulator import Simulator
+    from .genesis_api import Simulator
 
 MODES = ("warn", "raise", "off")
 MODE_ENV_VAR = "GENESIS_GRAD_PATCH_MODE"

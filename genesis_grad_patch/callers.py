@@ -49,17 +49,22 @@ def calling_as(origin: Origin) -> Iterator[None]:
         _origin.reset(token)
 
 
-def runs_genesis(inner: Callable) -> Callable:
+def runs_genesis(inner: Callable, needed: Callable | None = None) -> Callable:
     """
     Wrap a Genesis method that reads state for Genesis's own use, so that the getters it calls take the stock path.
 
     A sensor writes `get_links_pos` results into buffers that live across steps, the viewer's mouse interaction reads
     `link.get_vel()` of any link: differentiable results would put autograd history (and the whole rollout's graph)
     into Genesis's buffers, and raise or warn at every step for getters without a gradient.
+
+    `needed(self)`, if given, tells whether the origin matters for this call: the step of a scene built without
+    `requires_grad` reads stock values whoever calls, and skips setting it.
     """
 
     @wraps(inner)
     def wrapper(*args, **kwargs):
+        if needed is not None and not needed(args[0]):
+            return inner(*args, **kwargs)
         token = _origin.set(Origin.GENESIS)
         try:
             return inner(*args, **kwargs)

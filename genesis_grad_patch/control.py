@@ -18,12 +18,9 @@ from inspect import signature
 import genesis as gs
 import numpy as np
 import torch
-from genesis.engine.entities.rigid_entity.rigid_entity import RigidEntity
-from genesis.engine.solvers.rigid import rigid_solver
-from genesis.engine.solvers.rigid.rigid_solver import RigidSolver
-from genesis.utils.misc import broadcast_tensor
 
 from . import callers, patching, records
+from .genesis_api import RigidEntity, RigidSolver, broadcast_tensor, rigid_solver
 from .kernels import kernel_get_dofs_ctrl_pd_grad
 
 # Control method -> (its target arguments, the gradient field each one reads).

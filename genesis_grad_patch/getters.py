@@ -24,19 +24,24 @@ import weakref
 from typing import NamedTuple
 
 import genesis as gs
-import genesis.utils.geom as gu
 import torch
-from genesis.constants import link_ref_frame
-from genesis.engine.scene import Scene
-from genesis.engine.simulator import Simulator
-from genesis.engine.solvers.base_solver import StateChange, Subscriber
-from genesis.engine.solvers.kinematic_solver import _offset_world_shift, _select_links_offset
-from genesis.engine.solvers.rigid.rigid_solver import RigidSolver
-from genesis.recorders.recorder_manager import RecorderManager
-from genesis.utils.misc import indices_to_mask, qd_to_torch
-from genesis.vis.visualizer import Visualizer
 
 from . import callers, control, input_checks, patching, records
+from .genesis_api import (
+    RecorderManager,
+    RigidSolver,
+    Scene,
+    Simulator,
+    StateChange,
+    Subscriber,
+    Visualizer,
+    indices_to_mask,
+    link_ref_frame,
+    offset_world_shift,
+    qd_to_torch,
+    select_links_offset,
+)
+from .genesis_api import geom as gu
 
 _subscribed: "weakref.WeakKeyDictionary[RigidSolver, Subscriber]" = weakref.WeakKeyDictionary()
 
@@ -274,9 +279,9 @@ def get_links_pos(self: RigidSolver, links_idx=None, envs_idx=None, *, ref=link_
     idx = links_idx if isinstance(links_idx, int) else slice(None)
     if relative and not self._links_offset_pos_is_identity[idx].all():
         quat = state.links_quat[indices_to_mask(envs_idx, links_idx)]
-        offset_pos = _select_links_offset(self._links_offset_pos, links_idx, envs_idx)
-        offset_quat = _select_links_offset(self._links_offset_quat, links_idx, envs_idx)
-        tensor = tensor - _offset_world_shift(offset_pos, offset_quat, quat)
+        offset_pos = select_links_offset(self._links_offset_pos, links_idx, envs_idx)
+        offset_quat = select_links_offset(self._links_offset_quat, links_idx, envs_idx)
+        tensor = tensor - offset_world_shift(offset_pos, offset_quat, quat)
     return _own(tensor[0] if self.n_envs == 0 else tensor, state.links_pos)
 
 
@@ -285,7 +290,7 @@ def get_links_quat(self: RigidSolver, links_idx=None, envs_idx=None, *, relative
     tensor = links_quat[indices_to_mask(envs_idx, links_idx)]
     idx = links_idx if isinstance(links_idx, int) else slice(None)
     if relative and not self._links_offset_quat_is_identity[idx].all():
-        offset_quat = _select_links_offset(self._links_offset_quat, links_idx, envs_idx)
+        offset_quat = select_links_offset(self._links_offset_quat, links_idx, envs_idx)
         tensor = gu.transform_quat_by_quat(gu.inv_quat(offset_quat), tensor)
     return _own(tensor[0] if self.n_envs == 0 else tensor, links_quat)
 
@@ -320,9 +325,9 @@ def get_links_vel(self: RigidSolver, links_idx=None, envs_idx=None, *, ref=link_
     if relative and not self._links_offset_pos_is_identity[idx].all():
         # The authored origin moves with the body: transport the velocity by 'omega x d', as the stock getter does.
         quat = read_state(self).links_quat[indices_to_mask(envs_idx, links_idx)]
-        offset_pos = _select_links_offset(self._links_offset_pos, links_idx, envs_idx)
-        offset_quat = _select_links_offset(self._links_offset_quat, links_idx, envs_idx)
-        tensor = tensor - ang.cross(_offset_world_shift(offset_pos, offset_quat, quat), dim=-1)
+        offset_pos = select_links_offset(self._links_offset_pos, links_idx, envs_idx)
+        offset_quat = select_links_offset(self._links_offset_quat, links_idx, envs_idx)
+        tensor = tensor - ang.cross(offset_world_shift(offset_pos, offset_quat, quat), dim=-1)
     return tensor[0] if self.n_envs == 0 else tensor
 
 
@@ -360,7 +365,12 @@ GETTERS = {
 
 def install() -> None:
     for owner, name in _GENESIS_READERS:
-        patching.patch(owner, name, callers.runs_genesis(getattr(owner, name)))
+        needed = _differentiable_sim if owner is Simulator else None
+        patching.patch(owner, name, callers.runs_genesis(getattr(owner, name), needed))
+
+
+def _differentiable_sim(sim: Simulator) -> bool:
+    return sim._requires_grad
 
 
 def uninstall() -> None:

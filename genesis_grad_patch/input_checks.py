@@ -19,7 +19,7 @@ from . import breaks, catalog, records
 from .breaks import BreakKind, Location, report, user_frame
 
 if TYPE_CHECKING:
-    from genesis.engine.simulator import Simulator
+    from .genesis_api import Simulator
 
 
 def _tracks(value) -> bool:

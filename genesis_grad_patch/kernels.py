@@ -1,8 +1,9 @@
 """Quadrants kernels that read the gradients Genesis's reverse pass accumulates on the PD control targets."""
 
 import genesis as gs
-import genesis.utils.array_class as array_class
 import quadrants as qd
+
+from .genesis_api import array_class
 
 
 @qd.kernel(fastcache=True)

@@ -35,14 +35,11 @@ from functools import wraps
 from inspect import signature
 
 import genesis as gs
-import genesis.utils.array_class as array_class
 import torch
-from genesis.engine.solvers.rigid.rigid_solver import RigidSolver
-from genesis.utils.misc import indices_to_mask, qd_to_torch
-from quadrants.lang._fast_caching import args_hasher
 
 from . import input_checks, patching, records
 from .control import _grad_like
+from .genesis_api import RigidSolver, args_hasher, array_class, indices_to_mask, qd_to_torch
 
 # Setter -> (info field, component or None, sign) per term of its gradient. The fields are those of `dyn_info.dofs`.
 PARAMETERS: dict[str, tuple[tuple[str, int | None, float], ...]] = {

@@ -190,10 +190,8 @@ def install(strict: bool = False) -> None:
 
     With `strict`, replace only those that exist for strict mode alone (the unsupported reads, reported).
     """
-    from genesis.engine.entities.rigid_entity.rigid_entity import RigidEntity
-    from genesis.engine.solvers.rigid.rigid_solver import RigidSolver
-
     from . import control, getters, params
+    from .genesis_api import RigidEntity, RigidSolver
 
     owners = {ENTITY: RigidEntity, SOLVER: RigidSolver}
     for row in catalog.ROWS:

@@ -26,12 +26,9 @@ import weakref
 
 import genesis as gs
 import torch
-from genesis.engine.solvers.base_solver import StateChange, Subscriber
-from genesis.engine.solvers.rigid.rigid_solver import RigidSolver
-from genesis.utils.array_class import ArrayItem, DataKind
-from genesis.utils.misc import data_to_array
 
 from . import params, patching, tape_guards
+from .genesis_api import ArrayItem, DataKind, RigidSolver, StateChange, Subscriber, data_to_array
 
 # Arrays compared after every step: the control fields (written by every control call, taped or not) and gravity
 # (written by `set_gravity`, which sends no mutation notification).

@@ -18,11 +18,9 @@ gets a clear error at the point of misuse, and leaves nothing behind.
 
 import genesis as gs
 import torch
-from genesis.engine.entities.rigid_entity.rigid_entity import RigidEntity
-from genesis.engine.simulator import Simulator
-from genesis.grad.bridge import StepNode
 
 from . import patching, records
+from .genesis_api import RigidEntity, Simulator, StepNode
 
 
 def refuse_duplicates(method: str, dofs_idx, envs_idx) -> None:
