@@ -128,70 +128,58 @@ _CUT_KINDS = (torch.Tensor, np.ndarray, float, list, tuple)
 
 
 def check_inputs(owner: str, name: str, category: str, solver, arguments: Iterable, frame: FrameType, loud: bool):
-    """Check (and, in a differentiable scene, record) the inputs of one control or setter call; report if `loud`."""
+    """
+    Check (and, in a differentiable scene, record) the inputs of one control or setter call; report if `loud`.
+
+    `category` is "taped" (an entity input or parameter: tracked inputs are recorded for the doctor), "solver" (a
+    solver-level call: checked here, recorded by the entity calls it is routed to) or "dropping" (an unsupported
+    input: its gradient is dropped).
+    """
     sim = solver._sim
-    requires_grad = solver._requires_grad
-    call = f"{owner}.{name}"
     user = user_frame(frame)
     for arg, value in arguments:
         if _tracks(value):
-            if not requires_grad and category != "dropping":
-                if loud:
-                    report(
-                        BreakKind.SCENE_NOT_DIFFERENTIABLE,
-                        call,
-                        user,
-                        f"'{name}' got a tensor that tracks gradients ('{arg}'), but the scene was built without "
-                        "`SimOptions(requires_grad=True)`: Genesis uses its value only, and no gradient will reach it.",
-                        _FIX_SCENE,
-                        sim,
-                        _step_of(sim),
-                        (value,),
-                    )
-            elif category == "dropping":
-                if loud:
-                    report(
-                        BreakKind.DROPPED_INPUT if requires_grad else BreakKind.SCENE_NOT_DIFFERENTIABLE,
-                        call,
-                        user,
-                        f"'{name}' got a tensor that tracks gradients ('{arg}'), but its gradient is not supported by "
-                        "Genesis nor by genesis-grad-patch: the value is used and the gradient is dropped.",
-                        _fix_not_differentiable(),
-                        sim,
-                        _step_of(sim),
-                        (value,),
-                    )
-            elif not isinstance(value, torch.Tensor):
-                if loud:
-                    report(
-                        BreakKind.CUT_AT_CONVERSION,
-                        call,
-                        user,
-                        f"'{name}' got a {type(value).__name__} of tensors that track gradients ('{arg}'): Genesis "
-                        "converts it to a new tensor outside the autograd graph.",
-                        f"Pass one tensor instead, e.g. `{arg}=torch.stack([...])`.",
-                        sim,
-                        _step_of(sim),
-                        (value,),
-                    )
-            elif category != "solver":
-                _record_input(sim, value, call, arg, user)
-        elif requires_grad and category != "dropping" and isinstance(value, _CUT_KINDS) and loud:
+            found = _tracked_input_break(name, arg, value, category, solver._requires_grad)
+            if found is None:
+                if category != "solver":
+                    _record_input(sim, value, f"{owner}.{name}", arg, user)
+            elif loud:
+                report(*found[:1], f"{owner}.{name}", user, *found[1:], sim, _step_of(sim), (value,))
+        elif loud and solver._requires_grad and category != "dropping" and isinstance(value, _CUT_KINDS):
             found = _detached_source(value, user, sim._grad_epoch)
             if found is not None:
                 how, source = found
-                report(
-                    BreakKind.CUT_AT_DETACH,
-                    call,
-                    user,
+                cause = (
                     f"'{name}' got '{arg}' = {how}: it does not track gradients, so the rollout is cut from what "
-                    "produced it.",
-                    "Pass the tracked tensor itself (drop the `.detach()` / `.item()` / `.tolist()` / `.data` / `.numpy()` / "
-                    "`detach=True`).",
-                    sim,
-                    _step_of(sim),
-                    (source,),
+                    "produced it."
                 )
+                fix = (
+                    "Pass the tracked tensor itself (drop the `.detach()` / `.item()` / `.tolist()` / `.data` / "
+                    "`.numpy()` / `detach=True`)."
+                )
+                report(BreakKind.CUT_AT_DETACH, f"{owner}.{name}", user, cause, fix, sim, _step_of(sim), (source,))
+
+
+def _tracked_input_break(name: str, arg: str, value, category: str, requires_grad: bool) -> tuple | None:
+    """(kind, cause, fix) of the break a tracked input makes, or None if its gradient is carried."""
+    got = f"'{name}' got a tensor that tracks gradients ('{arg}')"
+    if category == "dropping":
+        kind = BreakKind.DROPPED_INPUT if requires_grad else BreakKind.SCENE_NOT_DIFFERENTIABLE
+        cause = f"{got}, but its gradient is not supported by Genesis nor by genesis-grad-patch: the value is used and the gradient is dropped."
+        return kind, cause, _fix_not_differentiable()
+    if not requires_grad:
+        cause = (
+            f"{got}, but the scene was built without `SimOptions(requires_grad=True)`: Genesis uses its value only, "
+            "and no gradient will reach it."
+        )
+        return BreakKind.SCENE_NOT_DIFFERENTIABLE, cause, _FIX_SCENE
+    if not isinstance(value, torch.Tensor):
+        cause = (
+            f"'{name}' got a {type(value).__name__} of tensors that track gradients ('{arg}'): Genesis converts it to "
+            "a new tensor outside the autograd graph."
+        )
+        return BreakKind.CUT_AT_CONVERSION, cause, f"Pass one tensor instead, e.g. `{arg}=torch.stack([...])`."
+    return None
 
 
 def arguments(names: tuple[str, ...], args: tuple, kwargs: dict):
