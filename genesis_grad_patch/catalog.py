@@ -196,9 +196,8 @@ ROWS: tuple[Method, ...] = (
     Method("Simulator", "reverse_step", Status.MACHINERY, "backward_checks", "backward after reset/destroy, twice"),
     Method("Scene", "build", Status.MACHINERY, "callers", "Genesis's own reads take the stock path"),
     Method("Scene", "reset", Status.MACHINERY, "callers", "Genesis's own reads take the stock path"),
+    Method("Scene", "step", Status.MACHINERY, "callers", "Genesis's own reads take the stock path"),
     Method("Simulator", "step", Status.MACHINERY, "callers", "Genesis's own reads take the stock path"),
-    Method("Visualizer", "update_on_sim_step", Status.MACHINERY, "callers", "Genesis's own reads take the stock path"),
-    Method("RecorderManager", "step", Status.MACHINERY, "callers", "Genesis's own reads take the stock path"),
     Method("genesis", "from_torch", Status.MACHINERY, "compat", "Genesis 0.x's conversion, keeping the graph"),
 )
 

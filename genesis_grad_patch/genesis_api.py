@@ -20,17 +20,14 @@ from genesis.engine.solvers.kinematic_solver import _select_links_offset as sele
 from genesis.engine.solvers.rigid import rigid_solver
 from genesis.engine.solvers.rigid.rigid_solver import RigidSolver
 from genesis.grad.bridge import StepNode
-from genesis.recorders.recorder_manager import RecorderManager
 from genesis.utils.array_class import ArrayItem, DataKind
 from genesis.utils.misc import broadcast_tensor, data_to_array, indices_to_mask, qd_to_torch
-from genesis.vis.visualizer import Visualizer
 from quadrants.lang._fast_caching import args_hasher
 
 __all__ = [
     "ArrayItem",
     "DataKind",
     "PRIVATE_ATTRIBUTES",
-    "RecorderManager",
     "RigidEntity",
     "RigidSolver",
     "Scene",
@@ -38,7 +35,6 @@ __all__ = [
     "StateChange",
     "StepNode",
     "Subscriber",
-    "Visualizer",
     "args_hasher",
     "array_class",
     "audit",

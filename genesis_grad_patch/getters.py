@@ -28,13 +28,11 @@ import torch
 
 from . import callers, control, input_checks, patching, records
 from .genesis_api import (
-    RecorderManager,
     RigidSolver,
     Scene,
     Simulator,
     StateChange,
     Subscriber,
-    Visualizer,
     indices_to_mask,
     link_ref_frame,
     offset_world_shift,
@@ -45,15 +43,15 @@ from .genesis_api import geom as gu
 
 _subscribed: "weakref.WeakKeyDictionary[RigidSolver, Subscriber]" = weakref.WeakKeyDictionary()
 
-# Where Genesis reads state for itself: the build and the reset (geometry caches), the step (sensors, couplers), the
-# viewer's per-step update (its plugins, the mouse interaction), and the recorders (which log values, never
-# differentiate them).
+# Where Genesis reads state for itself: the build and the reset (geometry caches), and the step, whose scene-level
+# method runs the recorders (which log values, never differentiate them), the simulation step (sensors, couplers) and
+# the viewer's per-step update (its plugins, the mouse interaction); `Simulator.step` too, for a step run without the
+# scene. A scene built without `requires_grad` reads stock values whoever calls: its steps skip the variable.
 _GENESIS_READERS = (
-    (Scene, "build"),
-    (Scene, "reset"),
-    (Simulator, "step"),
-    (Visualizer, "update_on_sim_step"),
-    (RecorderManager, "step"),
+    (Scene, "build", None),
+    (Scene, "reset", None),
+    (Scene, "step", lambda scene: scene._sim._requires_grad),
+    (Simulator, "step", lambda sim: sim._requires_grad),
 )
 
 
@@ -364,13 +362,8 @@ GETTERS = {
 
 
 def install() -> None:
-    for owner, name in _GENESIS_READERS:
-        needed = _differentiable_sim if owner is Simulator else None
+    for owner, name, needed in _GENESIS_READERS:
         patching.patch(owner, name, callers.runs_genesis(getattr(owner, name), needed))
-
-
-def _differentiable_sim(sim: Simulator) -> bool:
-    return sim._requires_grad
 
 
 def uninstall() -> None:
