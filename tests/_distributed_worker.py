@@ -13,7 +13,7 @@ import sys
 import torch
 
 
-def run(n_envs: int, iterations: int, horizon: int, out: str, no_reduce: bool) -> None:
+def run(n_envs: int, iterations: int, horizon: int, out: str, no_reduce: bool, tensorboard: str | None) -> None:
     from genesis_grad.steering import distributed
     from genesis_grad.steering import paths as P
 
@@ -33,7 +33,16 @@ def run(n_envs: int, iterations: int, horizon: int, out: str, no_reduce: bool) -
         ddp.broadcast_parameters(policy)
     paths = [P.make_path("sine", speed=1.5), P.make_path("lane_change", speed=1.5)]
     cfg = TrainConfig(horizon=horizon, seed=3)
-    history = train_gradient(policy, sim, paths, iterations=iterations, cfg=cfg, progress=False, dist=ddp)
+    logger = None
+    if tensorboard and (ddp is None or ddp.is_main):
+        from genesis_grad.steering.tensorboard_log import TensorBoardLogger
+
+        logger = TensorBoardLogger(tensorboard)
+    history = train_gradient(
+        policy, sim, paths, iterations=iterations, cfg=cfg, progress=False, dist=ddp, on_window=logger
+    )
+    if logger is not None:
+        logger.close()
     if ddp is None or ddp.is_main:
         torch.save({"params": {k: v.detach().clone() for k, v in policy.state_dict().items()}, "history": history}, out)
     distributed.leave(ddp)
@@ -47,8 +56,9 @@ def main(argv=None) -> int:
     parser.add_argument("--horizon", type=int, default=12)
     parser.add_argument("--out", required=True)
     parser.add_argument("--no-reduce", action="store_true")
+    parser.add_argument("--tensorboard", default=None)
     a = parser.parse_args(argv)
-    args = (a.n_envs, a.iterations, a.horizon, a.out, a.no_reduce)
+    args = (a.n_envs, a.iterations, a.horizon, a.out, a.no_reduce, a.tensorboard)
     if a.nproc > 1:
         from genesis_grad.steering import distributed
 
