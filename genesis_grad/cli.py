@@ -331,7 +331,10 @@ def _cmd_train(args) -> int:
     if error:
         print(f"genesis-grad train: error: {error}", file=sys.stderr)
         return 2
+    # Read once, before any rank starts: a bad CSV is one line and status 2, a warning is printed once.
+    paths = getattr(args, "loaded_paths", None) or _paths_from_args(args)
     if nproc > 1 and not distributed.is_rank():
+        args.loaded_paths = paths
         return distributed.spawn_command(nproc, _cmd_train, args)
     dist = distributed.join(nproc)
 
@@ -339,7 +342,6 @@ def _cmd_train(args) -> int:
     from genesis_grad.steering.sim import SteeringSim
 
     out = Path(args.out)
-    paths = _paths_from_args(args)
     sim = SteeringSim(n_envs=args.n_envs // nproc, requires_grad=True)
     t0 = time.time()
     policy, history = _train(args, sim, paths, out, dist=dist)

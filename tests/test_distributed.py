@@ -192,3 +192,15 @@ def test_training_curve_without_evaluations_fills_the_figure(tmp_path):
     ink = (img < 0.9).any(axis=2)
     half = ink.shape[1] // 2
     assert ink[:, half:].sum() > 0.3 * ink[:, :half].sum()
+
+
+def test_a_bad_reference_is_reported_once_before_any_rank_starts(no_scene, monkeypatch, tmp_path, capsys):
+    from genesis_grad.steering import distributed
+
+    monkeypatch.setattr(distributed, "spawn", lambda *a: pytest.fail("ranks started"))
+    csv = tmp_path / "bad.csv"
+    csv.write_text("pos_x,pos_y,yaw,speed\n0,0,0,1\n")
+    assert (
+        run_cli(["train", "--nproc", "2", "--n-envs", "4", "--reference", str(csv), "--out", str(tmp_path / "o")]) == 2
+    )
+    assert one_stderr_line(capsys).startswith("genesis-grad train: error: ")

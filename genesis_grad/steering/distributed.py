@@ -17,32 +17,47 @@ Process groups use ``gloo`` for CPU tensors and, where CUDA and NCCL are availab
 
 The on-disk kernel cache
 ------------------------
-Genesis compiles its kernels with Quadrants, which keeps two caches under ``QD_OFFLINE_CACHE_FILE_PATH`` (default
-``~/.cache/quadrants/qdcache``), and neither is safe for several processes that compile the same kernels at once:
+Genesis compiles its kernels with Quadrants, which caches them under ``QD_OFFLINE_CACHE_FILE_PATH`` (default
+``~/.cache/quadrants/qdcache``) for every process that uses the directory, with little coordination between them
+(Quadrants 1.3.3; sources in ``quadrants/compilation_manager/kernel_compilation_manager.cpp``,
+``quadrants/util/lock.h``, ``quadrants/util/offline_cache.h``, ``quadrants/lang/_fast_caching/``):
 
-* ``python_side_cache/`` (the "fastcache" of ``@qd.kernel(fastcache=True)``, ``quadrants/lang/_fast_caching``): the
-  L1 entry of a kernel (``src_hasher.store_pruning_info``) holds the union, over the specializations compiled so far,
-  of the dataclass fields the kernel reads, and the L2 key of a compiled artifact hashes only those fields
-  (``compute_narrow_args_hash``). ``persist_l1_and_set_l2_key`` grows the union with a read-modify-write of the L1
-  file with no lock: it merges into the set it read when the kernel was first called, possibly minutes earlier, and
-  replaces the file (atomic per write, but last writer wins). Two processes compiling different specializations of
-  one kernel lose each other's fields; later warm calls then key on too few fields, two specializations share an L2
-  key, and ``load_fast_cache`` hands one the artifact compiled for the other, which the fast path launches without
-  re-checking its argument layout. That is a kernel launched with the wrong layout: an out-of-bounds access, i.e. the
-  segfaults in kernel launches seen with a shared ``~/.cache``, and not with a fresh private cache.
-* ``kernel_compilation_manager/`` (C++ ``KernelCompilationManager``): the metadata file ``qdcache.qdb`` is read and
-  written under ``qdcache.lock``, but ``dump()`` (at ``qd.reset`` / exit) rewrites each ``T<key>.qdc`` in place
-  (``std::ofstream`` truncation) while other processes read them lazily without the lock (``load_ckd``). The SHA-256
-  trailer of ``CompiledKernelDataFile::load`` rejects a torn file (it is then recompiled), so this side costs time,
-  not correctness; a process killed while holding the lock leaves a stale ``qdcache.lock`` that makes every later
-  process skip the cache with "Lock ... failed".
+1. Two halves, written at different times. The Python-side "fastcache" (``python_side_cache/``: per kernel an L1
+   entry of the dataclass fields it reads and L2 entries mapping a narrowed argument hash to the compiled artifact's
+   key) is written by each process as it compiles (``src_hasher.store``, atomic replace). The artifacts themselves
+   (``kernel_compilation_manager/T<key>.qdc`` and the index ``qdcache.qdb``) are written only when the runtime shuts
+   down (``KernelCompilationManager::dump`` from ``gs.destroy()`` / exit). Measured on the car scene from an empty
+   cache: 52 fastcache entries and 0 artifacts after ``scene.build``, 60 artifacts after ``gs.destroy()``. Until then
+   the other processes find fastcache entries whose artifacts are not there, and compile again.
+2. A lock that gives up. ``lock_with_file`` creates ``qdcache.lock`` with ``O_CREAT | O_EXCL``, retries 5 times 50 ms
+   apart, then fails: the index is then not read at start-up (everything recompiled), ``dump`` throws away the
+   process's new kernels, the cleaner skips. Seen here with 4 processes on one cache: "Lock .../qdcache.lock failed"
+   at exit from ``dump`` and from ``CacheCleaner::run``. A process killed while holding the lock leaves it behind, and
+   every later process of every job then runs without the cache.
+3. Unlocked readers. ``dump`` rewrites each ``.qdc`` in place (``std::ofstream`` truncation) while other processes load
+   them lazily, without the lock (``load_ckd``); the SHA-256 trailer of ``CompiledKernelDataFile::load`` rejects a
+   torn file, which is then recompiled. The L1 entry is grown by an unlocked read-modify-write
+   (``persist_l1_and_set_l2_key``): the last writer wins and the others' fields are lost (cache misses).
+4. Keys that do not cover the launch layout. The L2 key hashes the dataclass fields a kernel reads, but the launch
+   layout also depends on the gradient storage of fields it does not read: an artifact compiled for one layout is then
+   launched with another, a segfault in a kernel launch. This project met it for ``DofsInfo``
+   (``genesis_grad_patch/params.py``, worked around there). A long-lived shared cache holds the artifacts of every
+   configuration any process compiled (plain and differentiable scenes, stock Genesis, earlier plugin versions, the
+   patched tree of ``make check-upstream``); a fresh private cache holds only those of the job itself.
 
-So the ranks of one job never share a cache directory that is being written: ``use_private_kernel_cache`` gives rank
-0 the configured cache (warm across runs, written by no other process of the job) and every other rank a sibling
-directory of its own (``<cache>-rank<r>``, warm across runs of the same world size). It must run before Genesis is
-initialized (Quadrants reads the variable in ``qd.init``). The first run of a new world size compiles once per rank
-(in parallel); later runs load. Independent jobs that share ``~/.cache`` at the same time are still exposed to the
-upstream race: give them distinct ``QD_OFFLINE_CACHE_FILE_PATH``.
+The segfault itself was not reproduced here (three attempts: 2 processes building the differentiable car scene at once
+on an empty cache; 2 more started while a first pair was writing at exit; plain and differentiable scenes in turn on
+one cache, once with the key fix of ``params.py`` undone): the attempts produced the lock failures of 2. and
+recompilations, no crash. The likeliest cause of the reported crashes is 4., which a shared cache exposes a process to
+and a fresh one does not; 1. to 3. make concurrent use of one cache unreliable in any case.
+
+So the ranks of a job never share a cache directory: ``use_private_kernel_cache`` gives rank 0 the configured cache
+(warm from single-process runs, and written by no other process of the job) and every other rank a directory of its
+own, ``<cache>-rank<r>``, warm from the previous run of the same size. It runs before Genesis is initialized
+(Quadrants reads the variable in ``qd.init``). The first run with N processes compiles once per rank, in parallel.
+Letting rank 0 build first behind a barrier would not spare the others that: by 1. the artifacts reach the disk only
+when rank 0 shuts down, and the reverse kernels are compiled at the first backward pass, after any build barrier.
+Independent jobs running at the same time should also use distinct ``QD_OFFLINE_CACHE_FILE_PATH``.
 """
 
 from __future__ import annotations
