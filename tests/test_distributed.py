@@ -204,3 +204,15 @@ def test_a_bad_reference_is_reported_once_before_any_rank_starts(no_scene, monke
         run_cli(["train", "--nproc", "2", "--n-envs", "4", "--reference", str(csv), "--out", str(tmp_path / "o")]) == 2
     )
     assert one_stderr_line(capsys).startswith("genesis-grad train: error: ")
+
+
+def test_the_new_flags_keep_the_cli_light():
+    # `genesis-grad --help` stays instant: parsing --nproc / --tensorboard imports neither torch nor TensorBoard.
+    code = (
+        "import sys; from genesis_grad.cli import build_parser; "
+        "build_parser().parse_args(['train', '--nproc', '2', '--tensorboard', 'tb']); "
+        "print([m for m in ('torch', 'genesis', 'tensorboard', 'quadrants') if m in sys.modules])"
+    )
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stdout + out.stderr
