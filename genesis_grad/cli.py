@@ -9,6 +9,7 @@ inside the handlers, so ``genesis-grad --help`` is instant.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
 import sys
@@ -197,6 +198,15 @@ def output_dir(text: str) -> Path:
     return path
 
 
+def tensorboard_dir(text: str) -> Path:
+    """argparse type: an output directory for TensorBoard event files; refused at once when TensorBoard is missing."""
+    path = output_dir(text)
+    # find_spec locates the package without importing it (importing TensorBoard takes seconds).
+    if importlib.util.find_spec("tensorboard") is None:
+        raise argparse.ArgumentTypeError("needs the tensorboard package: pip install tensorboard")
+    return path
+
+
 def identifier(text: str) -> str:
     """argparse type: a Python identifier (a function name)."""
     if not text.isidentifier():
@@ -262,7 +272,7 @@ def _add_train_arguments(p: argparse.ArgumentParser, iterations: int) -> None:
     p.add_argument("--no-progress", action="store_true", help="disable the tqdm progress bar")
     p.add_argument(
         "--tensorboard",
-        type=output_dir,
+        type=tensorboard_dir,
         metavar="DIR",
         help="also write TensorBoard scalars per window (loss, lateral RMS, gradient norm, env-steps/s) to DIR",
     )

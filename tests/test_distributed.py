@@ -216,3 +216,15 @@ def test_the_new_flags_keep_the_cli_light():
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_tensorboard_flag_without_tensorboard_installed_is_one_line(no_scene, monkeypatch, tmp_path, capsys):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard" else find_spec(name, *a)
+    )
+    assert run_cli(["demo", "--tensorboard", str(tmp_path / "tb"), "--out", str(tmp_path / "out")]) == 2
+    line = one_stderr_line(capsys)
+    assert line.startswith("genesis-grad demo: error: argument --tensorboard: needs the tensorboard package"), line
