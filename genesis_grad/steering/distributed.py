@@ -45,11 +45,12 @@ Genesis compiles its kernels with Quadrants, which caches them under ``QD_OFFLIN
    configuration any process compiled (plain and differentiable scenes, stock Genesis, earlier plugin versions, the
    patched tree of ``make check-upstream``); a fresh private cache holds only those of the job itself.
 
-The segfault itself was not reproduced here (three attempts: 2 processes building the differentiable car scene at once
-on an empty cache; 2 more started while a first pair was writing at exit; plain and differentiable scenes in turn on
-one cache, once with the key fix of ``params.py`` undone): the attempts produced the lock failures of 2. and
-recompilations, no crash. The likeliest cause of the reported crashes is 4., which a shared cache exposes a process to
-and a fresh one does not; 1. to 3. make concurrent use of one cache unreliable in any case.
+The segfault itself was not reproduced here (four attempts: 2 processes building and back-propagating through the
+differentiable car scene at once on an empty cache; 2 more started while a first pair was writing at exit; plain and
+differentiable scenes in turn on one cache, once with the key fix of ``params.py`` undone; 2 processes at once on a
+copy of this machine's shared ``~/.cache`` cache, 158 kernels from other runs): they produced the lock failures of 2.
+and recompilations, no crash. The likeliest cause of the reported crashes is 4., which a shared cache exposes a
+process to and a fresh one does not; 1. to 3. make concurrent use of one cache unreliable in any case.
 
 So the ranks of a job never share a cache directory: ``use_private_kernel_cache`` gives rank 0 the configured cache
 (warm from single-process runs, and written by no other process of the job) and every other rank a directory of its
