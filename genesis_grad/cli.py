@@ -9,6 +9,7 @@ inside the handlers, so ``genesis-grad --help`` is instant.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
 import sys
@@ -197,6 +198,15 @@ def output_dir(text: str) -> Path:
     return path
 
 
+def tensorboard_dir(text: str) -> Path:
+    """argparse type: an output directory for TensorBoard event files; refused at once when TensorBoard is missing."""
+    path = output_dir(text)
+    # find_spec locates the package without importing it (importing TensorBoard takes seconds).
+    if importlib.util.find_spec("tensorboard") is None:
+        raise argparse.ArgumentTypeError("needs the tensorboard package: pip install tensorboard")
+    return path
+
+
 def identifier(text: str) -> str:
     """argparse type: a Python identifier (a function name)."""
     if not text.isidentifier():
@@ -260,9 +270,17 @@ def _add_train_arguments(p: argparse.ArgumentParser, iterations: int) -> None:
     p.add_argument("--seed", type=random_seed, default=0, help=f"random seed, 0 to {_SEED_LIMIT - 1} (default 0)")
     p.add_argument("--out", type=output_dir, default="out", help="output directory (checkpoints, plots, metrics)")
     p.add_argument("--no-progress", action="store_true", help="disable the tqdm progress bar")
+    p.add_argument(
+        "--tensorboard",
+        type=tensorboard_dir,
+        metavar="DIR",
+        help="also write TensorBoard scalars per window (loss, lateral RMS, gradient norm, env-steps/s) to DIR",
+    )
 
 
-def _train(args, sim, paths, out: Path):
+def _train(args, sim, paths, out: Path, dist=None):
+    import contextlib
+
     import torch
 
     from genesis_grad.steering.policy import SteeringMLP
@@ -271,15 +289,25 @@ def _train(args, sim, paths, out: Path):
     torch.manual_seed(args.seed)
     policy = SteeringMLP()
     cfg = TrainConfig(horizon=args.horizon, lr=args.lr, seed=args.seed)
-    history = train_gradient(
-        policy,
-        sim,
-        paths,
-        iterations=args.iterations,
-        cfg=cfg,
-        checkpoint_dir=out / "checkpoints",
-        progress=not args.no_progress,
-    )
+    if dist is not None:
+        dist.broadcast_parameters(policy)
+    logger = contextlib.nullcontext()
+    if args.tensorboard and (dist is None or dist.is_main):
+        from genesis_grad.steering.tensorboard_log import TensorBoardLogger
+
+        logger = TensorBoardLogger(args.tensorboard)
+    with logger:
+        history = train_gradient(
+            policy,
+            sim,
+            paths,
+            iterations=args.iterations,
+            cfg=cfg,
+            checkpoint_dir=out / "checkpoints",
+            progress=not args.no_progress,
+            dist=dist,
+            on_window=logger if args.tensorboard else None,
+        )
     return policy, history
 
 
@@ -295,19 +323,41 @@ def _print_table(rows) -> None:
 def _train_arguments(p: argparse.ArgumentParser) -> None:
     _add_path_arguments(p, "lane_change,sine,circle")
     _add_train_arguments(p, iterations=200)
+    p.add_argument(
+        "--nproc",
+        type=positive_int,
+        default=None,
+        help="data-parallel processes (torch.distributed), each with n-envs / nproc environments of the global batch; "
+        "default 1, or the job's size under torchrun",
+    )
 
 
 @register("train", "Train the MLP steering controller by back-propagation through the physics.", _train_arguments)
 def _cmd_train(args) -> int:
+    from genesis_grad.steering import distributed
+
+    # `--nproc N`: start N ranks running this command, or join the job this process is a rank of (see distributed.py).
+    nproc, error = distributed.resolve_nproc(args.nproc, args.n_envs)
+    if error:
+        print(f"genesis-grad train: error: {error}", file=sys.stderr)
+        return 2
+    # Read once, before any rank starts: a bad CSV is one line and status 2, a warning is printed once.
+    paths = getattr(args, "loaded_paths", None) or _paths_from_args(args)
+    if nproc > 1 and not distributed.is_rank():
+        args.loaded_paths = paths
+        return distributed.spawn_command(nproc, _cmd_train, args)
+    dist = distributed.join(nproc)
+
     from genesis_grad.steering.evaluate import evaluate_policy, plot_training_curve
     from genesis_grad.steering.sim import SteeringSim
 
     out = Path(args.out)
-    paths = _paths_from_args(args)
-    sim = SteeringSim(n_envs=args.n_envs, requires_grad=True)
+    sim = SteeringSim(n_envs=args.n_envs // nproc, requires_grad=True)
     t0 = time.time()
-    policy, history = _train(args, sim, paths, out)
-    print(f"trained {args.iterations} windows, {sim.env_steps} env-steps, {time.time() - t0:.0f} s")
+    policy, history = _train(args, sim, paths, out, dist=dist)
+    if dist is not None and not dist.is_main:
+        return distributed.leave(dist)
+    print(f"trained {args.iterations} windows, {history['env_steps'][-1]} env-steps, {time.time() - t0:.0f} s")
     metrics, _ = evaluate_policy(sim, policy, paths)
     _print_table([("mlp", m) for m in metrics])
     plot_training_curve(
@@ -315,7 +365,7 @@ def _cmd_train(args) -> int:
     )
     (out / "train_metrics.json").write_text(json.dumps([m.as_dict() for m in metrics], indent=2))
     print(f"checkpoint: {out / 'checkpoints' / 'policy_last.pt'}")
-    return 0
+    return distributed.leave(dist)
 
 
 # ------------------------------------------------------------------ eval

@@ -226,30 +226,34 @@ def plot_errors(runs: dict[str, Sequence[RunRecord]], path: str | Path) -> Path:
 
 def plot_training_curve(curves: dict[str, dict[str, Sequence[float]]], path: str | Path) -> Path:
     """Training curves vs simulated env-steps: ``curves[label]`` has ``env_steps`` and ``loss`` and/or
-    ``lateral_rms`` (closed-loop evaluation on the training paths)."""
+    ``lateral_rms`` (closed-loop evaluation on the training paths, at ``eval_env_steps``).
+
+    One panel per kind of curve present: a run without evaluations (the demo's) gets the loss panel alone, at full
+    width, instead of a figure whose right half is an empty, hidden panel.
+    """
     plt = _pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    panels = [key for key in ("loss", "lateral_rms") if any(c.get(key) for c in curves.values())] or ["loss"]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
+    ax_of = {key: axes[0, i] for i, key in enumerate(panels)}
     for label, c in curves.items():
         if c.get("loss"):
             steps, loss = np.asarray(c["env_steps"]), np.asarray(c["loss"])
             # Each window is one sample of a noisy loss: show it faint, and its running mean over 25 windows.
-            (line,) = axes[0].plot(steps, loss, lw=0.5, alpha=0.3)
+            (line,) = ax_of["loss"].plot(steps, loss, lw=0.5, alpha=0.3)
             k = min(25, len(loss))
             smooth = np.convolve(loss, np.ones(k) / k, mode="valid")
-            axes[0].plot(steps[k - 1 :], smooth, lw=1.5, color=line.get_color(), label=f"{label} (mean of {k})")
+            ax_of["loss"].plot(steps[k - 1 :], smooth, lw=1.5, color=line.get_color(), label=f"{label} (mean of {k})")
         if c.get("lateral_rms"):
-            axes[1].plot(c["eval_env_steps"], c["lateral_rms"], "o-", lw=1, ms=3, label=label)
-    axes[0].set_ylabel("training loss (window)")
-    axes[1].set_ylabel("closed-loop lateral RMS (m)")
-    for ax in axes:
+            ax_of["lateral_rms"].plot(c["eval_env_steps"], c["lateral_rms"], "o-", lw=1, ms=3, label=label)
+    ylabels = {"loss": "training loss (window)", "lateral_rms": "closed-loop lateral RMS (m)"}
+    for key, ax in ax_of.items():
+        ax.set_ylabel(ylabels[key])
         ax.set_xlabel("simulated env-steps")
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.grid(alpha=0.3, which="both")
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
-        else:
-            ax.set_visible(False)
     fig.tight_layout()
     return _save(fig, path)
 

@@ -49,6 +49,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -57,6 +58,9 @@ from .error_state import TorchReference
 from .paths import ReferencePath
 from .policy import SteeringMLP, save_policy
 from .sim import StartState, SteeringSim, Trajectory, sample_start_states
+
+if TYPE_CHECKING:
+    from .distributed import Distributed
 
 
 @dataclass
@@ -185,6 +189,8 @@ def train_gradient(
     checkpoint_dir: str | Path | None = None,
     checkpoint_every: int = 25,
     progress: bool = True,
+    dist: Distributed | None = None,
+    on_window: Callable[[dict], None] | None = None,
 ) -> dict:
     """
     Train ``policy`` in place by back-propagation through the differentiable scene ``sim``.
@@ -196,6 +202,13 @@ def train_gradient(
     Env-steps simulated by ``eval_fn`` are not counted. Returns a history dict: per iteration ``env_steps``, ``loss``, ``lateral_rms`` (window), ``grad_norm`` (before
     clipping), ``wall_clock``; ``skipped`` windows; and, with ``eval_fn(policy) -> float``, ``eval_env_steps`` /
     ``eval_lateral_rms`` every ``eval_every_env_steps``.
+
+    Data-parallel (``dist``, see ``distributed.py``): ``sim`` holds this rank's share of the global batch, every rank
+    samples the global batch's windows and keeps its slice, and gradients, loss and lateral RMS are averaged over the
+    ranks before the non-finite guard, clipping and Adam. Env-step counts, budgets and the history are global; only
+    the main rank shows progress, calls ``eval_fn`` (give it there only) and writes checkpoints. ``on_window(record)``
+    is called on the main rank after each window with ``iteration``, ``env_steps``, ``loss``, ``lateral_rms``,
+    ``grad_norm`` and ``env_steps_per_s`` (logging, e.g. TensorBoard).
     """
     if not sim.requires_grad:
         raise ValueError("train_gradient needs a scene built with requires_grad=True.")
@@ -215,13 +228,15 @@ def train_gradient(
         "eval_lateral_rms": [],
         "config": cfg.as_dict(),
     }
-    ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    # Data-parallel hook: the global batch is `world` times this scene's; only the main rank writes anything.
+    world, is_main = (dist.world_size, dist.is_main) if dist is not None else (1, True)
+    ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None and is_main else None
     if ckpt_dir is not None:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
     steps0 = sim.env_steps
-    total = env_step_budget if env_step_budget is not None else iterations * sim.n_envs * cfg.horizon
+    total = env_step_budget if env_step_budget is not None else iterations * sim.n_envs * world * cfg.horizon
     bar = None
-    if progress:
+    if progress and is_main:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=total, desc="train (grad)", unit="env-step", dynamic_ncols=True)
@@ -234,13 +249,13 @@ def train_gradient(
     def run_eval():
         nonlocal eval_steps
         before = sim.env_steps
-        history["eval_env_steps"].append(sim.env_steps - steps0 - eval_steps)
+        history["eval_env_steps"].append((sim.env_steps - steps0 - eval_steps) * world)
         history["eval_lateral_rms"].append(eval_fn(policy))
         eval_steps += sim.env_steps - before
         policy.train()
 
     while True:
-        used = sim.env_steps - steps0 - eval_steps
+        used = (sim.env_steps - steps0 - eval_steps) * world
         if (iterations is not None and it >= iterations) or (env_step_budget is not None and used >= env_step_budget):
             break
         if eval_fn is not None and used >= next_eval:
@@ -252,13 +267,19 @@ def train_gradient(
             group["lr"] = cfg.lr_final + 0.5 * (cfg.lr - cfg.lr_final) * (
                 1.0 + math.cos(math.pi * min(progress_frac, 1.0))
             )
-        reference, start = sample_window_starts(paths, sim.n_envs, gen, cfg)
+        t_window = time.time()
+        reference, start = sample_window_starts(paths, sim.n_envs * world, gen, cfg)
+        if dist is not None:
+            reference, start = dist.local_slice(reference, start)
         controller = make_policy_controller(policy, cfg.detach_obs_every)
         traj = sim.rollout(reference, controller, start, cfg.horizon, preview_distances=policy.preview_distances)
         loss = window_loss(traj, cfg)
         optimizer.zero_grad(set_to_none=True)
         if torch.isfinite(loss):
             loss.backward()
+        lateral_ms = traj.stack("e_lat").detach().pow(2).mean()
+        if dist is not None:
+            loss, lateral_ms = dist.average_window(policy.parameters(), loss, lateral_ms)
         grads = [p.grad for p in policy.parameters() if p.grad is not None]
         grad_norm = (
             torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])) if grads else torch.tensor(math.nan)
@@ -268,14 +289,25 @@ def train_gradient(
             optimizer.step()
         else:
             history["skipped"] += 1
-        lat_rms = lateral_rms_of(traj)
-        history["env_steps"].append(sim.env_steps - steps0 - eval_steps)
+        lat_rms = float(lateral_ms.sqrt())
+        history["env_steps"].append((sim.env_steps - steps0 - eval_steps) * world)
         history["loss"].append(float(loss.detach()))
         history["lateral_rms"].append(lat_rms)
         history["grad_norm"].append(float(grad_norm))
         history["wall_clock"].append(time.time() - t0)
+        if on_window is not None and is_main:
+            on_window(
+                {
+                    "iteration": it,
+                    "env_steps": history["env_steps"][-1],
+                    "loss": history["loss"][-1],
+                    "lateral_rms": lat_rms,
+                    "grad_norm": history["grad_norm"][-1],
+                    "env_steps_per_s": sim.n_envs * world * cfg.horizon / max(time.time() - t_window, 1e-9),
+                }
+            )
         if bar is not None:
-            bar.update(sim.n_envs * cfg.horizon)
+            bar.update(sim.n_envs * world * cfg.horizon)
             bar.set_postfix(
                 loss=f"{float(loss.detach()):.4g}", lat_rms=f"{lat_rms:.3f}", gnorm=f"{float(grad_norm):.2g}"
             )
