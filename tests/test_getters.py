@@ -5,7 +5,7 @@ import warnings
 import genesis as gs
 import pytest
 import torch
-from helpers import ASSETS, PLANAR_CAR, assert_grad_close, central_fd, make_scene
+from helpers import ASSETS, PLANAR_CAR, UPSTREAM_MODE, assert_grad_close, central_fd, make_scene
 
 import genesis_grad_patch as ggp
 from genesis_grad_patch.strict import GradientBreakError, GradientBreakWarning
@@ -153,9 +153,10 @@ def test_state_is_read_once_per_step(scene_single, monkeypatch):
     torch.testing.assert_close(qpos.detach(), torch.tensor([0.1, 0.2, 0.3, 0.0, 0.0], dtype=qpos.dtype))
     scene.reset()
     car.get_qpos()
-    assert len(reads) == 3, "a rollout that tracks nothing reads stock values: no state on the tape"
-    car.set_dofs_velocity(torch.zeros(car.n_dofs, dtype=torch.float64, requires_grad=True))
-    car.get_qpos()
+    if not UPSTREAM_MODE:  # the plugin's getters read stock values until the rollout has a tracked input
+        assert len(reads) == 3, "a rollout that tracks nothing reads stock values: no state on the tape"
+        car.set_dofs_velocity(torch.zeros(car.n_dofs, dtype=torch.float64, requires_grad=True))
+        car.get_qpos()
     assert len(reads) == 4
 
 
