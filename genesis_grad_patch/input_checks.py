@@ -77,11 +77,15 @@ def _detached_source(value, frame: FrameType | None, epoch: int):
     if frame is None or not isinstance(value, (torch.Tensor, np.ndarray)):
         return None
     # The caller's locals are scanned once per call site and rollout: a detach at a line shows at its first call, and
-    # a module-level loop would otherwise scan every global of the script at every step.
-    site = (frame.f_code.co_filename, frame.f_lineno)
+    # a module-level loop would otherwise scan every global of the script at every step. The site is the direct
+    # caller's line (cheap); the user's frame is looked for only when it is scanned.
+    site = (frame.f_code, frame.f_lineno)
     if breaks._scanned_sites.get(site) == epoch:
         return None
     breaks._scanned_sites[site] = epoch
+    frame = user_frame(frame)
+    if frame is None:
+        return None
     span = _storage_span(value)
     if span is None:
         return None
@@ -136,17 +140,16 @@ def check_inputs(owner: str, name: str, category: str, solver, arguments: Iterab
     input: its gradient is dropped).
     """
     sim = solver._sim
-    user = user_frame(frame)
     for arg, value in arguments:
         if _tracks(value):
             found = _tracked_input_break(name, arg, value, category, solver._requires_grad)
             if found is None:
                 if category != "solver":
-                    _record_input(sim, value, f"{owner}.{name}", arg, user)
+                    _record_input(sim, value, f"{owner}.{name}", arg, frame)
             elif loud:
-                report(*found[:1], f"{owner}.{name}", user, *found[1:], sim, _step_of(sim), (value,))
+                report(*found[:1], f"{owner}.{name}", user_frame(frame), *found[1:], sim, _step_of(sim), (value,))
         elif loud and solver._requires_grad and category != "dropping" and isinstance(value, _CUT_KINDS):
-            found = _detached_source(value, user, sim._grad_epoch)
+            found = _detached_source(value, frame, sim._grad_epoch)
             if found is not None:
                 how, source = found
                 cause = (
@@ -157,6 +160,7 @@ def check_inputs(owner: str, name: str, category: str, solver, arguments: Iterab
                     "Pass the tracked tensor itself (drop the `.detach()` / `.item()` / `.tolist()` / `.data` / "
                     "`.numpy()` / `detach=True`)."
                 )
+                user = user_frame(frame)
                 report(BreakKind.CUT_AT_DETACH, f"{owner}.{name}", user, cause, fix, sim, _step_of(sim), (source,))
 
 
