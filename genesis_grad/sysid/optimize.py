@@ -162,7 +162,7 @@ def fit(
     z0: np.ndarray | None = None,
     progress: bool = True,
     probes: int = 1,
-    memory: int = 4,
+    memory: int | None = None,
 ) -> FitResult:
     """
     Fit the selected parameters with ``method`` (one of ``METHODS``), starting from ``z0`` (the model's values).
@@ -181,7 +181,8 @@ def fit(
     sigma0 : float
         Initial spread of CMA-ES and the initial simplex size of Nelder-Mead, in log-space units.
     probes, memory : int
-        Sketch passes per iteration of ``lm``, and the number of iterations whose sketch rows it keeps.
+        Sketch passes per iteration of ``lm``, and the number of iterations whose sketch rows it keeps (default: enough
+        for 4 rows per parameter, at least 4).
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
@@ -206,7 +207,7 @@ def fit(
 
 
 def _levenberg_marquardt(
-    tracker: Tracker, z0: np.ndarray, iterations: int, b: float, probes: int, memory: int, seed: int
+    tracker: Tracker, z0: np.ndarray, iterations: int, b: float, probes: int, memory: int | None, seed: int
 ) -> None:
     from collections import deque
 
@@ -218,11 +219,14 @@ def _levenberg_marquardt(
     z = z0.copy()
     loss, rows = tracker.window_vjp(z)
     g = rows.sum(axis=0)  # J^T r
-    n_res = B * W * n_dofs
+    n_res, p = B * W * n_dofs, len(z0)
+    # A pass gives B rows; a sketch of m rows matches the spectrum of J^T J within a factor ~ (1 +- sqrt(p / m)).
+    memory = max(4, math.ceil(4 * p / (B * probes))) if memory is None else memory
     sketches: deque = deque(maxlen=probes * memory)
     lam, nu = 1e-3, 2.0
-    for _ in range(iterations):
-        for _ in range(probes):
+    for it in range(iterations):
+        # The first iteration starts with p rows at least, so that its step is not confined to a subspace.
+        for _ in range(max(probes, math.ceil(p / B)) if it == 0 else probes):
             sketches.append(tracker.window_vjp(z, rng.choice((-1.0, 1.0), size=(B, W, n_dofs)))[1])
         H = sum(R.T @ R for R in sketches) / len(sketches)
         scale = np.maximum(np.diag(H), 1e-30 * max(np.diag(H).max(), 1e-300))  # Marquardt's scaling
@@ -231,12 +235,15 @@ def _levenberg_marquardt(
             z_new = np.clip(z + delta, -b, b)
             delta = z_new - z
             predicted = -(2.0 * delta @ g + delta @ H @ delta) / n_res  # decrease of the loss if r were linear
-            new_loss, new_rows = tracker.window_vjp(z_new, keep=lambda value: value < loss)
+            new_loss, new_rows = tracker.window_vjp(z_new, keep=lambda value, best=loss: value < best)
             if new_rows is not None:
                 rho = (loss - new_loss) / predicted if predicted > 0 else 1.0
                 lam *= max(1.0 / 3.0, 1.0 - (2.0 * rho - 1.0) ** 3)
                 nu = 2.0
                 z, loss, g = z_new, new_loss, new_rows.sum(axis=0)
+                if np.abs(delta).max() < 1e-12:  # relative parameter change: at the precision of float64 rollouts
+                    tracker.stop_reason = "lm: converged (step below 1e-12)"
+                    return
                 break
             lam *= nu
             nu *= 2.0
