@@ -8,16 +8,17 @@ The fitting methods, all on the same ``SysIdProblem`` (same simulator, same loss
 - ``cma``: CMA-ES (the ``cma`` package), gradient-free;
 - ``nelder-mead``: ``scipy.optimize.minimize(method="Nelder-Mead")`` (adaptive, bounded), gradient-free.
 
-The Jacobian ``J`` of the residuals (N = windows x steps x dofs rows, p columns) is not affordable row by row in
-reverse mode (one reverse pass per row), and Genesis has no forward mode (one pass per column). ``lm`` sketches it
-instead: in a scene with one parameter copy per window, one reverse pass with a random sign vector ``u`` on the
-residuals gives ``u_b^T J_b`` for every window ``b`` at once, and ``E[(u^T J_b)^T (u^T J_b)] = J_b^T J_b``, so the
-average of such rows over a few passes is an unbiased ``J^T J`` whose spectrum matches the true one within a factor
-that depends on the number of rows, not on the conditioning (a "Newton sketch"). That is what makes Gauss-Newton
-worth its extra passes here: the loss is badly conditioned (a joint damping of ~1 next to a velocity gain of ~450),
-which first-order methods crawl through. The rows of the last ``memory`` iterations are kept (the Jacobian changes
-little between accepted steps), so that each iteration pays for ``probes`` sketch passes only. The step uses the
-exact gradient; a trial point whose loss does not decrease costs its forward pass only.
+The Jacobian ``J`` of the residuals (N = windows x steps x dofs rows, p columns) is not affordable row by row in reverse
+mode (one reverse pass per row), and Genesis differentiates its step in reverse mode only (forward mode would cost one
+pass per column). ``lm`` sketches it instead: in a scene with one parameter copy per window, one reverse pass with a
+random sign vector ``u`` on the residuals gives ``u_b^T J_b`` for every window ``b`` at once, and
+``E[(u^T J_b)^T (u^T J_b)] = J_b^T J_b``, so the average of such rows over a few passes is an unbiased ``J^T J`` that
+matches the true one in relative terms along every direction, within a factor that depends on the number of rows, not on
+the conditioning (a "Newton sketch"). That is what makes Gauss-Newton worth its extra passes here: the loss is badly
+conditioned (a joint damping of ~1 next to a velocity gain of ~450), which first-order methods crawl through. The rows
+of the last ``memory`` iterations are kept (the Jacobian changes little between accepted steps), so that each iteration
+pays for ``probes`` sketch passes only. The step uses the exact gradient; a trial point whose loss does not decrease
+costs its forward pass only.
 
 Every method stops at its iteration count, at a budget of simulated steps (forward + backward environment-steps) or
 when the loss reaches a target, and records its best loss against the simulated steps and the wall-clock.
@@ -170,8 +171,8 @@ def fit(
     Parameters
     ----------
     iterations : int
-        Accepted steps (lm), gradient steps (adam), outer iterations of at most 20 evaluations each (lbfgs), generations (cma) or
-        function evaluations (nelder-mead).
+        Accepted steps (lm), gradient steps (adam), outer iterations of at most 20 evaluations each (lbfgs),
+        generations (cma) or function evaluations (nelder-mead).
     max_steps : int, optional
         Budget of simulated environment-steps, forward + backward.
     target_loss : float, optional
