@@ -1,5 +1,6 @@
 """System identification (issue 13's application): CSV validation, parameter selections, the generator, the loss,
-gradient steps, the gradient against finite differences, and the CLI. Small: 2 windows of 25 steps on the Panda."""
+gradient steps, the gradient against finite differences, the Levenberg-Marquardt method (per-window Jacobian rows,
+step counts, convergence) and the CLI. Small: 2 windows of 25 steps on the Panda."""
 
 import json
 
@@ -175,6 +176,13 @@ def fit_sim():
 
 
 @pytest.fixture(scope="module")
+def lm_sim():
+    from genesis_grad.sysid.sim import SysIdSim, default_robot
+
+    return SysIdSim(default_robot(), dt=0.01, n_envs=N_WINDOWS, requires_grad=True, per_env_params=True)
+
+
+@pytest.fixture(scope="module")
 def data(gen_sim):
     from genesis_grad.sysid.generate import generate
 
@@ -188,6 +196,16 @@ def _problem(fit_sim, traj, selection=SELECTION):
     from genesis_grad.sysid.problem import SysIdProblem
 
     return SysIdProblem(fit_sim, traj, P.parse_selection(selection, fit_sim.dof_names), WINDOW)
+
+
+@pytest.fixture(scope="module")
+def data_kp_damping(gen_sim):
+    """A record whose truth differs from the model in kp and damping of joints 1-2 only (4 parameters)."""
+    from genesis_grad.sysid.generate import generate
+
+    spec = P.parse_selection("kp,damping@0-1", gen_sim.dof_names)
+    truth = P.perturbed(gen_sim.nominal, spec, 0.3, seed=2)
+    return spec, truth, generate(gen_sim, truth, duration=N_WINDOWS * WINDOW * 0.01, seed=2)
 
 
 def test_generator_round_trip(gen_sim, data, tmp_path):
@@ -265,3 +283,59 @@ def test_cli_generate_and_fit(tmp_path, capsys):
     assert (out / "sysid_fit.png").stat().st_size > 10_000
     # The identified model reads back as a parameter file.
     assert P.load_params(str(out / "sysid_report.json"), PANDA_DOFS, {k: np.ones(9) for k in P.KINDS})["kp"][0] > 1
+    # The default method (lm) on the same record.
+    i = argv.index("--method")
+    argv = argv[:i] + argv[i + 2 :]
+    argv[argv.index("--iterations") + 1] = "3"
+    assert main(argv) == 0
+    report = json.loads((out / "sysid_report.json").read_text())
+    assert report["method"] == "lm" and report["steps"] > 0 and report["loss"] < report["loss_start"]
+
+
+# ------------------------------------------------------------------ Levenberg-Marquardt
+
+
+def test_rollout_restores_unselected_parameters(fit_sim, data):
+    """scene.reset() keeps parameters: a rollout must not inherit those of another selection's rollout."""
+    spec, truth, traj = data
+    kp_only = _problem(fit_sim, traj, "kp@0-3")
+    before = kp_only.loss(np.zeros(4))
+    _problem(fit_sim, traj).loss(np.full(len(spec), 0.5))  # kv and damping at 1.65x the model's
+    assert kp_only.loss(np.zeros(4)) == before
+
+
+@pytest.mark.plugin_only  # parameter gradients are the plugin's (params.py) until a patch carries them
+def test_window_vjp_rows_and_step_counts(lm_sim, fit_sim, data):
+    spec, truth, traj = data
+    problem = _problem(lm_sim, traj)
+    z = np.linspace(-0.2, 0.2, len(spec))
+    steps = problem.total_steps
+    loss, rows = problem.window_vjp(z)
+    assert rows.shape == (N_WINDOWS, len(spec))
+    assert problem.total_steps - steps == 2 * N_WINDOWS * WINDOW  # forward + backward of every window
+    # Per-window rows J_b^T r_b sum to N / 2 times the gradient of the mean squared error (shared parameters).
+    ref_loss, ref_grad = _problem(fit_sim, traj).loss_and_grad(z)
+    n_res = N_WINDOWS * WINDOW * len(lm_sim.dof_names)
+    assert loss == pytest.approx(ref_loss, rel=1e-12)
+    np.testing.assert_allclose(rows.sum(axis=0), 0.5 * n_res * ref_grad, rtol=1e-8, atol=1e-14)
+    # A rejected trial point costs its forward steps only.
+    steps = problem.total_steps
+    assert problem.window_vjp(z, keep=lambda value: False) == (loss, None)
+    assert problem.total_steps - steps == N_WINDOWS * WINDOW
+    with pytest.raises(ValueError, match="per_env_params"):
+        _problem(fit_sim, traj).window_vjp(z)
+
+
+@pytest.mark.plugin_only  # parameter gradients are the plugin's (params.py) until a patch carries them
+def test_lm_recovers_parameters_within_1_percent(lm_sim, data_kp_damping):
+    from genesis_grad.sysid.optimize import fit
+
+    spec, truth, traj = data_kp_damping
+    problem = _problem(lm_sim, traj, "kp,damping@0-1")
+    result = fit(problem, "lm", iterations=40, max_steps=40_000, target_loss=1e-20, progress=False)
+    assert np.abs(result.values / spec.gather(truth) - 1).max() < 0.01, result.stop_reason
+    # Every evaluation is counted: steps are whole windows, forward and backward.
+    h = result.history
+    assert h["steps"][-1] % (N_WINDOWS * WINDOW) == 0
+    assert (np.diff(h["steps"]) >= 0).all()
+    assert h["forward_steps"][-1] < h["steps"][-1] <= 2 * h["forward_steps"][-1]

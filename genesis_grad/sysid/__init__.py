@@ -10,7 +10,8 @@ Modules, one per concern:
 - ``sim``: the robot scene, multiple shooting windows (one per environment), rollouts, the recorder;
 - ``generate``: ground-truth trajectories for ``sysid generate``;
 - ``problem``: the loss (mean squared joint-position error) and its gradient, step counts;
-- ``optimize``: Adam, L-BFGS (torch.optim), CMA-ES (cma), Nelder-Mead (scipy) on that loss;
+- ``optimize``: Levenberg-Marquardt (exact gradient, sketched ``J^T J``), Adam, L-BFGS (torch.optim), CMA-ES (cma),
+  Nelder-Mead (scipy) on that loss;
 - ``uncertainty``: error bars and sensitivities from the Gauss-Newton ``J^T J``;
 - ``report``: the JSON report, the parameter table and the fit plot;
 - ``cli``: the ``genesis-grad sysid generate | fit`` subcommands.

@@ -137,12 +137,19 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     f = sub.add_parser("fit", help="identify the parameters from a trajectory CSV")
     f.add_argument("trajectory", type=existing_file, help="trajectory CSV (time, target_<joint>..., q_<joint>...)")
     _add_common(f)
-    f.add_argument("--method", choices=("adam", "lbfgs", "cma", "nelder-mead"), default="adam", help="default adam")
+    f.add_argument(
+        "--method",
+        choices=("lm", "adam", "lbfgs", "cma", "nelder-mead"),
+        default="lm",
+        help="lm: Levenberg-Marquardt on back-propagated gradients and a sketched J^T J (default; the fastest in "
+        "benchmarks/sysid.py); adam, lbfgs: first-order on the same gradients; cma, nelder-mead: gradient-free",
+    )
     f.add_argument(
         "--iterations",
         type=positive_int,
         default=150,
-        help="adam steps / lbfgs outer iterations / cma generations / nelder-mead evaluations (default 150)",
+        help="lm accepted steps / adam steps / lbfgs outer iterations / cma generations / nelder-mead evaluations "
+        "(default 150)",
     )
     f.add_argument(
         "--max-steps", type=positive_int, default=None, help="budget of simulated steps (forward + backward)"
@@ -208,7 +215,7 @@ def _generate(args) -> int:
 def _fit(args) -> int:
     import numpy as np
 
-    from .optimize import fit
+    from .optimize import GRADIENT_METHODS, fit
     from .parameters import load_params, parse_selection
     from .problem import SysIdProblem
     from .report import format_table, parameter_rows, plot_fit, write_report
@@ -220,7 +227,13 @@ def _fit(args) -> int:
     robot = args.robot or _default_robot()
     n_windows = args.windows or max((len(traj) - 1) // args.window, 1)
     window = min(args.window, len(traj) - 1)
-    sim = SysIdSim(robot, dt=traj.dt, n_envs=n_windows, requires_grad=args.method in ("adam", "lbfgs"))
+    sim = SysIdSim(
+        robot,
+        dt=traj.dt,
+        n_envs=n_windows,
+        requires_grad=args.method in GRADIENT_METHODS,
+        per_env_params=args.method == "lm",
+    )
     check_against_robot(traj, sim.dof_names, [sim.dof_names[i] for i in sim.actuated], args.trajectory)
     spec = parse_selection(args.identify, sim.dof_names)
     if traj.target_vel is None:

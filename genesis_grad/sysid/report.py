@@ -72,7 +72,11 @@ def write_report(
 
 
 def plot_fit(path: str | Path, problem: SysIdProblem, z_fit: np.ndarray, z_start: np.ndarray | None = None) -> Path:
-    """Measured joint positions against the windows simulated with the identified (and the starting) parameters."""
+    """
+    Measured joint positions against the windows simulated with the identified (and the starting) parameters, one
+    panel per joint, and below them the position error of both over time (log scale): a good fit overlays the
+    measurement to well below a line width, so the error panel is where it shows.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -87,11 +91,10 @@ def plot_fit(path: str | Path, problem: SysIdProblem, z_fit: np.ndarray, z_start
     names = problem.sim.dof_names
     cols = 3 if len(names) > 4 else 2
     rows = -(-len(names) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 2.3 * rows), sharex=True, squeeze=False)
-    for j, ax in enumerate(axes.flat):
-        if j >= len(names):
-            ax.axis("off")
-            continue
+    fig = plt.figure(figsize=(4.2 * cols, 2.3 * rows + 2.4))
+    grid = fig.add_gridspec(rows + 1, cols, height_ratios=[1.0] * rows + [1.2])
+    axes = [fig.add_subplot(grid[j // cols, j % cols]) for j in range(len(names))]
+    for j, ax in enumerate(axes):
         for b in range(B):  # one line per window: the restarts from the measured state are visible as gaps
             s = slice(b * W, (b + 1) * W)
             ax.plot(t[s], measured[s, j], color="k", lw=2.2, alpha=0.35, label="measured" if b == 0 else None)
@@ -100,9 +103,31 @@ def plot_fit(path: str | Path, problem: SysIdProblem, z_fit: np.ndarray, z_start
             ax.plot(t[s], fitted[s, j], color="tab:blue", lw=1.0, label="identified" if b == 0 else None)
         ax.set_title(names[j], fontsize=9)
         ax.tick_params(labelsize=7)
-    axes.flat[0].legend(fontsize=7)
-    for ax in axes[-1]:
-        ax.set_xlabel("time (s)", fontsize=8)
+    axes[0].legend(fontsize=7)
+    err_ax = fig.add_subplot(grid[rows, :])
+    tiny = 1e-300  # an exact fit has zero error, which a log axis cannot show
+    for b in range(B):
+        s = slice(b * W, (b + 1) * W)
+        if start is not None:
+            err_ax.semilogy(
+                t[s],
+                np.abs(start - measured)[s].max(axis=1) + tiny,
+                color="tab:red",
+                lw=0.9,
+                ls="--",
+                label="model (start)" if b == 0 else None,
+            )
+        err_ax.semilogy(
+            t[s],
+            np.abs(fitted - measured)[s].max(axis=1) + tiny,
+            color="tab:blue",
+            lw=1.0,
+            label="identified" if b == 0 else None,
+        )
+    err_ax.set_ylabel("max joint error (rad)", fontsize=8)
+    err_ax.set_xlabel("time (s)", fontsize=8)
+    err_ax.tick_params(labelsize=7)
+    err_ax.legend(fontsize=7)
     fig.suptitle(f"system identification: {len(problem.spec)} parameters, {B} windows of {W} steps", fontsize=10)
     fig.tight_layout()
     path = Path(path)

@@ -69,6 +69,10 @@ class SysIdSim:
         Number of environments (windows simulated side by side).
     requires_grad : bool
         Build the scene differentiable (needed by the gradient-based fits).
+    per_env_params : bool
+        Give every environment its own copy of the dof parameters (``RigidOptions(batch_dofs_info=True)``), so that
+        one reverse pass returns one gradient per window (the Jacobian rows of the Gauss-Newton method). Values shared
+        by every window are broadcast.
 
     Attributes
     ----------
@@ -82,7 +86,9 @@ class SysIdSim:
         Environment-steps simulated so far.
     """
 
-    def __init__(self, robot_file: str, dt: float, n_envs: int = 1, requires_grad: bool = True):
+    def __init__(
+        self, robot_file: str, dt: float, n_envs: int = 1, requires_grad: bool = True, per_env_params: bool = False
+    ):
         import genesis as gs
 
         import genesis_grad_patch  # noqa: F401  (installs the differentiable controls, getters and parameters)
@@ -99,7 +105,10 @@ class SysIdSim:
         self.scene = gs.Scene(
             sim_options=gs.options.SimOptions(dt=dt, requires_grad=requires_grad),
             rigid_options=gs.options.RigidOptions(
-                enable_collision=False, enable_self_collision=False, enable_joint_limit=False
+                enable_collision=False,
+                enable_self_collision=False,
+                enable_joint_limit=False,
+                batch_dofs_info=per_env_params,
             ),
             show_viewer=False,
         )
@@ -108,6 +117,7 @@ class SysIdSim:
         self.n_envs = n_envs
         self.dt = dt
         self.requires_grad = requires_grad
+        self.per_env_params = per_env_params
         self.robot_file = str(robot_file)
         joints = [j for j in self.robot.joints if j.n_dofs > 0]
         if any(j.n_dofs != 1 for j in joints):
@@ -178,7 +188,8 @@ class SysIdSim:
         ----------
         params : dict
             kind -> (values, local dof indices): passed to ``robot.set_dofs_<kind>`` after ``scene.reset()`` and
-            before the first step (values may track gradients: issue 13). Kinds not given keep the model's values.
+            before the first step (values may track gradients: issue 13). Parameters not given get the model's values.
+            Values are shared by every window (shape (n,)) or, with ``per_env_params``, one row per window (B, n).
         windows : Windows
 
         Returns
@@ -193,8 +204,18 @@ class SysIdSim:
             raise ValueError(f"{B} windows for a scene of {self.n_envs} environments")
         robot = self.robot
         self.scene.reset()
-        for kind, (values, dofs) in params.items():
-            getattr(robot, f"set_dofs_{kind}")(values, dofs_idx_local=dofs)
+        # Every kind is written, the model's values where not given: scene.reset() does not restore parameters, so
+        # the values of an earlier rollout (another selection, another method) would otherwise stay in effect.
+        for kind in KINDS:
+            full = torch.as_tensor(self.nominal[kind], dtype=torch.float64)
+            if kind in params:
+                values, dofs = params[kind]
+                values = torch.as_tensor(values, dtype=torch.float64)
+                full = full.expand(*values.shape[:-1], -1).clone()
+                full[..., dofs] = values
+            if self.per_env_params and full.ndim == 1:
+                full = full.expand(B, -1)  # autograd sums the windows' gradients back
+            getattr(robot, f"set_dofs_{kind}")(full)
         # The restart state is data, not a parameter: untracked values.
         robot.set_dofs_position(windows.q0)
         robot.set_dofs_velocity(windows.dq0)
@@ -226,7 +247,8 @@ class SysIdSim:
         self.scene.reset()
         with torch.no_grad():
             for kind in KINDS:
-                getattr(robot, f"set_dofs_{kind}")(torch.as_tensor(values[kind], dtype=torch.float64))
+                value = torch.as_tensor(values[kind], dtype=torch.float64)
+                getattr(robot, f"set_dofs_{kind}")(value[None] if self.per_env_params else value)
             robot.set_dofs_position(torch.as_tensor(q0[None], dtype=torch.float64))
             robot.set_dofs_velocity(torch.zeros(1, len(q0), dtype=torch.float64))
             q, dq = [self._np(robot.get_dofs_position())], [self._np(robot.get_dofs_velocity())]
