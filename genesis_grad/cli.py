@@ -503,4 +503,8 @@ def _cmd_demo(args) -> int:
 from .sysid import cli as _sysid_cli  # noqa: E402, F401
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run as a script (`python -m genesis_grad.cli`), this file is `__main__`, while the subcommands register with the
+    # imported `genesis_grad.cli`: call that one's `main`.
+    from genesis_grad.cli import main as _main
+
+    sys.exit(_main())

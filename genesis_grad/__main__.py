@@ -1,0 +1,7 @@
+"""`python -m genesis_grad ...`: the `genesis-grad` command."""
+
+import sys
+
+from genesis_grad.cli import main
+
+sys.exit(main())
