@@ -26,7 +26,8 @@ import numpy as np
 import torch
 
 from genesis_grad.steering import paths as P
-from genesis_grad.steering.baselines import DEFAULT_GRID, ESConfig, evaluate_stanley, train_es, tune_stanley
+from genesis_grad.steering.baselines import DEFAULT_GRID, evaluate_stanley, tune_stanley
+from genesis_grad.steering.es import ESConfig, train_es
 from genesis_grad.steering.evaluate import (
     evaluate_policy,
     format_metrics_table,
@@ -145,15 +146,15 @@ def main() -> None:
     )
 
     # Steps to reach the same closed-loop lateral RMS: the best level ES reaches, and a few looser levels.
-    es_best = min(es_hist["lateral_rms"])
-    grad_best = min(grad_hist["eval_lateral_rms"])
+    es_best = min(es_hist.eval_lateral_rms)
+    grad_best = min(grad_hist.eval_lateral_rms)
     levels = sorted({round(x, 4) for x in (es_best, 2 * es_best, 2 * grad_best, 4 * grad_best)})
     print("\n## Simulated env-steps to reach a closed-loop lateral RMS (training paths, incomplete runs penalized)\n")
     print("| lateral RMS target (m) | gradient env-steps | ES env-steps | ES / gradient |")
     print("|---|---|---|---|")
     for level in levels:
-        g = steps_to_reach(grad_hist["eval_env_steps"], grad_hist["eval_lateral_rms"], level)
-        e = steps_to_reach(es_hist["eval_env_steps"], es_hist["lateral_rms"], level)
+        g = steps_to_reach(grad_hist.eval_env_steps, grad_hist.eval_lateral_rms, level)
+        e = steps_to_reach(es_hist.eval_env_steps, es_hist.eval_lateral_rms, level)
         ratio = e / g if (math.isfinite(e) and math.isfinite(g) and g > 0) else math.nan
         e_text = f"{e:.0f}" if math.isfinite(e) else f"not reached in {es_budget}"
         r_text = f"{ratio:.1f}" if math.isfinite(ratio) else (f"> {es_budget / g:.1f}" if math.isfinite(g) else "-")
@@ -165,12 +166,12 @@ def main() -> None:
     print("|---|---|---|---|")
     print(f"| Stanley grid search + eval | - | {t_stanley:.0f} | {len(scores)} gain sets x {n_train} paths |")
     print(
-        f"| gradient training | {grad_hist['env_steps'][-1]} | {t_grad:.0f} | {args.grad_iterations} windows x "
-        f"{args.n_envs} envs x {args.horizon} steps, forward + reverse pass, incl. {len(grad_hist['eval_env_steps'])} evals |"
+        f"| gradient training | {grad_hist.env_steps[-1]} | {t_grad:.0f} | {args.grad_iterations} windows x "
+        f"{args.n_envs} envs x {args.horizon} steps, forward + reverse pass, incl. {len(grad_hist.eval_env_steps)} evals |"
     )
     print(
-        f"| ES training | {es_hist['env_steps'][-1]} | {t_es:.0f} | {2 * (args.n_envs // 2)} members / iteration, "
-        f"forward only, incl. {len(es_hist['eval_env_steps'])} evals |"
+        f"| ES training | {es_hist.env_steps[-1]} | {t_es:.0f} | {2 * (args.n_envs // 2)} members / iteration, "
+        f"forward only, incl. {len(es_hist.eval_env_steps)} evals |"
     )
 
     runs = {"MLP (gradient)": grad_runs, "Stanley": stanley_runs}
@@ -179,24 +180,24 @@ def main() -> None:
     plot_training_curve(
         {
             "gradient": {
-                "env_steps": grad_hist["env_steps"],
-                "loss": grad_hist["loss"],
-                "eval_env_steps": grad_hist["eval_env_steps"],
-                "lateral_rms": grad_hist["eval_lateral_rms"],
+                "env_steps": grad_hist.env_steps,
+                "loss": grad_hist.loss,
+                "eval_env_steps": grad_hist.eval_env_steps,
+                "lateral_rms": grad_hist.eval_lateral_rms,
             },
             "ES": {
-                "env_steps": es_hist["env_steps"],
-                "loss": es_hist["loss"],
-                "eval_env_steps": es_hist["eval_env_steps"],
-                "lateral_rms": es_hist["lateral_rms"],
+                "env_steps": es_hist.env_steps,
+                "loss": es_hist.loss,
+                "eval_env_steps": es_hist.eval_env_steps,
+                "lateral_rms": es_hist.eval_lateral_rms,
             },
         },
         out / "benchmark_training_curves.png",
     )
     summary = {
         "stanley_gains": vars(gains),
-        "grad": {k: v for k, v in grad_hist.items() if k != "config"},
-        "es": es_hist,
+        "grad": grad_hist.as_dict(),
+        "es": es_hist.as_dict(),
         "metrics": {
             "grad": [m.as_dict() for m in grad_metrics],
             "es": [m.as_dict() for m in es_metrics],

@@ -311,7 +311,7 @@ def _cmd_train(args) -> int:
     metrics, _ = evaluate_policy(sim, policy, paths)
     _print_table([("mlp", m) for m in metrics])
     plot_training_curve(
-        {"gradient": {"env_steps": history["env_steps"], "loss": history["loss"]}}, out / "training_curve.png"
+        {"gradient": {"env_steps": history.env_steps, "loss": history.loss}}, out / "training_curve.png"
     )
     (out / "train_metrics.json").write_text(json.dumps([m.as_dict() for m in metrics], indent=2))
     print(f"checkpoint: {out / 'checkpoints' / 'policy_last.pt'}")
@@ -426,14 +426,14 @@ def _cmd_demo(args) -> int:
     rows += [(f"Stanley (k={gains.k:g})", m) for m in stanley_metrics]
     print()
     _print_table(rows)
-    print(f"\ngradient training: {train_steps} simulated env-steps, {history['wall_clock'][-1]:.0f} s")
+    print(f"\ngradient training: {train_steps} simulated env-steps, {history.wall_clock[-1]:.0f} s")
 
     runs = {"MLP before": before_runs, "MLP after": after_runs, "Stanley": stanley_runs}
     plots = [
         plot_trajectories(runs, out / "demo_trajectories.png", title="closed-loop tracking"),
         plot_errors({"MLP after": after_runs, "Stanley": stanley_runs}, out / "demo_errors.png"),
         plot_training_curve(
-            {"gradient": {"env_steps": history["env_steps"], "loss": history["loss"]}}, out / "demo_training_curve.png"
+            {"gradient": {"env_steps": history.env_steps, "loss": history.loss}}, out / "demo_training_curve.png"
         ),
     ]
     results = {

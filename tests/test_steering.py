@@ -148,7 +148,7 @@ def test_few_training_iterations_lower_the_loss(sim):
     cfg = TrainConfig(horizon=100, lr=2e-2, lr_final=2e-2, seed=1)
 
     def held_out_loss():
-        ref, start = sample_window_starts(paths, sim.n_envs, torch.Generator().manual_seed(123), cfg)
+        ref, start = sample_window_starts(paths, sim.n_envs, torch.Generator().manual_seed(123), cfg, sim.dt)
         with torch.no_grad():
             traj = sim.rollout(ref, policy, start, cfg.horizon, preview_distances=policy.preview_distances)
         return float(window_loss(traj, cfg))
@@ -156,8 +156,8 @@ def test_few_training_iterations_lower_the_loss(sim):
     before = held_out_loss()
     history = train_gradient(policy, sim, paths, iterations=12, cfg=cfg, progress=False)
     after = held_out_loss()
-    assert history["skipped"] == 0
-    assert all(math.isfinite(g) and g > 0 for g in history["grad_norm"])
+    assert history.skipped == 0
+    assert all(math.isfinite(g) and g > 0 for g in history.grad_norm)
     print(f"held-out window loss {before:.4f} -> {after:.4f}")
     assert after < 0.85 * before, (before, after)
 
@@ -175,7 +175,7 @@ def test_closed_loop_gradient_through_contact_matches_finite_differences(sim):
         policy.net[-1].weight.mul_(10.0)
     cfg = TrainConfig(horizon=40, seed=3)
     paths = [P.sine(length=15.0), P.circle()]
-    reference, start = sample_window_starts(paths, sim.n_envs, torch.Generator().manual_seed(cfg.seed), cfg)
+    reference, start = sample_window_starts(paths, sim.n_envs, torch.Generator().manual_seed(cfg.seed), cfg, sim.dt)
     last = policy.net[-1]
 
     def loss_at(weight: torch.Tensor) -> torch.Tensor:
@@ -218,7 +218,7 @@ def test_training_is_deterministic_for_a_seed(sim):
         policy = SteeringMLP(hidden=(16,))
         history = train_gradient(policy, sim, [P.sine(length=15.0)], iterations=2, cfg=cfg, progress=False)
         weights.append(policy.flat_parameters())
-        losses.append(history["loss"])
+        losses.append(history.loss)
     assert losses[0] == losses[1]
     torch.testing.assert_close(weights[0], weights[1], rtol=0.0, atol=0.0)
 

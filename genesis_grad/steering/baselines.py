@@ -3,24 +3,22 @@ Baselines for the steering task.
 
 - ``StanleyController``: the Stanley law (Thrun et al., 2006) on the front axle, with an optional curvature
   feed-forward, and ``tune_stanley``, a small grid search of its gains on the training paths.
-- ``train_es``: zeroth-order training of the same MLP with antithetic evolution strategies (OpenAI-ES with Adam), on
-  the same windows, loss and budget of simulated env-steps as the gradient trainer, for the steps-to-accuracy
-  comparison.
+
+Evolution strategies (zeroth-order training of the same MLP) live in ``es``.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
-from .error_state import TorchReference, compute_error_state_torch, nearest_reference_index
+from .error_state import compute_error_state_torch, nearest_reference_index
 from .evaluate import PathMetrics, mean_lateral_rms, run_paths
-from .paths import ReferencePath
+from .paths import ReferencePath, TorchReference
 from .sim import FRONT_AXLE, STEER_LIMIT, WHEELBASE, Observation, SteeringSim
 
 
@@ -120,135 +118,12 @@ def evaluate_stanley(sim: SteeringSim, gains: StanleyGains, paths: Sequence[Refe
     return run_paths(sim, paths, lambda reference, run_idx: gains.controller(reference))
 
 
-# ------------------------------------------------------------------ evolution strategies
-
-
-@dataclass
-class ESConfig:
-    """Settings of the antithetic ES baseline (see ``train_es``)."""
-
-    population: int = 8  # antithetic pairs per iteration -> 2 * population perturbed networks
-    sigma: float = 0.02  # perturbation scale in parameter space
-    lr: float = 1e-2  # Adam step on the ES gradient estimate
-    starts_per_member: int = 1  # start states each member is scored on (shared across members: common random numbers)
-
-
-def train_es(
-    policy,
-    sim: SteeringSim,
-    paths: Sequence[ReferencePath],
-    env_step_budget: int,
-    train_config=None,
-    es_config: ESConfig | None = None,
-    eval_every_env_steps: int | None = None,
-    eval_fn=None,
-    seed: int = 0,
-    progress: bool = True,
-) -> dict:
-    """
-    Zeroth-order training of ``policy`` (in place) with antithetic evolution strategies, counting simulated env-steps.
-
-    Each iteration perturbs the flat parameter vector with ``population`` antithetic pairs of Gaussian noise, scores
-    every perturbed network with the gradient trainer's window loss (``train.window_loss``) from the same sampled start
-    states (common random numbers), and steps Adam along the rank-free antithetic estimate
-    ``g = sum_i (L(theta + sigma eps_i) - L(theta - sigma eps_i)) eps_i / (2 sigma n)``. All 2 * population *
-    starts_per_member rollouts of an iteration run in the batched scene at once (``sim.n_envs`` must be a multiple of
-    2 * population * starts_per_member's divisor; extra environments repeat members and are ignored).
-
-    Returns a history dict with ``env_steps``, ``loss`` and, if ``eval_fn`` is given, ``eval_env_steps`` and
-    ``lateral_rms`` (``eval_fn(policy) -> float`` called every ``eval_every_env_steps``).
-    """
-    from .train import TrainConfig, sample_window_starts, window_loss
-
-    cfg = train_config or TrainConfig()
-    es = es_config or ESConfig()
-    n_members = 2 * es.population
-    runs_per_iter = n_members * es.starts_per_member
-    if runs_per_iter > sim.n_envs:
-        raise ValueError(f"ES needs {runs_per_iter} environments per iteration, the scene has {sim.n_envs}.")
-    gen = torch.Generator().manual_seed(seed)
-    theta = policy.flat_parameters()
-    adam_m, adam_v = torch.zeros_like(theta), torch.zeros_like(theta)
-    b1, b2, eps_adam = 0.9, 0.999, 1e-8
-    history = {"env_steps": [], "loss": [], "eval_env_steps": [], "lateral_rms": [], "wall_clock": []}
-    steps_at_start = sim.env_steps
-    eval_steps = 0  # simulated by the evaluations: not training steps, excluded from the count
-
-    def used() -> int:
-        return sim.env_steps - steps_at_start - eval_steps
-
-    def run_eval() -> None:
-        nonlocal eval_steps
-        before = sim.env_steps
-        policy.load_flat_parameters(theta)
-        history["eval_env_steps"].append(used())
-        history["lateral_rms"].append(eval_fn(policy))
-        eval_steps += sim.env_steps - before
-
-    next_eval = 0
-    t0 = time.time()
-    bar = _progress(env_step_budget, progress, "ES")
-    it = 0
-    while used() < env_step_budget:
-        if eval_fn is not None and used() >= next_eval:
-            run_eval()
-            next_eval += eval_every_env_steps or env_step_budget
-        it += 1
-        noise = torch.randn(es.population, theta.numel(), generator=gen, dtype=theta.dtype)
-        members = torch.cat([theta + es.sigma * noise, theta - es.sigma * noise])  # (2P, D)
-        # Environment b runs member b % n_members from start state b // n_members (shared by all members).
-        group = torch.arange(sim.n_envs) % n_members
-        start_group = torch.clamp(torch.arange(sim.n_envs) // n_members, max=es.starts_per_member - 1)
-        reference, start = sample_window_starts(paths, sim.n_envs, gen, cfg, share=start_group)
-        with torch.no_grad():
-            traj = sim.rollout(
-                reference,
-                lambda obs, members=members, group=group: policy.forward_population(obs, members, group),
-                start,
-                cfg.horizon,
-                preview_distances=policy.preview_distances,
-            )
-            per_env = window_loss(traj, cfg, reduce=False)  # (B,)
-        valid = torch.arange(sim.n_envs) < runs_per_iter
-        member_loss = torch.zeros(n_members, dtype=theta.dtype).index_add_(0, group[valid], per_env[valid])
-        member_loss /= es.starts_per_member
-        diff = member_loss[: es.population] - member_loss[es.population :]
-        grad = (diff[:, None] * noise).sum(0) / (2.0 * es.sigma * es.population)
-        adam_m = b1 * adam_m + (1 - b1) * grad
-        adam_v = b2 * adam_v + (1 - b2) * grad**2
-        step = es.lr * (adam_m / (1 - b1**it)) / (torch.sqrt(adam_v / (1 - b2**it)) + eps_adam)
-        theta = theta - step
-        loss = float(member_loss.mean())
-        history["env_steps"].append(used())
-        history["loss"].append(loss)
-        history["wall_clock"].append(time.time() - t0)
-        if bar is not None:
-            bar.update(sim.n_envs * cfg.horizon)
-            bar.set_postfix(loss=f"{loss:.4g}")
-    if eval_fn is not None:
-        run_eval()
-    policy.load_flat_parameters(theta)
-    if bar is not None:
-        bar.close()
-    return history
-
-
-def _progress(total: int, enabled: bool, desc: str):
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, unit="env-step", dynamic_ncols=True)
-
-
 __all__ = [
     "DEFAULT_GRID",
     "SMALL_GRID",
-    "ESConfig",
     "PathMetrics",
     "StanleyController",
     "StanleyGains",
     "evaluate_stanley",
-    "train_es",
     "tune_stanley",
 ]

@@ -15,8 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .error_state import TorchReference
-from .paths import ReferencePath
+from .paths import ReferencePath, TorchReference
 from .sim import Observation, SteeringSim, Trajectory, path_start_states
 
 # A car this far from its path (m) has left it: the run stops counting there and completion says how far it got.
