@@ -151,16 +151,16 @@ DEFAULT_GRID = {
 }
 SMALL_GRID = {"k": (0.5, 1.0, 2.0), "k_soft": (0.5,), "k_heading": (1.0,), "feedforward": (0.0,)}
 STANLEY_FF_GRID = {
-    "k": (0.5, 1.0, 2.0),
+    "k": (1.0, 2.0, 4.0),
     "k_soft": (0.5,),
-    "k_heading": (0.7, 1.0),
+    "k_heading": (0.5, 0.75, 1.0),
     "feedforward": (1.0,),
     "preview_time": (0.1, 0.2),
-    "k_understeer": (0.0, 0.01, 0.02),
+    "k_understeer": (0.01, 0.03),
 }
 PURE_PURSUIT_GRID = {
-    "lookahead_time": (0.2, 0.3, 0.4, 0.5, 0.6, 0.8),
-    "min_lookahead": (0.3, 0.45, 0.6, 0.8, 1.0, 1.3),
+    "lookahead_time": (0.1, 0.15, 0.2, 0.3, 0.4, 0.6),
+    "min_lookahead": (0.15, 0.2, 0.3, 0.45, 0.6, 0.8),
 }
 
 

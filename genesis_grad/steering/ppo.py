@@ -174,10 +174,12 @@ class PPOConfig:
 
 
 class PPOController:
-    """The deterministic PPO actor as a closed-loop controller: ``STEER_LIMIT * tanh(actor(features))``."""
+    """The deterministic PPO actor as a closed-loop controller: ``STEER_LIMIT * tanh(actor(features))``. Roll it
+    out with ``preview_distances=controller.preview_distances`` (its observation's curvature preview)."""
 
-    def __init__(self, actor: torch.nn.Module):
+    def __init__(self, actor: torch.nn.Module, preview_distances: Sequence[float] = DEFAULT_PREVIEW):
         self.actor = actor
+        self.preview_distances = tuple(preview_distances)
 
     @torch.no_grad()
     def __call__(self, obs: Observation) -> torch.Tensor:
@@ -208,21 +210,23 @@ def train_ppo(
     torch.manual_seed(seed)
     env = SteeringVecEnv(sim, paths, cfg, seed=seed)
     runner = OnPolicyRunner(env, ppo.runner_config(), log_dir=None, device="cpu")
-    controller = PPOController(runner.alg.get_policy())
+    controller = PPOController(runner.alg.get_policy(), env.preview_distances)
     history = TrainingHistory(config={"train": cfg.as_dict(), "ppo": asdict(ppo), "seed": seed})
     per_iteration = sim.n_envs * ppo.num_steps_per_env
     n_iterations = max(math.ceil(env_step_budget / per_iteration), 1)
     chunk = max((eval_every_env_steps or env_step_budget) // per_iteration, 1)
-    steps0, eval_steps, t0 = sim.env_steps, 0, time.time()
+    steps0, eval_steps, t0, eval_time = sim.env_steps, 0, time.time(), 0.0
 
     def run_eval() -> None:
-        nonlocal eval_steps
-        before = sim.env_steps
+        nonlocal eval_steps, eval_time
+        before, t_before = sim.env_steps, time.time()
         history.eval_env_steps.append(sim.env_steps - steps0 - eval_steps)
+        history.eval_wall_clock.append(t_before - t0 - eval_time)
         runner.alg.eval_mode()
         history.eval_lateral_rms.append(eval_fn(controller))
         runner.alg.train_mode()
         eval_steps += sim.env_steps - before
+        eval_time += time.time() - t_before
         # The evaluation drove the shared scene elsewhere: restart the training windows.
         env._reset_windows()
 
@@ -237,7 +241,7 @@ def train_ppo(
         done += n
         history.env_steps.append(sim.env_steps - steps0 - eval_steps)
         history.loss.append(-env.pop_mean_reward())
-        history.wall_clock.append(time.time() - t0)
+        history.wall_clock.append(time.time() - t0 - eval_time)
     if eval_fn is not None:
         run_eval()
     return controller, history

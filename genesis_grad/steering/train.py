@@ -191,7 +191,7 @@ def make_policy_controller(policy: SteeringMLP, detach_obs_every: int = 0) -> Ca
 class TrainingHistory:
     """
     Records of a training run, per iteration: the training env-steps used so far, the window loss and the wall-clock
-    time (s); and the closed-loop evaluations (``eval_fn``) at ``eval_env_steps``. Env-steps simulated by evaluations
+    time (s, evaluations excluded); and the closed-loop evaluations (``eval_fn``) at ``eval_env_steps``. Env-steps simulated by evaluations
     are not training steps and are never counted.
     """
 
@@ -200,6 +200,7 @@ class TrainingHistory:
     wall_clock: list[float] = field(default_factory=list)
     eval_env_steps: list[int] = field(default_factory=list)
     eval_lateral_rms: list[float] = field(default_factory=list)
+    eval_wall_clock: list[float] = field(default_factory=list)  # training time (s) at each evaluation, evals excluded
     skipped: int = 0  # iterations whose update was not applied (non-finite loss or gradient)
     config: dict = field(default_factory=dict)
 
@@ -252,17 +253,19 @@ def run_training_loop(
     t0 = time.time()
     it = 0
     # Env-steps simulated by the evaluations, which are not training steps and are excluded from the count.
-    eval_steps = 0
+    eval_steps, eval_time = 0, 0.0
 
     def used() -> int:
         return sim.env_steps - steps0 - eval_steps
 
     def run_eval() -> None:
-        nonlocal eval_steps
-        before = sim.env_steps
+        nonlocal eval_steps, eval_time
+        before, t_before = sim.env_steps, time.time()
         history.eval_env_steps.append(used())
+        history.eval_wall_clock.append(t_before - t0 - eval_time)
         history.eval_lateral_rms.append(eval_fn())
         eval_steps += sim.env_steps - before
+        eval_time += time.time() - t_before
 
     while True:
         if (iterations is not None and it >= iterations) or (env_step_budget is not None and used() >= env_step_budget):
@@ -274,7 +277,7 @@ def run_training_loop(
         values = iteration(used() / total if total else 0.0)
         history.env_steps.append(used())
         history.loss.append(float(values["loss"]))
-        history.wall_clock.append(time.time() - t0)
+        history.wall_clock.append(time.time() - t0 - eval_time)
         if bar is not None:
             bar.update(env_steps_per_iteration)
             bar.set_postfix({k: f"{v:.4g}" for k, v in values.items()})
