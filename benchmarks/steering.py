@@ -196,9 +196,12 @@ def main() -> None:
         cells = {label: results[label][sl] for label in labels}
         scores = {label: mean_lateral_rms(m) for label, m in cells.items()}
         best = min(scores, key=scores.get)
-        star = "" if all(feasible(p) for p in ps) else " *"
         names = ", ".join(p.name for p in ps)
-        print(f"| {speed} | {kind}{star} | " + " | ".join(summarize(cells[label]) for label in labels) + f" | {best} |")
+        print(
+            f"| {speed} | {kind} ({names}) | "
+            + " | ".join(summarize(cells[label]) for label in labels)
+            + f" | {best} |"
+        )
         table[f"{speed} {kind}"] = {"paths": names, **{label: [m.as_dict() for m in cells[label]] for label in labels}}
 
     held_out_best = {
@@ -212,8 +215,12 @@ def main() -> None:
 
     ppo_final = ppo_hist.eval_lateral_rms[-1]
     grad_final = grad_hist.eval_lateral_rms[-1]
-    levels = sorted({round(x, 4) for x in (ppo_final, 2 * ppo_final, grad_final, 2 * grad_final)})
+    # Unrounded: a level rounded below a run's final value would read as never reached.
+    levels = sorted({ppo_final, 2 * ppo_final, grad_final, 2 * grad_final})
     print("\n## Simulated env-steps (wall-clock) to reach a closed-loop lateral RMS on the monitor references\n")
+    print(
+        f"(evaluated every ~{grad_budget // args.evals} env-steps for the gradient, ~{ppo_budget // args.evals} for PPO)\n"
+    )
     print("| lateral RMS level (m) | gradient | PPO | PPO / gradient |")
     print("|---|---|---|---|")
     for level in levels:

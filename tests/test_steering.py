@@ -235,7 +235,10 @@ def test_cli_train_then_eval_on_a_reference_csv(tmp_path, capsys):
     assert main(train) == 0
     checkpoint = out / "checkpoints" / "policy_last.pt"
     assert checkpoint.is_file() and (out / "training_curve.png").is_file()
-    assert main(["eval", *common, "--policy", str(checkpoint), "--stanley", "--n-envs", "2"]) == 0
+    assert (
+        main(["eval", *common, "--policy", str(checkpoint), "--stanley", "--stanley-grid", "small", "--n-envs", "2"])
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "| mlp |" in printed and "| stanley" in printed
     assert (out / "eval_trajectories.png").is_file() and (out / "eval_errors.png").is_file()
