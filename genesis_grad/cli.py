@@ -463,9 +463,9 @@ def _cmd_demo(args) -> int:
     print(f"\ngradient training: {train_steps} simulated env-steps, {history.wall_clock[-1]:.0f} s")
     for mlp, stanley in zip(after_metrics, stanley_metrics, strict=True):
         # Say what was measured, either way: a short demo run need not beat a tuned baseline.
-        verdict = "better than" if mlp.lateral_rms < stanley.lateral_rms else "not better than"
+        verdict = "tracks better than" if mlp.lateral_rms < stanley.lateral_rms else "does not track better than"
         print(
-            f"[demo] {mlp.path}: the trained MLP tracks {verdict} the tuned Stanley (lateral RMS {mlp.lateral_rms:.4f} "
+            f"[demo] {mlp.path}: the trained MLP {verdict} the tuned Stanley (lateral RMS {mlp.lateral_rms:.4f} "
             f"m vs {stanley.lateral_rms:.4f} m, completion {mlp.completion:.2f} vs {stanley.completion:.2f})"
         )
 
