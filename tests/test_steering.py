@@ -341,3 +341,12 @@ def test_ppo_env_steps_resets_and_rewards_minus_the_step_loss(sim):
     assert [bool(d.any()) for d in dones] == [False, False, True] and bool(dones[-1].all())
     assert bool(extras["time_outs"].all())
     assert int(env.episode_length_buf.max()) == 0  # the windows restarted
+
+
+def test_grid_search_picks_the_lowest_score(sim):
+    from genesis_grad.steering.baselines import tune_pure_pursuit
+
+    grid = {"lookahead_time": (0.2, 3.0), "min_lookahead": (0.3,)}  # a 3 s lookahead cuts every corner
+    best, scores = tune_pure_pursuit(sim, [P.circle(radius=2.0, laps=0.3, speed=1.5)], grid)
+    assert len(scores) == 2 and best.lookahead_time == 0.2
+    assert scores[0][1] < scores[1][1]
