@@ -122,7 +122,12 @@ class SteeringVecEnv(VecEnv):
 
 @dataclass
 class PPOConfig:
-    """PPO settings (rsl-rl's names). Defaults: rsl-rl's locomotion defaults, with the MLP's size and tanh."""
+    """
+    PPO settings (rsl-rl's names). Defaults: those of Genesis's locomotion examples (learning rate 1e-3, clip 0.2,
+    5 epochs x 4 mini-batches, gamma 0.99, lambda 0.95, adaptive schedule at KL 0.01), except the network (the MLP's
+    64x64 tanh instead of 512-256-128 elu), the initial action std (0.5 instead of 1.0: the action is squashed by
+    tanh into the steering range) and the entropy coefficient (0.005 instead of 0.01). Not swept.
+    """
 
     num_steps_per_env: int = 100  # = the window: one PPO iteration is one window per environment
     hidden: tuple[int, ...] = (64, 64)
