@@ -17,7 +17,7 @@ import argparse
 import torch
 
 from genesis_grad.steering import paths as P
-from genesis_grad.steering.baselines import SMALL_GRID, evaluate_stanley, tune_stanley
+from genesis_grad.steering.baselines import DEFAULT_GRID, evaluate_stanley, tune_stanley
 from genesis_grad.steering.evaluate import evaluate_policy, format_metrics_table
 from genesis_grad.steering.policy import SteeringMLP, load_policy
 from genesis_grad.steering.sim import SteeringSim
@@ -57,7 +57,7 @@ def main() -> None:
             paths = [*train_paths, P.held_out_path(speed=speed)]
             for p in paths:
                 p.name = f"{p.name}@{speed:g}"
-            gains, _ = tune_stanley(sim, train_paths, SMALL_GRID)
+            gains, _ = tune_stanley(sim, train_paths, DEFAULT_GRID)
             rows += [(f"Stanley k={gains.k:g}", m) for m in evaluate_stanley(sim, gains, paths)[0]]
             if "trained" in policies:
                 rows += [("MLP (trained at 1.5 m/s)", m) for m in evaluate_policy(sim, policies["trained"], paths)[0]]

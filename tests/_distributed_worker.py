@@ -44,7 +44,10 @@ def run(n_envs: int, iterations: int, horizon: int, out: str, no_reduce: bool, t
     if logger is not None:
         logger.close()
     if ddp is None or ddp.is_main:
-        torch.save({"params": {k: v.detach().clone() for k, v in policy.state_dict().items()}, "history": history}, out)
+        torch.save(
+            {"params": {k: v.detach().clone() for k, v in policy.state_dict().items()}, "history": history.as_dict()},
+            out,
+        )
     distributed.leave(ddp)
 
 

@@ -148,7 +148,7 @@ def test_few_training_iterations_lower_the_loss(sim):
     cfg = TrainConfig(horizon=100, lr=2e-2, lr_final=2e-2, seed=1)
 
     def held_out_loss():
-        ref, start = sample_window_starts(paths, sim.n_envs, torch.Generator().manual_seed(123), cfg)
+        ref, start = sample_window_starts(paths, sim.n_envs, torch.Generator().manual_seed(123), cfg, sim.dt)
         with torch.no_grad():
             traj = sim.rollout(ref, policy, start, cfg.horizon, preview_distances=policy.preview_distances)
         return float(window_loss(traj, cfg))
@@ -156,8 +156,8 @@ def test_few_training_iterations_lower_the_loss(sim):
     before = held_out_loss()
     history = train_gradient(policy, sim, paths, iterations=12, cfg=cfg, progress=False)
     after = held_out_loss()
-    assert history["skipped"] == 0
-    assert all(math.isfinite(g) and g > 0 for g in history["grad_norm"])
+    assert history.skipped == 0
+    assert all(math.isfinite(g) and g > 0 for g in history.grad_norm)
     print(f"held-out window loss {before:.4f} -> {after:.4f}")
     assert after < 0.85 * before, (before, after)
 
@@ -175,7 +175,7 @@ def test_closed_loop_gradient_through_contact_matches_finite_differences(sim):
         policy.net[-1].weight.mul_(10.0)
     cfg = TrainConfig(horizon=40, seed=3)
     paths = [P.sine(length=15.0), P.circle()]
-    reference, start = sample_window_starts(paths, sim.n_envs, torch.Generator().manual_seed(cfg.seed), cfg)
+    reference, start = sample_window_starts(paths, sim.n_envs, torch.Generator().manual_seed(cfg.seed), cfg, sim.dt)
     last = policy.net[-1]
 
     def loss_at(weight: torch.Tensor) -> torch.Tensor:
@@ -218,7 +218,7 @@ def test_training_is_deterministic_for_a_seed(sim):
         policy = SteeringMLP(hidden=(16,))
         history = train_gradient(policy, sim, [P.sine(length=15.0)], iterations=2, cfg=cfg, progress=False)
         weights.append(policy.flat_parameters())
-        losses.append(history["loss"])
+        losses.append(history.loss)
     assert losses[0] == losses[1]
     torch.testing.assert_close(weights[0], weights[1], rtol=0.0, atol=0.0)
 
@@ -235,7 +235,118 @@ def test_cli_train_then_eval_on_a_reference_csv(tmp_path, capsys):
     assert main(train) == 0
     checkpoint = out / "checkpoints" / "policy_last.pt"
     assert checkpoint.is_file() and (out / "training_curve.png").is_file()
-    assert main(["eval", *common, "--policy", str(checkpoint), "--stanley", "--n-envs", "2"]) == 0
+    assert (
+        main(["eval", *common, "--policy", str(checkpoint), "--stanley", "--stanley-grid", "small", "--n-envs", "2"])
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "| mlp |" in printed and "| stanley" in printed
     assert (out / "eval_trajectories.png").is_file() and (out / "eval_errors.png").is_file()
+
+
+# ------------------------------------------------------------------ randomized references (no simulator)
+
+
+def test_random_references_are_feasible_and_the_splits_disjoint():
+    kappa_limit = P.CURVATURE_MARGIN * math.tan(P.CAR_STEER_LIMIT) / P.CAR_WHEELBASE
+    train = P.random_references(6, "train")
+    held_out = P.random_references(6, "held_out")
+    for ref in train + held_out:
+        assert np.abs(ref.curvature).max() <= kappa_limit * 1.01
+        v = ref["speed"]
+        assert v.min() >= P.SPEED_RANGE[0] - 1e-9 and v.max() <= P.SPEED_RANGE[1] + 1e-9
+        assert (v**2 * np.abs(ref.curvature)).max() <= P.MAX_LATERAL_ACCEL * 1.05
+        dv2 = np.abs(np.diff(v**2)) / np.diff(ref.s)
+        assert dv2.max() <= 2.0 * P.MAX_ACCEL * 1.01
+    # Deterministic per (split, index), different across indices and across splits for the same index.
+    np.testing.assert_array_equal(P.random_reference(3, "train")["pos_x"], train[3]["pos_x"])
+    assert not np.allclose(train[0]["speed"], train[1]["speed"])
+    for a, b in zip(train, held_out, strict=True):
+        assert a.name != b.name and not np.allclose(a.curvature, b.curvature)
+    # A constant-speed reference lowers its curvature to the lateral-acceleration bound at that speed.
+    fast = P.random_reference(0, "held_out", speed_range=(5.0, 5.0))
+    np.testing.assert_allclose(fast["speed"], 5.0)
+    assert np.abs(fast.curvature).max() <= P.MAX_LATERAL_ACCEL / 25.0 * 1.01
+    with pytest.raises(ValueError, match="split"):
+        P.random_reference(0, "test")
+
+
+def test_car_constants_of_paths_match_the_sim():
+    from genesis_grad.steering import sim as S
+
+    assert (P.CAR_STEER_LIMIT, P.CAR_WHEELBASE) == (S.STEER_LIMIT, S.WHEELBASE)
+
+
+def test_pure_pursuit_and_stanley_feedforward_track_a_curve(sim):
+    from genesis_grad.steering.baselines import PurePursuitController, StanleyController
+    from genesis_grad.steering.sim import path_start_states
+
+    ref = TorchReference([P.circle(radius=3.0, speed=1.5), P.circle(radius=3.0, speed=3.0)], [0, 1, 0, 1])
+    pp = PurePursuitController(ref, lookahead_time=0.4, min_lookahead=0.5)
+    st = StanleyController(ref, k=1.0, k_heading=1.0, feedforward=1.0, preview_time=0.15, k_understeer=0.01)
+
+    def controller(obs):  # envs 0, 1: pure pursuit; 2, 3: Stanley with feed-forward
+        return torch.cat([pp(obs)[:2], st(obs)[2:]])
+
+    with torch.no_grad():
+        traj = sim.rollout(ref, controller, path_start_states(ref), 300)
+    e_lat = traj.stack("e_lat")[100:]  # after the entry into the curve
+    rms = e_lat.pow(2).mean(0).sqrt()
+    print(f"lateral RMS on a 3 m circle: pure pursuit {rms[:2].tolist()}, Stanley-FF {rms[2:].tolist()}")
+    assert (rms < 0.08).all(), rms
+
+
+def test_observation_has_speed_and_curvature_ahead(sim):
+    from genesis_grad.steering.policy import DEFAULT_PREVIEW, SteeringMLP, observation_features
+    from genesis_grad.steering.sim import path_start_states
+
+    ref = TorchReference([P.circle(radius=2.0, speed=1.0), P.straight(speed=3.0)], [0, 1, 0, 1])
+    sim.reset(path_start_states(ref))
+    with torch.no_grad():
+        obs = sim.observe(ref, preview_distances=DEFAULT_PREVIEW)
+        features = observation_features(obs)
+    assert features.shape == (4, SteeringMLP().n_features)
+    np.testing.assert_allclose(features[:, 3].numpy() * 2.0, [1.0, 3.0, 1.0, 3.0], atol=0.02)  # speed / 2 m/s
+    np.testing.assert_allclose(obs.preview_curvature[0].numpy(), 0.5, atol=0.02)  # 1 / radius, at every distance
+    np.testing.assert_allclose(obs.preview_curvature[1].numpy(), 0.0, atol=1e-9)
+
+
+def test_ppo_env_steps_resets_and_rewards_minus_the_step_loss(sim):
+    pytest.importorskip("rsl_rl")
+    from genesis_grad.steering.ppo import SteeringVecEnv
+    from genesis_grad.steering.train import TrainConfig, sample_window_starts, step_cost
+
+    cfg = TrainConfig(horizon=3, seed=5)
+    paths = [P.sine(length=15.0), P.circle()]
+    actions = torch.tensor([[0.3], [-0.2], [0.0], [0.6]])
+    with torch.no_grad():
+        env = SteeringVecEnv(sim, paths, cfg, seed=11)
+        obs = env.get_observations()
+        assert obs["policy"].shape == (4, 10) and obs["policy"].dtype == torch.float32
+        rewards, dones = [], []
+        for t in range(3):
+            _, reward, done, extras = env.step(actions * (t + 1))
+            rewards.append(reward)
+            dones.append(done)
+        # The same window, driven by sim.rollout with the same commands, scored by the trainer's per-step loss.
+        reference, start = sample_window_starts(paths, sim.n_envs, torch.Generator().manual_seed(11), cfg, sim.dt)
+        cmds = [0.5 * torch.tanh(actions[:, 0].double() * (t + 1)) for t in range(3)]
+        counter = iter(cmds)
+        traj = sim.rollout(reference, lambda obs: next(counter), start, 3, preview_distances=env.preview_distances)
+    cmd = traj.stack("steer_cmd")
+    expected = -step_cost(
+        traj.stack("e_lat")[1:], traj.stack("e_head")[1:], cmd, torch.cat([cmd[:1], cmd[:-1]]), sim.dt, cfg
+    )
+    torch.testing.assert_close(torch.stack(rewards).double(), expected, rtol=1e-5, atol=1e-6)
+    assert [bool(d.any()) for d in dones] == [False, False, True] and bool(dones[-1].all())
+    assert bool(extras["time_outs"].all())
+    assert int(env.episode_length_buf.max()) == 0  # the windows restarted
+
+
+def test_grid_search_picks_the_lowest_score(sim):
+    from genesis_grad.steering.baselines import tune_pure_pursuit
+
+    grid = {"lookahead_time": (0.2, 3.0), "min_lookahead": (0.3,)}  # a 3 s lookahead cuts every corner
+    best, scores = tune_pure_pursuit(sim, [P.circle(radius=2.0, laps=0.3, speed=1.5)], grid)
+    assert len(scores) == 2 and best.lookahead_time == 0.2
+    assert scores[0][1] < scores[1][1]

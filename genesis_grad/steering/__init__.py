@@ -5,12 +5,14 @@ physics (wheel-ground contact included), with the PD steering targets and state 
 
 Modules, one per concern:
 
-- ``paths``: reference paths (generators, CSV reader);
+- ``paths``: reference paths (generators, seeded random references, CSV reader) and ``TorchReference``, their batched torch form;
 - ``error_state``: ``compute_error_state_torch`` (e_lat, e_head, e_speed) against the nearest reference point;
 - ``sim``: the car scene (batched), resets to sampled states, stepping, differentiable pose reading;
 - ``policy``: the MLP;
 - ``train``: gradient training through the physics (truncated windows, discounting, clipping);
-- ``baselines``: tuned Stanley controller, evolution-strategies training of the same MLP;
+- ``baselines``: Stanley (with curvature feed-forward) and pure pursuit, and the grid search of their gains;
+- ``ppo``: the PPO baseline (``rsl-rl-lib``) through an environment wrapper around the batched sim;
+- ``es``: evolution-strategies training of the same MLP (zeroth-order baseline);
 - ``evaluate``: closed-loop metrics and plots.
 
 The names below are re-exported lazily, so that importing the package neither imports Genesis nor initializes it.
@@ -25,9 +27,11 @@ _EXPORTS = {
     "make_path": "paths",
     "training_paths": "paths",
     "held_out_path": "paths",
+    "random_reference": "paths",
+    "random_references": "paths",
     "compute_error_state_torch": "error_state",
     "nearest_reference_index": "error_state",
-    "TorchReference": "error_state",
+    "TorchReference": "paths",
     "SteeringSim": "sim",
     "ensure_genesis_init": "sim",
     "SteeringMLP": "policy",
@@ -37,7 +41,15 @@ _EXPORTS = {
     "StanleyController": "baselines",
     "StanleyGains": "baselines",
     "tune_stanley": "baselines",
-    "train_es": "baselines",
+    "PurePursuitController": "baselines",
+    "PurePursuitGains": "baselines",
+    "tune_pure_pursuit": "baselines",
+    "SteeringVecEnv": "ppo",
+    "train_ppo": "ppo",
+    "train_es": "es",
+    "ESConfig": "es",
+    "TrainingHistory": "train",
+    "GradientHistory": "train",
     "run_paths": "evaluate",
     "evaluate_policy": "evaluate",
     "PathMetrics": "evaluate",

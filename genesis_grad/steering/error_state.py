@@ -15,77 +15,18 @@ may follow its own path (``TorchReference`` stacks several paths, padded to a co
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
 
-from .paths import REFERENCE_KEYS, ReferencePath
+from .paths import TorchReference
 
-_ALL_KEYS = (*REFERENCE_KEYS, "s", "curvature")
+__all__ = ["TorchReference", "compute_error_state_torch", "nearest_reference_index", "wrap_angle_torch"]
 
 
 def wrap_angle_torch(angle: torch.Tensor) -> torch.Tensor:
     """Wrap to [-pi, pi) with a gradient of 1 everywhere (the wrap is piecewise a constant shift)."""
     return torch.remainder(angle + math.pi, 2.0 * math.pi) - math.pi
-
-
-class TorchReference(Mapping):
-    """
-    Reference paths as torch tensors of shape (B, N), one row per environment, for batched error computation.
-
-    Rows shorter than the longest path are padded with their last sample (so the arc length stays non-decreasing),
-    and ``n`` holds the number of valid samples of each row. Keys: ``pos_x``, ``pos_y``, ``yaw``, ``speed``, ``s``,
-    ``curvature``.
-
-    Parameters
-    ----------
-    paths : sequence of ReferencePath
-        The distinct paths.
-    path_idx : sequence of int
-        For each environment, the index in ``paths`` of the path it follows.
-    """
-
-    def __init__(self, paths: Sequence[ReferencePath], path_idx: Sequence[int], device=None, dtype=torch.float64):
-        self.paths = list(paths)
-        self.path_idx = np.asarray(path_idx, dtype=np.int64)
-        n_max = max(len(p) for p in self.paths)
-        rows = {key: [] for key in _ALL_KEYS}
-        for p in self.paths:
-            for key in _ALL_KEYS:
-                arr = np.asarray(getattr(p, key) if key in ("s", "curvature") else p[key], dtype=np.float64)
-                rows[key].append(np.concatenate([arr, np.full(n_max - len(arr), arr[-1])]))
-        per_path = {key: torch.tensor(np.stack(v), dtype=dtype, device=device) for key, v in rows.items()}
-        idx = torch.as_tensor(self.path_idx, device=device)
-        self._data = {key: v[idx] for key, v in per_path.items()}
-        self.n = torch.tensor([len(self.paths[i]) for i in self.path_idx], device=device)
-
-    def __getitem__(self, key: str) -> torch.Tensor:
-        return self._data[key]
-
-    def __iter__(self):
-        return iter(self._data)
-
-    def __len__(self) -> int:
-        return len(self._data)
-
-    @property
-    def n_envs(self) -> int:
-        return len(self.path_idx)
-
-    def at(self, key: str, idx: torch.Tensor) -> torch.Tensor:
-        """Values of ``key`` at per-env indices ``idx`` of shape (B,) or (B, K)."""
-        idx = idx.long()
-        squeeze = idx.dim() == 1
-        out = torch.gather(self._data[key], 1, idx[:, None] if squeeze else idx)
-        return out[:, 0] if squeeze else out
-
-    def index_at_distance(self, idx: torch.Tensor, distances: Sequence[float] | torch.Tensor) -> torch.Tensor:
-        """Indices (B, K) of the first samples at least ``distances`` (K,) of arc length ahead of ``idx`` (B,)."""
-        d = torch.as_tensor(distances, dtype=self._data["s"].dtype, device=self._data["s"].device)
-        target = self.at("s", idx)[:, None] + d[None, :]
-        ahead = torch.searchsorted(self._data["s"], target.contiguous())
-        return torch.minimum(ahead, (self.n - 1)[:, None])
 
 
 def _as_tensor(values) -> torch.Tensor:

@@ -15,8 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .error_state import TorchReference
-from .paths import ReferencePath
+from .paths import ReferencePath, TorchReference
 from .sim import Observation, SteeringSim, Trajectory, path_start_states
 
 # A car this far from its path (m) has left it: the run stops counting there and completion says how far it got.
@@ -97,15 +96,19 @@ def run_paths(
     ``sim.n_envs`` environments.
 
     ``make_controller(reference, run_idx)`` builds the controller of one batch: ``run_idx[b]`` is the index in
-    ``paths`` of the run in environment ``b`` (batches are padded by repeating their last run), so a controller may
+    ``paths`` of the run in environment ``b`` (runs are batched by duration, batches are padded by repeating their
+    last run), so a controller may
     use per-run settings (the Stanley grid search evaluates one gain set per environment). Each run gets
     ``time_factor`` times its reference duration.
     """
-    metrics: list[PathMetrics] = []
-    records: list[RunRecord] = []
+    metrics: list[PathMetrics | None] = [None] * len(paths)
+    records: list[RunRecord | None] = [None] * len(paths)
     B = sim.n_envs
+    # A batch lasts as long as its longest run: batching runs of similar durations (slow and fast references, long
+    # and short paths) avoids simulating mostly finished environments.
+    order = np.argsort([p.duration for p in paths], kind="stable")
     for first in range(0, len(paths), B):
-        run_idx = np.arange(first, min(first + B, len(paths)))
+        run_idx = order[first : first + B]
         run_idx = np.concatenate([run_idx, np.full(B - len(run_idx), run_idx[-1])])
         batch_paths = [paths[i] for i in run_idx]
         reference = TorchReference(batch_paths, np.arange(B))
@@ -124,9 +127,9 @@ def run_paths(
         e_lat, e_head = traj.stack("e_lat").numpy(), traj.stack("e_head").numpy()
         cmd, active = traj.stack("steer_cmd").numpy(), traj.stack("active").numpy()
         for b in range(n_real):
-            metrics.append(_metrics(batch_paths[b], traj, b, reference))
-            records.append(
-                RunRecord(batch_paths[b], x[:, b], y[:, b], e_lat[:, b], e_head[:, b], cmd[:, b], active[:, b], sim.dt)
+            metrics[run_idx[b]] = _metrics(batch_paths[b], traj, b, reference)
+            records[run_idx[b]] = RunRecord(
+                batch_paths[b], x[:, b], y[:, b], e_lat[:, b], e_head[:, b], cmd[:, b], active[:, b], sim.dt
             )
     return metrics, records
 

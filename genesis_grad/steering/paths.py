@@ -12,13 +12,17 @@ import csv
 import io
 import math
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..csv_text import read_csv_text
 from .errors import ReferenceFileError
+
+if TYPE_CHECKING:
+    import torch
 
 REFERENCE_KEYS = ("pos_x", "pos_y", "yaw", "speed")
 
@@ -355,6 +359,106 @@ def save_reference_csv(reference: Mapping, path: str | Path) -> None:
             writer.writerow([repr(float(v)) for v in row])
 
 
+# ------------------------------------------------------------------ procedurally randomized references
+
+# Car limits the random references respect (assets/car.xml; duplicated from sim.py, which imports Genesis, so that this
+# module stays importable without it; tests/test_steering.py checks they agree).
+CAR_WHEELBASE = 0.6
+CAR_STEER_LIMIT = 0.5
+# The tightest curvature a reference may ask for, as a fraction of the kinematic limit tan(STEER_LIMIT) / WHEELBASE
+# (0.91 1/m): the controller needs steering headroom to correct errors on the tightest turn.
+CURVATURE_MARGIN = 0.8
+SPEED_RANGE = (0.5, 5.0)  # m/s, the speed range the single policy is trained and evaluated on
+MAX_LATERAL_ACCEL = 4.0  # m/s^2, well under the wheel-ground friction (mu = 1): v^2 |kappa| stays below it
+MAX_ACCEL = 1.5  # m/s^2 along the path, well under what the rear drive delivers
+
+# Randomized references are identified by (split, index): the generator is seeded with both, so a training reference
+# and a held-out one can never coincide, whatever indices a caller asks for.
+SPLITS = {"train": 0, "held_out": 1}
+
+
+def random_reference(
+    index: int,
+    split: str = "train",
+    length: float = 30.0,
+    curvature_margin: float = CURVATURE_MARGIN,
+    speed_range: tuple[float, float] = SPEED_RANGE,
+    max_lateral_accel: float = MAX_LATERAL_ACCEL,
+    max_accel: float = MAX_ACCEL,
+    ds: float = DEFAULT_DS,
+) -> ReferencePath:
+    """
+    A random reference the car can physically follow: a smooth random curvature profile and a random speed profile.
+
+    The curvature is a cosine interpolation between random knots 2 to 6 m apart, each uniform in ``[-kappa_max,
+    kappa_max]`` with ``kappa_max = curvature_margin * tan(STEER_LIMIT) / WHEELBASE``, with straight stretches (a third
+    of the knots are zero), and at most ``max_lateral_accel / speed_range[0]^2``. The speed is a cosine interpolation between random knots 4 to 10 m apart, uniform in
+    ``speed_range``, then lowered where ``v^2 |kappa|`` would exceed ``max_lateral_accel`` and rate-limited to
+    ``max_accel`` (forward and backward passes on ``v^2``), so every speed stays in ``speed_range``.
+
+    Parameters
+    ----------
+    index : int
+        Which reference of the split (non-negative).
+    split : {"train", "held_out"}
+        The seed stream: the references of the two splits are drawn from disjoint streams.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"Unknown split {split!r}, expected one of {sorted(SPLITS)}.")
+    if index < 0:
+        raise ValueError(f"The reference index must be non-negative, got {index}.")
+    rng = np.random.default_rng(np.random.SeedSequence([SPLITS[split], int(index)]))
+    # A reference at a constant high speed (speed_range = (5, 5)) cannot turn as tightly as the kinematic limit allows:
+    # its curvature is bounded by the lateral acceleration at the lowest speed of the range as well.
+    kappa_max = min(
+        curvature_margin * math.tan(CAR_STEER_LIMIT) / CAR_WHEELBASE, max_lateral_accel / speed_range[0] ** 2
+    )
+    n = max(int(round(length / ds)), 2) + 1
+    s = np.linspace(0.0, length, n)
+
+    def knots(spacing: tuple[float, float], values) -> np.ndarray:
+        ks = [0.0]
+        while ks[-1] < length:
+            ks.append(ks[-1] + rng.uniform(*spacing))
+        ks = np.asarray(ks)
+        return _cosine_interp(s, ks, values(len(ks)))
+
+    def curvature_values(m: int) -> np.ndarray:
+        v = rng.uniform(-kappa_max, kappa_max, m) * (rng.uniform(size=m) > 1.0 / 3.0)
+        v[0] = 0.0  # start straight: the car starts with its wheels straight, at the first point
+        return v
+
+    kappa = knots((2.0, 6.0), curvature_values)
+    v_target = knots((4.0, 10.0), lambda m: rng.uniform(*speed_range, m))
+    v_cap = np.sqrt(max_lateral_accel / np.maximum(np.abs(kappa), 1e-9))
+    v2 = np.clip(np.minimum(v_target, v_cap), *speed_range) ** 2
+    step = np.diff(s)
+    for i in range(1, n):  # accelerating: v_i^2 <= v_{i-1}^2 + 2 a ds
+        v2[i] = min(v2[i], v2[i - 1] + 2.0 * max_accel * step[i - 1])
+    for i in range(n - 2, -1, -1):  # braking ahead of a slower stretch
+        v2[i] = min(v2[i], v2[i + 1] + 2.0 * max_accel * step[i])
+    speed = np.clip(np.sqrt(v2), *speed_range)
+    # Integrate the heading and the position (trapezoid on the heading's cosine and sine).
+    yaw = np.concatenate([[0.0], np.cumsum(0.5 * (kappa[1:] + kappa[:-1]) * step)])
+    x = np.concatenate([[0.0], np.cumsum(0.5 * (np.cos(yaw[1:]) + np.cos(yaw[:-1])) * step)])
+    y = np.concatenate([[0.0], np.cumsum(0.5 * (np.sin(yaw[1:]) + np.sin(yaw[:-1])) * step)])
+    return ReferencePath(x, y, yaw, speed, name=f"random_{split}_{index}")
+
+
+def _cosine_interp(s: np.ndarray, knots_s: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Interpolate ``values`` at ``knots_s`` with half-cosine blends: continuous with a continuous slope (zero at the
+    knots), so the curvature has no jumps the steering servo could not follow."""
+    i = np.clip(np.searchsorted(knots_s, s, side="right") - 1, 0, len(knots_s) - 2)
+    u = np.clip((s - knots_s[i]) / (knots_s[i + 1] - knots_s[i]), 0.0, 1.0)
+    w = 0.5 * (1.0 - np.cos(np.pi * u))
+    return values[i] * (1.0 - w) + values[i + 1] * w
+
+
+def random_references(count: int, split: str = "train", first: int = 0, **kwargs) -> list[ReferencePath]:
+    """``count`` random references of ``split``, indices ``first`` to ``first + count - 1`` (see ``random_reference``)."""
+    return [random_reference(first + i, split, **kwargs) for i in range(count)]
+
+
 # Paths the controllers are tuned / trained on, and the held-out one they are evaluated on without having seen it.
 def training_paths(speed: float = 1.5) -> list[ReferencePath]:
     """The training set: a lane change, a sine and a circle, at ``speed``."""
@@ -364,3 +468,73 @@ def training_paths(speed: float = 1.5) -> list[ReferencePath]:
 def held_out_path(speed: float = 1.5) -> ReferencePath:
     """The held-out path: a figure eight (both turning directions, a crossing, curvature never seen whole)."""
     return figure_eight(speed=speed)
+
+
+# Torch is imported inside the methods: the CLI reads this module to validate path names while parsing arguments,
+# which must stay fast (no torch import).
+_ALL_KEYS = (*REFERENCE_KEYS, "s", "curvature")
+
+
+class TorchReference(Mapping):
+    """
+    Reference paths as torch tensors of shape (B, N), one row per environment, for batched error computation.
+
+    Rows shorter than the longest path are padded with their last sample (so the arc length stays non-decreasing),
+    and ``n`` holds the number of valid samples of each row. Keys: ``pos_x``, ``pos_y``, ``yaw``, ``speed``, ``s``,
+    ``curvature``.
+
+    Parameters
+    ----------
+    paths : sequence of ReferencePath
+        The distinct paths.
+    path_idx : sequence of int
+        For each environment, the index in ``paths`` of the path it follows.
+    """
+
+    def __init__(self, paths: Sequence[ReferencePath], path_idx: Sequence[int], device=None, dtype=None):
+        import torch
+
+        dtype = torch.float64 if dtype is None else dtype
+        self.paths = list(paths)
+        self.path_idx = np.asarray(path_idx, dtype=np.int64)
+        n_max = max(len(p) for p in self.paths)
+        rows = {key: [] for key in _ALL_KEYS}
+        for p in self.paths:
+            for key in _ALL_KEYS:
+                arr = np.asarray(getattr(p, key) if key in ("s", "curvature") else p[key], dtype=np.float64)
+                rows[key].append(np.concatenate([arr, np.full(n_max - len(arr), arr[-1])]))
+        per_path = {key: torch.tensor(np.stack(v), dtype=dtype, device=device) for key, v in rows.items()}
+        idx = torch.as_tensor(self.path_idx, device=device)
+        self._data = {key: v[idx] for key, v in per_path.items()}
+        self.n = torch.tensor([len(self.paths[i]) for i in self.path_idx], device=device)
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        return self._data[key]
+
+    def __iter__(self):
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    @property
+    def n_envs(self) -> int:
+        return len(self.path_idx)
+
+    def at(self, key: str, idx: torch.Tensor) -> torch.Tensor:
+        """Values of ``key`` at per-env indices ``idx`` of shape (B,) or (B, K)."""
+        import torch
+
+        idx = idx.long()
+        squeeze = idx.dim() == 1
+        out = torch.gather(self._data[key], 1, idx[:, None] if squeeze else idx)
+        return out[:, 0] if squeeze else out
+
+    def index_at_distance(self, idx: torch.Tensor, distances: Sequence[float] | torch.Tensor) -> torch.Tensor:
+        """Indices (B, K) of the first samples at least ``distances`` (K,) of arc length ahead of ``idx`` (B,)."""
+        import torch
+
+        d = torch.as_tensor(distances, dtype=self._data["s"].dtype, device=self._data["s"].device)
+        target = self.at("s", idx)[:, None] + d[None, :]
+        ahead = torch.searchsorted(self._data["s"], target.contiguous())
+        return torch.minimum(ahead, (self.n - 1)[:, None])

@@ -32,6 +32,28 @@ DEFAULT_PREVIEW = (0.0, 0.5, 1.0, 1.5, 2.0)
 _LAT_SCALE, _HEAD_SCALE, _SPEED_SCALE = 0.5, 0.5, 2.0
 
 
+def observation_features(obs: Observation, steer_limit: float = STEER_LIMIT) -> torch.Tensor:
+    """
+    (B, 5 + K) scaled features of an observation: the input of the MLP, and the observation of the PPO baseline.
+
+    ``e_lat``, ``e_head``, ``e_speed``, ``speed``, ``steer`` and the K preview curvatures of ``obs`` (the sim computes
+    them at the distances the caller asked for), each scaled to O(1) by fixed constants.
+    """
+    # Curvature times wheelbase is the steady-state steering angle the curve needs (kinematic bicycle, small angle).
+    curv = obs.preview_curvature * (WHEELBASE / steer_limit)
+    base = torch.stack(
+        [
+            obs.e_lat / _LAT_SCALE,
+            obs.e_head / _HEAD_SCALE,
+            obs.e_speed / _SPEED_SCALE,
+            obs.speed / _SPEED_SCALE,
+            obs.steer / steer_limit,
+        ],
+        dim=1,
+    )
+    return torch.cat([base, curv.to(base)], dim=1)
+
+
 class SteeringMLP(nn.Module):
     """
     MLP steering controller, ``steer = limit * tanh(net(features))``.
@@ -78,20 +100,8 @@ class SteeringMLP(nn.Module):
         return {"preview_distances": self.preview_distances, "hidden": self.hidden, "steer_limit": self.steer_limit}
 
     def features(self, obs: Observation) -> torch.Tensor:
-        """(B, F) scaled input features of an observation."""
-        # Curvature times wheelbase is the steady-state steering angle the curve needs (kinematic bicycle, small angle).
-        curv = obs.preview_curvature * (WHEELBASE / self.steer_limit)
-        base = torch.stack(
-            [
-                obs.e_lat / _LAT_SCALE,
-                obs.e_head / _HEAD_SCALE,
-                obs.e_speed / _SPEED_SCALE,
-                obs.speed / _SPEED_SCALE,
-                obs.steer / self.steer_limit,
-            ],
-            dim=1,
-        )
-        return torch.cat([base, curv.to(base)], dim=1)
+        """(B, F) scaled input features of an observation (``observation_features``)."""
+        return observation_features(obs, self.steer_limit)
 
     def forward(self, obs: Observation) -> torch.Tensor:
         """Steering command (B,) in [-limit, limit]."""

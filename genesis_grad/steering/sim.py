@@ -21,7 +21,8 @@ import torch
 
 import genesis_grad_patch  # noqa: F401  (installs the differentiable PD targets and getters)
 
-from .error_state import TorchReference, compute_error_state_torch, nearest_reference_index
+from .error_state import compute_error_state_torch, nearest_reference_index
+from .paths import TorchReference
 
 CAR_XML = Path(__file__).parent / "assets" / "car.xml"
 
@@ -82,8 +83,10 @@ class Observation:
 
 @dataclass
 class Trajectory:
-    """Per-step records of a closed-loop rollout: lists of (B,) tensors, and the ``active`` mask of each step."""
+    """Per-step records of a closed-loop rollout: lists of (B,) tensors, and the ``active`` mask of each step, taken
+    every ``dt`` seconds (the scene's step, which losses on command rates need)."""
 
+    dt: float
     obs: list[Observation] = field(default_factory=list)
     steer_cmd: list[torch.Tensor] = field(default_factory=list)
     active: list[torch.Tensor] = field(default_factory=list)
@@ -233,7 +236,7 @@ class SteeringSim:
         ``torch.no_grad()``. The trajectory holds ``n_steps + 1`` observations (the last one after the last step).
         """
         self.reset(start)
-        traj = Trajectory()
+        traj = Trajectory(dt=self.dt)
         idx = start.idx.to(gs.device)
         active = torch.ones(self.n_envs, dtype=torch.bool, device=gs.device)
         for t in range(n_steps + 1):

@@ -47,17 +47,16 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from .error_state import TorchReference
-from .paths import ReferencePath
+from .paths import ReferencePath, TorchReference
 from .policy import SteeringMLP, save_policy
-from .sim import StartState, SteeringSim, Trajectory, sample_start_states
+from .sim import STEER_LIMIT, StartState, SteeringSim, Trajectory, sample_start_states
 
 if TYPE_CHECKING:
     from .distributed import Distributed
@@ -95,10 +94,11 @@ def sample_window_starts(
     n_envs: int,
     generator: torch.Generator,
     cfg: TrainConfig,
+    dt: float,
     share: torch.Tensor | None = None,
 ) -> tuple[TorchReference, StartState]:
     """
-    Sample the path and start state of each environment for one window.
+    Sample the path and start state of each environment for one window of ``cfg.horizon`` steps of ``dt`` seconds.
 
     ``share`` (B,) optionally groups environments: all environments of a group get the same path and start state
     (common random numbers, used by the ES baseline to score all population members on the same windows).
@@ -109,7 +109,7 @@ def sample_window_starts(
     group_ref = TorchReference(paths, path_of_group.numpy())
     # Keep the whole window on the path: start at least the distance driven in a window (plus slack) before its end.
     max_speed = max(float(np.max(p["speed"])) for p in paths) * (1.0 + cfg.speed_jitter)
-    end_margin = cfg.horizon * 0.01 * max_speed * 1.2 + 0.5
+    end_margin = cfg.horizon * dt * max_speed * 1.2 + 0.5
     s = sample_start_states(
         group_ref,
         generator,
@@ -138,16 +138,30 @@ def sample_window_starts(
     return TorchReference(paths, path_of_group[g].numpy()), start
 
 
+def step_cost(
+    e_lat: torch.Tensor,
+    e_head: torch.Tensor,
+    cmd: torch.Tensor,
+    prev_cmd: torch.Tensor,
+    dt: float,
+    cfg: TrainConfig,
+) -> torch.Tensor:
+    """
+    The per-step cost inside the window loss (see the module docstring), elementwise: errors after the command
+    ``cmd``, and its rate against ``prev_cmd`` over ``dt``. The PPO baseline's reward is its negative.
+    """
+    limit = STEER_LIMIT
+    rate = (cmd - prev_cmd) / (limit * dt)
+    return (e_lat / 0.1) ** 2 + cfg.w_head * (e_head / 0.1) ** 2 + cfg.w_cmd * (cmd / limit) ** 2 + cfg.w_rate * rate**2
+
+
 def window_loss(traj: Trajectory, cfg: TrainConfig, reduce: bool = True) -> torch.Tensor:
     """Discounted tracking loss of a window (see the module docstring); per environment if ``reduce`` is False."""
-    e_lat = traj.stack("e_lat")[1:]  # errors after each command
-    e_head = traj.stack("e_head")[1:]
     cmd = traj.stack("steer_cmd")
-    limit = 0.5
     T = cmd.shape[0]
-    rate = torch.diff(cmd, dim=0, prepend=cmd[:1]) / (limit * 0.01)
-    per_step = (
-        (e_lat / 0.1) ** 2 + cfg.w_head * (e_head / 0.1) ** 2 + cfg.w_cmd * (cmd / limit) ** 2 + cfg.w_rate * rate**2
+    # Errors after each command; the first command's rate is zero (no command before the window).
+    per_step = step_cost(
+        traj.stack("e_lat")[1:], traj.stack("e_head")[1:], cmd, torch.cat([cmd[:1], cmd[:-1]]), traj.dt, cfg
     )
     weights = cfg.gamma ** torch.arange(T, dtype=per_step.dtype)
     weights = weights / weights.sum()
@@ -177,6 +191,113 @@ def make_policy_controller(policy: SteeringMLP, detach_obs_every: int = 0) -> Ca
     return controller
 
 
+@dataclass
+class TrainingHistory:
+    """
+    Records of a training run, per iteration: the training env-steps used so far, the window loss and the wall-clock
+    time (s, evaluations excluded); and the closed-loop evaluations (``eval_fn``) at ``eval_env_steps``. Env-steps simulated by evaluations
+    are not training steps and are never counted.
+    """
+
+    env_steps: list[int] = field(default_factory=list)
+    loss: list[float] = field(default_factory=list)
+    wall_clock: list[float] = field(default_factory=list)
+    eval_env_steps: list[int] = field(default_factory=list)
+    eval_lateral_rms: list[float] = field(default_factory=list)
+    eval_wall_clock: list[float] = field(default_factory=list)  # training time (s) at each evaluation, evals excluded
+    skipped: int = 0  # iterations whose update was not applied (non-finite loss or gradient)
+    config: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        """Plain data (lists, numbers, dicts), as checkpoints and JSON reports store it."""
+        return asdict(self)
+
+
+@dataclass
+class GradientHistory(TrainingHistory):
+    """``TrainingHistory`` of the gradient trainer, with the window lateral RMS and the gradient norm (before
+    clipping) of each iteration."""
+
+    lateral_rms: list[float] = field(default_factory=list)
+    grad_norm: list[float] = field(default_factory=list)
+
+
+def run_training_loop(
+    sim: SteeringSim,
+    history: TrainingHistory,
+    iteration: Callable[[float], dict[str, float]],
+    env_steps_per_iteration: int,
+    iterations: int | None = None,
+    env_step_budget: int | None = None,
+    eval_fn: Callable[[], float] | None = None,
+    eval_every_env_steps: int | None = None,
+    after_iteration: Callable[[int], None] | None = None,
+    progress: bool = True,
+    desc: str = "train",
+    world: int = 1,
+) -> int:
+    """
+    The loop shared by the gradient trainer and the ES baseline: budget, evaluations, records and progress bar.
+
+    Runs ``iteration(progress_frac)`` (one training iteration; ``progress_frac`` in [0, 1] is the fraction of the budget
+    used, for schedules; it returns the loss and any other values to show, ``{"loss": ..., ...}``) until ``iterations``
+    iterations or ``env_step_budget`` training env-steps are used (at least one must be given). ``eval_fn()`` runs
+    before the first iteration, every ``eval_every_env_steps`` and at the end; the env-steps it simulates are excluded
+    from the count. ``after_iteration(it)`` runs after each iteration (checkpoints). Returns the iterations run.
+
+    With ``world`` data-parallel processes, each simulating its share of a global batch, the counts (budget, history)
+    are global: this process's env-steps times ``world``; ``env_steps_per_iteration`` is the global one.
+    """
+    if iterations is None and env_step_budget is None:
+        raise ValueError("Give `iterations` or `env_step_budget`.")
+    steps0 = sim.env_steps
+    total = env_step_budget if env_step_budget is not None else iterations * env_steps_per_iteration
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total, desc=desc, unit="env-step", dynamic_ncols=True)
+    next_eval = 0
+    t0 = time.time()
+    it = 0
+    # Env-steps simulated by the evaluations, which are not training steps and are excluded from the count.
+    eval_steps, eval_time = 0, 0.0
+
+    def used() -> int:
+        return (sim.env_steps - steps0 - eval_steps) * world
+
+    def run_eval() -> None:
+        nonlocal eval_steps, eval_time
+        before, t_before = sim.env_steps, time.time()
+        history.eval_env_steps.append(used())
+        history.eval_wall_clock.append(t_before - t0 - eval_time)
+        history.eval_lateral_rms.append(eval_fn())
+        eval_steps += sim.env_steps - before
+        eval_time += time.time() - t_before
+
+    while True:
+        if (iterations is not None and it >= iterations) or (env_step_budget is not None and used() >= env_step_budget):
+            break
+        if eval_fn is not None and used() >= next_eval:
+            run_eval()
+            next_eval += eval_every_env_steps or total
+        it += 1
+        values = iteration(used() / total if total else 0.0)
+        history.env_steps.append(used())
+        history.loss.append(float(values["loss"]))
+        history.wall_clock.append(time.time() - t0 - eval_time)
+        if bar is not None:
+            bar.update(env_steps_per_iteration)
+            bar.set_postfix({k: f"{v:.4g}" for k, v in values.items()})
+        if after_iteration is not None:
+            after_iteration(it)
+    if eval_fn is not None:
+        run_eval()
+    if bar is not None:
+        bar.close()
+    return it
+
+
 def train_gradient(
     policy: SteeringMLP,
     sim: SteeringSim,
@@ -191,7 +312,7 @@ def train_gradient(
     progress: bool = True,
     dist: Distributed | None = None,
     on_window: Callable[[dict], None] | None = None,
-) -> dict:
+) -> GradientHistory:
     """
     Train ``policy`` in place by back-propagation through the differentiable scene ``sim``.
 
@@ -199,9 +320,8 @@ def train_gradient(
     at least one must be given). Deterministic for a given ``cfg.seed`` (start states, initial weights are the
     caller's). Checkpoints ``policy_iter{N}.pt`` / ``policy_last.pt`` go to ``checkpoint_dir`` if given.
 
-    Env-steps simulated by ``eval_fn`` are not counted. Returns a history dict: per iteration ``env_steps``, ``loss``, ``lateral_rms`` (window), ``grad_norm`` (before
-    clipping), ``wall_clock``; ``skipped`` windows; and, with ``eval_fn(policy) -> float``, ``eval_env_steps`` /
-    ``eval_lateral_rms`` every ``eval_every_env_steps``.
+    Returns a ``GradientHistory``; with ``eval_fn(policy) -> float``, its ``eval_env_steps`` / ``eval_lateral_rms``
+    every ``eval_every_env_steps`` (env-steps simulated by ``eval_fn`` are not counted).
 
     Data-parallel (``dist``, see ``distributed.py``): ``sim`` holds this rank's share of the global batch, every rank
     samples the global batch's windows and keeps its slice, and gradients, loss and lateral RMS are averaged over the
@@ -217,58 +337,26 @@ def train_gradient(
     cfg = cfg or TrainConfig()
     gen = torch.Generator().manual_seed(cfg.seed)
     optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.lr)
-    history: dict = {
-        "env_steps": [],
-        "loss": [],
-        "lateral_rms": [],
-        "grad_norm": [],
-        "wall_clock": [],
-        "skipped": 0,
-        "eval_env_steps": [],
-        "eval_lateral_rms": [],
-        "config": cfg.as_dict(),
-    }
+    history = GradientHistory(config=cfg.as_dict())
     # Data-parallel hook: the global batch is `world` times this scene's; only the main rank writes anything.
     world, is_main = (dist.world_size, dist.is_main) if dist is not None else (1, True)
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None and is_main else None
     if ckpt_dir is not None:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
-    steps0 = sim.env_steps
-    total = env_step_budget if env_step_budget is not None else iterations * sim.n_envs * world * cfg.horizon
-    bar = None
-    if progress and is_main:
-        from tqdm.auto import tqdm
 
-        bar = tqdm(total=total, desc="train (grad)", unit="env-step", dynamic_ncols=True)
-    next_eval = 0
-    t0 = time.time()
-    it = 0
-    # Env-steps simulated by the evaluations, which are not training steps and are excluded from the count.
-    eval_steps = 0
-
-    def run_eval():
-        nonlocal eval_steps
-        before = sim.env_steps
-        history["eval_env_steps"].append((sim.env_steps - steps0 - eval_steps) * world)
-        history["eval_lateral_rms"].append(eval_fn(policy))
-        eval_steps += sim.env_steps - before
+    def evaluate() -> float:
+        value = eval_fn(policy)
         policy.train()
+        return value
 
-    while True:
-        used = (sim.env_steps - steps0 - eval_steps) * world
-        if (iterations is not None and it >= iterations) or (env_step_budget is not None and used >= env_step_budget):
-            break
-        if eval_fn is not None and used >= next_eval:
-            run_eval()
-            next_eval += eval_every_env_steps or total
-        it += 1
-        progress_frac = used / total if total else 0.0
+    def iteration(progress_frac: float) -> dict[str, float]:
         for group in optimizer.param_groups:
             group["lr"] = cfg.lr_final + 0.5 * (cfg.lr - cfg.lr_final) * (
                 1.0 + math.cos(math.pi * min(progress_frac, 1.0))
             )
+        nonlocal t_window
         t_window = time.time()
-        reference, start = sample_window_starts(paths, sim.n_envs * world, gen, cfg)
+        reference, start = sample_window_starts(paths, sim.n_envs * world, gen, cfg, sim.dt)
         if dist is not None:
             reference, start = dist.local_slice(reference, start)
         controller = make_policy_controller(policy, cfg.detach_obs_every)
@@ -288,37 +376,45 @@ def train_gradient(
             torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.clip_grad)
             optimizer.step()
         else:
-            history["skipped"] += 1
+            history.skipped += 1
         lat_rms = float(lateral_ms.sqrt())
-        history["env_steps"].append((sim.env_steps - steps0 - eval_steps) * world)
-        history["loss"].append(float(loss.detach()))
-        history["lateral_rms"].append(lat_rms)
-        history["grad_norm"].append(float(grad_norm))
-        history["wall_clock"].append(time.time() - t0)
+        history.lateral_rms.append(lat_rms)
+        history.grad_norm.append(float(grad_norm))
+        return {"loss": float(loss.detach()), "lat_rms": lat_rms, "gnorm": float(grad_norm)}
+
+    t_window = 0.0
+
+    def after_window(it: int) -> None:
         if on_window is not None and is_main:
             on_window(
                 {
                     "iteration": it,
-                    "env_steps": history["env_steps"][-1],
-                    "loss": history["loss"][-1],
-                    "lateral_rms": lat_rms,
-                    "grad_norm": history["grad_norm"][-1],
+                    "env_steps": history.env_steps[-1],
+                    "loss": history.loss[-1],
+                    "lateral_rms": history.lateral_rms[-1],
+                    "grad_norm": history.grad_norm[-1],
                     "env_steps_per_s": sim.n_envs * world * cfg.horizon / max(time.time() - t_window, 1e-9),
                 }
             )
-        if bar is not None:
-            bar.update(sim.n_envs * world * cfg.horizon)
-            bar.set_postfix(
-                loss=f"{float(loss.detach()):.4g}", lat_rms=f"{lat_rms:.3f}", gnorm=f"{float(grad_norm):.2g}"
-            )
         if ckpt_dir is not None and it % checkpoint_every == 0:
-            save_policy(policy, ckpt_dir / f"policy_iter{it:04d}.pt", iteration=it, history=history)
-    if eval_fn is not None:
-        run_eval()
-    if bar is not None:
-        bar.close()
+            save_policy(policy, ckpt_dir / f"policy_iter{it:04d}.pt", iteration=it, history=history.as_dict())
+
+    it = run_training_loop(
+        sim,
+        history,
+        iteration,
+        sim.n_envs * world * cfg.horizon,
+        iterations=iterations,
+        env_step_budget=env_step_budget,
+        eval_fn=evaluate if eval_fn is not None else None,
+        eval_every_env_steps=eval_every_env_steps,
+        after_iteration=after_window,
+        progress=progress and is_main,
+        desc="train (grad)",
+        world=world,
+    )
     if ckpt_dir is not None:
-        save_policy(policy, ckpt_dir / "policy_last.pt", iteration=it, history=history)
+        save_policy(policy, ckpt_dir / "policy_last.pt", iteration=it, history=history.as_dict())
     return history
 
 
@@ -350,7 +446,7 @@ def gradient_norm_vs_horizon(
         ):
             window_cfg = TrainConfig(**{**cfg.as_dict(), "horizon": horizon, "gamma": gamma})
             gen = torch.Generator().manual_seed(seed)
-            reference, start = sample_window_starts(paths, sim.n_envs, gen, window_cfg)
+            reference, start = sample_window_starts(paths, sim.n_envs, gen, window_cfg, sim.dt)
             traj = sim.rollout(reference, policy, start, horizon, preview_distances=policy.preview_distances)
             if last_only:
                 loss = (traj.obs[-1].e_lat / 0.1).pow(2).mean()
