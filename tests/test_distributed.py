@@ -164,7 +164,7 @@ def test_local_slices_partition_the_global_batch():
     from genesis_grad.steering.train import TrainConfig, sample_window_starts
 
     paths = [P.make_path("sine", speed=1.5), P.make_path("circle", speed=1.5), P.make_path("straight", speed=1.0)]
-    ref, start = sample_window_starts(paths, 6, torch.Generator().manual_seed(1), TrainConfig())
+    ref, start = sample_window_starts(paths, 6, torch.Generator().manual_seed(1), TrainConfig(), 0.01)
     slices = [Distributed(rank=r, world_size=3).local_slice(ref, start) for r in range(3)]
     for key in ("x", "y", "yaw", "speed", "steer", "idx"):
         assert torch.equal(torch.cat([getattr(s, key) for _, s in slices]), getattr(start, key))
