@@ -27,7 +27,7 @@ import weakref
 import genesis as gs
 import torch
 
-from . import params, patching, tape_guards
+from . import params, patching, records, tape_guards
 from .genesis_api import ArrayItem, DataKind, RigidSolver, StateChange, Subscriber, data_to_array
 
 # Arrays compared after every step: the control fields (written by every control call, taped or not) and gravity
@@ -176,7 +176,11 @@ def record_of(solver: RigidSolver) -> ReplayRecord:
 def save_ckpt(self: RigidSolver, ckpt_name: str) -> None:
     patching.original(RigidSolver, "save_ckpt")(self, ckpt_name)
     if self._requires_grad:
-        record_of(self).after_step(int(ckpt_name))
+        # Steps before the first tracked input of a rollout reach no gradient (their reversal only carries the adjoint
+        # on to inputs that track nothing): they need no record, and a rollout that tracks nothing pays for none. The
+        # first recorded step compares with the values of the last recorded one, so it records whatever changed since.
+        if records.has_tracked_inputs(self.sim):
+            record_of(self).after_step(int(ckpt_name))
         tape_guards.note_step(self.sim)
 
 
