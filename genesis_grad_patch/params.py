@@ -33,6 +33,7 @@ import dataclasses
 import weakref
 from functools import wraps
 from inspect import signature
+from typing import NamedTuple
 
 import genesis as gs
 import genesis.utils.array_class as array_class
@@ -57,6 +58,9 @@ STATE_SETTERS = ("set_qpos", "set_dofs_position")
 # Fields written by a setter but carrying no gradient of its own value: cleared with the rest (kp zeroes act_bias[0]).
 _CLEARED = {"set_dofs_kp": (("act_bias", 0),)}
 GRAD_FIELDS = frozenset(field for terms in PARAMETERS.values() for field, _, _ in terms)
+# Link setter -> the field of `dyn_info.links` it writes (mass, inertia in the inertial frame, center of mass).
+LINK_PARAMETERS = {"set_links_mass": "inertial_mass", "set_links_inertia": "inertial_i", "set_links_COM": "inertial_pos"}
+LINK_GRAD_FIELDS = frozenset(LINK_PARAMETERS.values())
 
 # Per solver: the parameter calls of the coming step, then of each taped step (by its first substep).
 _pending: "weakref.WeakKeyDictionary[RigidSolver, list]" = weakref.WeakKeyDictionary()
@@ -78,6 +82,24 @@ def _get_dofs_info(solver):
     return DofsInfoWithGrad(**values)
 
 
+def _get_links_info(solver):
+    """`array_class.get_links_info`, with gradient storage for the inertial fields of a differentiable scene."""
+    info = patching.original(array_class, "get_links_info")(solver)
+    if not solver._requires_grad:
+        return info
+    # The stock allocation of these fields (see `array_class.get_links_info`), plus gradient storage.
+    shape = (solver.n_links_, solver._B) if solver._options.batch_links_info else solver.n_links_
+    dtypes = {"inertial_mass": gs.qd_float, "inertial_i": gs.qd_mat3, "inertial_pos": gs.qd_vec3}
+    fields = {name: array_class.V(dtype=dtypes[name], shape=shape, needs_grad=True) for name in LINK_GRAD_FIELDS}
+    values = {field.name: getattr(info, field.name) for field in dataclasses.fields(info)} | fields
+    return LinksInfoWithGrad(**values)
+
+
+class LinksInfoWithGrad(array_class.LinksInfo):
+    """`LinksInfo` whose inertial fields carry gradient storage: a type of its own for the reason `DofsInfoWithGrad`
+    gives."""
+
+
 class DofsInfoWithGrad(array_class.DofsInfo):
     """
     `DofsInfo` whose parameter fields carry gradient storage (same fields, a type of its own).
@@ -93,14 +115,17 @@ def _dataclass_to_repr(*args, **kwargs):
     """Quadrants's fastcache key of a dataclass argument, made distinct for `DofsInfoWithGrad`."""
     key = patching.original(args_hasher, "dataclass_to_repr")(*args, **kwargs)
     arg = args[2] if len(args) > 2 else kwargs["arg"]
-    # Marked at the level of the kernel argument (`dyn_info`), which is hashed whatever fields the kernel reads.
-    if isinstance(getattr(arg, "dofs", None), DofsInfoWithGrad) and isinstance(key, str):
-        key = f"{key}, [genesis-grad-patch: dofs parameters with gradients]"
+    # Marked at the level of the kernel argument (`dyn_info`), which is hashed whatever fields the kernel reads. The
+    # tag names both layouts: a cache written when only the dofs had gradient storage must not be loaded either.
+    if isinstance(key, str) and (
+        isinstance(getattr(arg, "dofs", None), DofsInfoWithGrad) or isinstance(getattr(arg, "links", None), LinksInfoWithGrad)
+    ):
+        key = f"{key}, [genesis-grad-patch: dofs and links parameters with gradients]"
     return key
 
 
 def _has_grad(solver: RigidSolver) -> bool:
-    return solver._requires_grad and solver.dyn_info.dofs.damping.has_grad()
+    return solver._requires_grad and solver.dyn_info.dofs.damping.has_grad() and solver.dyn_info.links.inertial_mass.has_grad()
 
 
 _dofs_qs: "weakref.WeakKeyDictionary[RigidSolver, list]" = weakref.WeakKeyDictionary()
@@ -157,10 +182,53 @@ def _consume_state(solver: RigidSolver, method: str, idx, envs_idx, tracked: boo
     return grad[0] if grad is not None and solver.n_envs == 0 else grad
 
 
-def _consume(solver: RigidSolver, method: str, dofs_idx, envs_idx, tracked: bool = True) -> torch.Tensor:
+def _link_field_grad(solver: RigidSolver, field: str) -> torch.Tensor:
+    """Zero-copy view of an inertial field's gradient, environments first when batched."""
+    return qd_to_torch(getattr(solver.dyn_info.links, field).grad, transpose=True, copy=False)
+
+
+def _link_mask(solver: RigidSolver, links_idx, envs_idx) -> tuple:
+    if solver._options.batch_links_info:
+        return indices_to_mask(envs_idx, links_idx)
+    return indices_to_mask(links_idx)
+
+
+def _link_values(solver: RigidSolver, field: str, links_idx, envs_idx) -> torch.Tensor:
+    """A copy of the selected entries of an inertial field, in the layout of its gradient view."""
+    view = qd_to_torch(getattr(solver.dyn_info.links, field), transpose=True, copy=True)
+    return view[_link_mask(solver, links_idx, envs_idx)].clone()
+
+
+def _consume_link(solver: RigidSolver, call: "_Call") -> torch.Tensor:
+    """
+    Read, then clear, the gradient of the value one link call wrote.
+
+    `set_links_mass(..., scale_inertia=True)` (what `RigidEntity.set_mass` calls) also writes I' = I m' / m, from the
+    inertia I and the mass m it found: m' gets sum(g(I') * I' / m'), and the earlier values get theirs through the
+    fields, g(I) = g(I') m' / m and g(m) = -sum(g(I') * I') / m.
+    """
+    mask = _link_mask(solver, call.idx, call.envs_idx)
+    view = _link_field_grad(solver, LINK_PARAMETERS[call.method])
+    grad = view[mask].clone()
+    view[mask] = 0.0
+    if call.extra is not None:
+        mass_old, mass_new, inertia_new = call.extra
+        g_inertia_view = _link_field_grad(solver, "inertial_i")
+        g_inertia = g_inertia_view[mask].clone()
+        weighted = (g_inertia * inertia_new).sum(dim=(-2, -1))
+        grad = grad + weighted / mass_new
+        g_inertia_view[mask] = g_inertia * (mass_new / mass_old)[..., None, None]
+        view[mask] = -weighted / mass_old
+    return grad
+
+
+def _consume(solver: RigidSolver, call: "_Call") -> torch.Tensor:
     """Read, then clear, the gradient of the value one parameter call wrote, in the layout of its selection."""
+    method, dofs_idx, envs_idx = call.method, call.idx, call.envs_idx
     if method in STATE_SETTERS:
-        return _consume_state(solver, method, dofs_idx, envs_idx, tracked)
+        return _consume_state(solver, method, dofs_idx, envs_idx, call.value is not None)
+    if method in LINK_PARAMETERS:
+        return _consume_link(solver, call)
     mask = _mask(solver, dofs_idx, envs_idx)
     grad = None
     for field, component, sign in PARAMETERS[method]:
@@ -174,11 +242,24 @@ def _consume(solver: RigidSolver, method: str, dofs_idx, envs_idx, tracked: bool
     return grad
 
 
-def _constraints_read_armature(solver: RigidSolver) -> bool:
-    """Whether contact or joint-limit rows can be active: their regularization reads the armature's inverse weights."""
-    collides = solver._enable_collision and solver.collider is not None and solver.collider._n_possible_pairs > 0
-    limits = solver._enable_joint_limit and bool(torch.isfinite(qd_to_torch(solver.dyn_info.dofs.limit)).any())
-    return collides or limits
+def _constraint_rows(solver: RigidSolver) -> list[str]:
+    """
+    What can add constraint rows: their regularization reads the inverse weights, derived from the armature and the
+    inertial properties of the links, which Genesis 1.4.5's reverse pass does not differentiate.
+    """
+    rows = []
+    if solver._enable_collision and solver.collider is not None and solver.collider._n_possible_pairs > 0:
+        rows.append("collisions")
+    if solver._enable_joint_limit and bool(torch.isfinite(qd_to_torch(solver.dyn_info.dofs.limit)).any()):
+        rows.append("joint limits")
+    if bool((qd_to_torch(solver.dyn_info.dofs.frictionloss) > 0.0).any()):
+        rows.append("dof friction losses")
+    if solver.n_equalities > 0:
+        rows.append("equality constraints")
+    return rows
+
+
+_LINK_WHAT = {"set_links_mass": "link mass", "set_links_inertia": "link inertia", "set_links_COM": "link center of mass"}
 
 
 def _refuse_unsupported(solver: RigidSolver, method: str, idx) -> None:
@@ -196,13 +277,17 @@ def _refuse_unsupported(solver: RigidSolver, method: str, idx) -> None:
             "configuration is a quaternion rather than one entry per dof. Set it with `set_qpos` (the quaternion "
             "entries), or pass an untracked value."
         )
-    if method == "set_dofs_armature" and _constraints_read_armature(solver):
-        gs.raise_exception(
-            "set_dofs_armature got a tensor that tracks gradients in a scene with collisions or joint limits: the "
-            "armature also sets the inverse weights of the constraint rows, whose gradient Genesis 1.4.5 does not "
-            "compute, so the gradient would be biased. Disable them (`RigidOptions(enable_collision=False, "
-            "enable_joint_limit=False)`) or pass an untracked value."
-        )
+    if method == "set_dofs_armature" or method in LINK_PARAMETERS:
+        rows = _constraint_rows(solver)
+        if rows:
+            what = "armature" if method == "set_dofs_armature" else _LINK_WHAT[method]
+            gs.raise_exception(
+                f"{method} got a tensor that tracks gradients in a scene with {' and '.join(rows)}: the {what} also "
+                "sets the inverse weights of the constraint rows, whose gradient Genesis 1.4.5 does not compute, so "
+                "the gradient would be biased (5e-3 to 7e-2 relative error measured for a mass through contact). "
+                "Disable them (`RigidOptions(enable_collision=False, enable_joint_limit=False)`, no frictionloss, no "
+                "equality) or pass an untracked value."
+            )
 
 
 def _warn_configuration_between_steps(solver: RigidSolver, method: str) -> None:
@@ -221,10 +306,27 @@ def _warn_configuration_between_steps(solver: RigidSolver, method: str) -> None:
     )
 
 
+class _Call(NamedTuple):
+    """One taped parameter call: its setter, the tracked value (None if untracked), its selection, and for a mass
+    written with `scale_inertia` the (old mass, new mass, new inertia) of the selection."""
+
+    method: str
+    value: torch.Tensor | None
+    idx: object
+    envs_idx: object
+    extra: tuple | None = None
+
+
+def _index_arg(method: str) -> str:
+    if method == "set_qpos":
+        return "qs_idx"
+    return "links_idx" if method in LINK_PARAMETERS else "dofs_idx"
+
+
 def _parameter_setter(method: str):
     stock = getattr(RigidSolver, method)
     sig = signature(stock)
-    value_arg = list(sig.parameters)[1]  # kp, kv, damping, ...
+    value_arg = list(sig.parameters)[1]  # kp, kv, damping, ..., mass, inertia, com
 
     @wraps(stock)
     def wrapper(self: RigidSolver, *args, **kwargs):
@@ -233,18 +335,22 @@ def _parameter_setter(method: str):
         arguments = sig.bind(self, *args, **kwargs).arguments
         value = arguments.get(value_arg)
         tracked = isinstance(value, torch.Tensor) and value.requires_grad
-        index_arg = "qs_idx" if method == "set_qpos" else "dofs_idx"
+        idx, envs_idx = arguments.get(_index_arg(method)), arguments.get("envs_idx")
         if tracked:
-            _refuse_unsupported(self, method, arguments.get(index_arg))
+            _refuse_unsupported(self, method, idx)
             args = tuple(a.detach() if a is value else a for a in args)
             kwargs = {k: (v.detach() if v is value else v) for k, v in kwargs.items()}
         elif method in STATE_SETTERS and self.sim.cur_step_global > 0:
             _warn_configuration_between_steps(self, method)
+        scaled = method == "set_links_mass" and arguments.get("scale_inertia", False)
+        mass_old = _link_values(self, "inertial_mass", idx, envs_idx) if scaled else None
         result = stock(self, *args, **kwargs)
+        extra = None
+        if scaled:
+            mass_new = _link_values(self, "inertial_mass", idx, envs_idx)
+            extra = (mass_old, mass_new, _link_values(self, "inertial_i", idx, envs_idx))
         # Taped for the coming step, tracked or not: its reversal clears the gradient of what it wrote.
-        _pending.setdefault(self, []).append(
-            (method, value if tracked else None, arguments.get(index_arg), arguments.get("envs_idx"))
-        )
+        _pending.setdefault(self, []).append(_Call(method, value if tracked else None, idx, envs_idx, extra))
         return result
 
     return wrapper
@@ -259,7 +365,7 @@ def process_input(self: RigidSolver, in_backward: bool = False):
     first_substep = self.sim.cur_substep_global
     if calls:
         taped[first_substep] = calls
-        inputs = [*inputs, *(value for _, value, _, _ in calls if value is not None)]
+        inputs = [*inputs, *(call.value for call in calls if call.value is not None)]
     else:
         taped.pop(first_substep, None)
     return inputs
@@ -269,10 +375,10 @@ def process_input_grad(self: RigidSolver):
     pairs = patching.original(RigidSolver, "process_input_grad")(self)
     calls = _taped.get(self, {}).get(self.sim.cur_substep_global)
     # Reverse order of the calls: a later call on the same dofs overwrote an earlier one.
-    for method, value, idx, envs_idx in reversed(calls or ()):
-        grad = _consume(self, method, idx, envs_idx, value is not None)
-        if value is not None:
-            pairs.append((value, _grad_like(grad, value)))
+    for call in reversed(calls or ()):
+        grad = _consume(self, call)
+        if call.value is not None:
+            pairs.append((call.value, _grad_like(grad, call.value)))
     return pairs
 
 
@@ -283,12 +389,15 @@ def clear_grads(solver: RigidSolver) -> None:
     if _has_grad(solver):
         for field in GRAD_FIELDS:
             _field_grad(solver, field).zero_()
+        for field in LINK_GRAD_FIELDS:
+            _link_field_grad(solver, field).zero_()
 
 
 def install() -> None:
     patching.patch(array_class, "get_dofs_info", _get_dofs_info)
+    patching.patch(array_class, "get_links_info", _get_links_info)
     patching.patch(args_hasher, "dataclass_to_repr", _dataclass_to_repr)
-    for method in (*PARAMETERS, *STATE_SETTERS):
+    for method in (*PARAMETERS, *LINK_PARAMETERS, *STATE_SETTERS):
         patching.patch(RigidSolver, method, _parameter_setter(method))
     patching.patch(RigidSolver, "process_input", process_input)
     patching.patch(RigidSolver, "process_input_grad", process_input_grad)

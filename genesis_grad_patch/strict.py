@@ -458,7 +458,7 @@ def _detached_source(value, frame: FrameType | None, epoch: int):
 
 # Inputs Genesis tapes and differentiates in a differentiable scene (entity level).
 CONTROLS = ("control_dofs_force", "control_dofs_velocity", "control_dofs_position", "control_dofs_position_velocity")
-TAPED_SETTERS = ("set_pos", "set_quat", "set_dofs_velocity")
+TAPED_SETTERS = ("set_pos", "set_quat", "set_dofs_velocity", "set_mass")
 # Setters that take state or parameters without any gradient path: a tracked input is dropped.
 # Dof parameters: set on an entity or on the solver alike, never differentiated.
 # Dof parameters differentiated by the plugin (params.py), on entities and on the solver.
@@ -470,6 +470,9 @@ PARAMETER_SETTERS = (
     "set_dofs_stiffness",
     "set_qpos",
     "set_dofs_position",
+    "set_links_mass",
+    "set_links_inertia",
+    "set_links_COM",
 )
 _DOF_PARAMETER_SETTERS = (
     "set_dofs_act_gain",
@@ -481,11 +484,7 @@ _DOF_PARAMETER_SETTERS = (
 DROPPING_ENTITY_SETTERS = (
     *_DOF_PARAMETER_SETTERS,
     "set_dofs_invweight",
-    "set_links_mass",
     "set_links_invweight",
-    "set_links_COM",
-    "set_links_inertia",
-    "set_mass",
     "set_friction_ratio",
     "set_friction",
     "apply_links_external_wrench",
@@ -497,9 +496,6 @@ DROPPING_SOLVER_SETTERS = (
     "set_base_links_quat",
     "set_links_pos",
     "set_links_quat",
-    "set_links_mass",
-    "set_links_inertia",
-    "set_links_COM",
     *_DOF_PARAMETER_SETTERS,
     "apply_links_external_wrench",
 )
