@@ -158,3 +158,202 @@ def test_configuration_set_between_steps(arm):
     fd = central_fd(lambda y: state_rollout(scene, arm, "set_qpos", y, mid=5), q0, eps=1e-6)
     err = ((grad - fd).abs().max() / fd.abs().max()).item()
     assert err < 5e-2, err
+
+
+# ------------------------------------------------ inertial properties of the links ------------------------------------
+
+LINKS = [1, 2]  # the two moving links of the arm (link 0 is its fixed world body)
+LINK_VALUES = {
+    "set_links_mass": lambda n: torch.tensor([1.3, 0.7][:n], dtype=torch.float64),
+    "set_links_COM": lambda n: torch.tensor([[0.1, 0.02, -0.01], [0.05, 0.0, 0.03]][:n], dtype=torch.float64),
+}
+
+
+@pytest.fixture(scope="module")
+def arms2_links():
+    """Two environments, each with its own link inertial properties (`batch_links_info`)."""
+    scene = gs.Scene(
+        sim_options=gs.options.SimOptions(dt=0.01, requires_grad=True, gravity=(0, 0, 0)),
+        rigid_options=gs.options.RigidOptions(batch_links_info=True),
+        show_viewer=False,
+    )
+    arm = scene.add_entity(gs.morphs.MJCF(file=DIAG_ARM))
+    scene.build(n_envs=2)
+    return scene, arm
+
+
+def _symmetric_inertia(p: torch.Tensor) -> torch.Tensor:
+    """Inertia matrices (..., 3, 3) from 6 numbers per link: the diagonal, then the (0, 1), (0, 2), (1, 2) products."""
+    rows = [[p[..., 0], p[..., 3], p[..., 4]], [p[..., 3], p[..., 1], p[..., 5]], [p[..., 4], p[..., 5], p[..., 2]]]
+    return torch.stack([torch.stack(row, dim=-1) for row in rows], dim=-2)
+
+
+def link_rollout(scene, arm, setter, p, links=None, envs_idx=None, horizon=12, change_at=None):
+    """A rollout with one link setter called on `p` after the reset (and, with `change_at`, untracked mid-way)."""
+    scene.reset()
+    arm.set_dofs_kp(torch.tensor(VALUES["set_dofs_kp"], dtype=torch.float64))
+    arm.set_dofs_kv(torch.tensor(VALUES["set_dofs_kv"], dtype=torch.float64))
+    kwargs = {} if envs_idx is None else {"envs_idx": envs_idx}
+    value = _symmetric_inertia(p) if setter == "set_links_inertia" else p
+    if setter == "set_mass":
+        arm.set_mass(value, **kwargs)
+    else:
+        getattr(arm, setter)(value, links_idx_local=links, **kwargs)
+    arm.set_dofs_velocity(torch.tensor([1.0, -0.7], dtype=torch.float64))
+    loss = 0.0
+    for t in range(horizon):
+        if t == 0:
+            arm.control_dofs_position(torch.tensor([0.3, -0.2], dtype=torch.float64))
+        if change_at is not None and t == change_at:
+            arm.set_links_mass(torch.tensor([0.9, 0.4], dtype=torch.float64), links_idx_local=LINKS, **kwargs)
+        scene.step()
+        state = scene.sim.rigid_solver.get_state()
+        loss = loss + (state.qpos**2).sum() + 0.1 * (state.dofs_vel**2).sum()
+    return loss
+
+
+def link_value(setter: str, n_links: int) -> torch.Tensor:
+    if setter == "set_mass":
+        return torch.tensor(2.5, dtype=torch.float64)
+    if setter == "set_links_inertia":
+        # Principal moments and small products of inertia: physical (positive definite) and not diagonal.
+        return torch.tensor([[2e-3, 3e-3, 4e-3, 2e-4, -1e-4, 3e-4], [1e-3, 1.5e-3, 2e-3, -1e-4, 2e-4, 1e-4]])[
+            :n_links
+        ].to(torch.float64)
+    return LINK_VALUES[setter](n_links)
+
+
+def check_link_gradient(scene, arm, setter, p, rtol=1e-6, **kwargs):
+    x = p.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(link_rollout(scene, arm, setter, x, **kwargs), x)
+    # A relative step of 1e-5: the inertias are ~1e-3, and a smaller one leaves round-off at the 1e-6 level.
+    fd = central_fd(lambda y: link_rollout(scene, arm, setter, y, **kwargs), p, eps=1e-5 * p.abs().max().item())
+    assert grad.shape == p.shape
+    assert grad.abs().max() > 0
+    assert_grad_close(grad, fd, rtol=rtol)
+
+
+@pytest.mark.parametrize("links", [LINKS, [2], [1]], ids=["both", "fore", "upper"])
+@pytest.mark.parametrize("setter", ["set_links_mass", "set_links_COM", "set_links_inertia"])
+def test_link_parameter_gradient_matches_fd(arm, setter, links):
+    scene, arm = arm
+    check_link_gradient(scene, arm, setter, link_value(setter, len(links)), links=links)
+
+
+def test_entity_mass_gradient_matches_fd(arm):
+    """`set_mass` writes every link's mass and scales its inertia along: both paths reach the total mass."""
+    scene, arm = arm
+    check_link_gradient(scene, arm, "set_mass", link_value("set_mass", 0))
+
+
+def test_solver_level_link_setter(arm):
+    scene, arm = arm
+    solver = scene.sim.rigid_solver
+    p = link_value("set_links_mass", 2)
+
+    def rollout(y):
+        scene.reset()
+        solver.set_links_mass(y, links_idx=[arm.links[1].idx, arm.links[2].idx])
+        arm.set_dofs_velocity(torch.tensor([1.0, -0.7], dtype=torch.float64))
+        loss = 0.0
+        for _ in range(10):
+            scene.step()
+            loss = loss + (solver.get_state().qpos ** 2).sum()
+        return loss
+
+    x = p.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(rollout(x), x)
+    assert_grad_close(grad, central_fd(rollout, p, eps=1e-6), rtol=1e-6)
+
+
+def test_link_parameter_set_between_steps(arm):
+    """
+    Tracked: refused. Untracked, in a rollout with tracked inputs: strict mode says the gradient is approximate (the
+    link inertias the next step starts from are differentiated with the previous value, 1e-1 relative error here).
+    """
+    scene, arm = arm
+    scene.reset()
+    scene.step()
+    with pytest.raises(gs.GenesisException, match="set_links_mass got a tensor that tracks gradients between steps"):
+        arm.set_links_mass(link_value("set_links_mass", 2).requires_grad_(True), links_idx_local=LINKS)
+    x = link_value("set_links_mass", 2).requires_grad_(True)
+    with pytest.warns(GradientBreakWarning, match="changed an inertial property between steps"):
+        link_rollout(scene, arm, "set_links_mass", x, links=LINKS, change_at=6)
+
+
+def test_inertia_then_entity_mass(arm):
+    """`set_mass` scales an inertia set before it: both tracked values get their gradient (I' = I m' / m)."""
+    scene, arm = arm
+    inertia = link_value("set_links_inertia", 2)
+    mass = torch.tensor(2.5, dtype=torch.float64)
+
+    def rollout(p):
+        scene.reset()
+        # Masses survive a reset, and `set_mass` scales the inertia by the ratio to them: the same ones every time.
+        arm.set_links_mass(torch.tensor([1.0, 0.5], dtype=torch.float64), links_idx_local=LINKS)
+        arm.set_links_inertia(_symmetric_inertia(p[:12].reshape(2, 6)), links_idx_local=LINKS)
+        arm.set_mass(p[12])
+        arm.set_dofs_velocity(torch.tensor([1.0, -0.7], dtype=torch.float64))
+        loss = 0.0
+        for _ in range(10):
+            scene.step()
+            loss = loss + (scene.sim.rigid_solver.get_state().qpos ** 2).sum()
+        return loss
+
+    p = torch.cat([inertia.reshape(-1), mass[None]])
+    x = p.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(rollout(x), x)
+    # Per coordinate steps: inertias are ~1e-3, the mass ~1.
+    fd = torch.stack([central_fd(rollout, p, coords=[i], eps=1e-5 * p[i].abs().item())[0] for i in range(13)])
+    assert_grad_close(grad[:12], fd[:12], rtol=1e-6)
+    assert_grad_close(grad[12:], fd[12:], rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "setter, links, envs_idx, per_env",
+    [
+        ("set_links_mass", LINKS, None, False),
+        ("set_links_mass", LINKS, None, True),
+        ("set_links_mass", [2], [1], True),
+        ("set_links_COM", [1], None, True),
+        ("set_links_inertia", LINKS, [0], True),
+        ("set_mass", None, None, True),
+        ("set_mass", None, [1], False),
+    ],
+    ids=["mass-shared", "mass-per_env", "mass-fore-env1", "com-per_env", "inertia-env0", "set_mass-per_env", "set_mass-env1"],
+)
+def test_batched_link_parameters(arms2_links, setter, links, envs_idx, per_env):
+    """Shared (one value for the selected environments) or per-environment values, any subset of links and envs."""
+    scene, arm = arms2_links
+    p = link_value(setter, len(links) if links is not None else 0)
+    if per_env:
+        n_envs = 2 if envs_idx is None else len(envs_idx)
+        p = torch.stack([p * (1.0 - 0.2 * i) for i in range(n_envs)])
+    check_link_gradient(scene, arm, setter, p, links=links, envs_idx=envs_idx)
+
+
+def test_link_gradients_do_not_leak_between_rollouts(arm):
+    scene, arm = arm
+    p = link_value("set_links_COM", 2)
+    grads = []
+    for _ in range(2):
+        x = p.clone().requires_grad_(True)
+        (grad,) = torch.autograd.grad(link_rollout(scene, arm, "set_links_COM", x, links=LINKS), x)
+        grads.append(grad)
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("setter", ["set_links_mass", "set_links_inertia", "set_links_COM", "set_mass"])
+def test_link_parameters_with_contacts_are_refused(setter):
+    scene, (arm, _, _) = make_scene(
+        gs.morphs.MJCF(file=DIAG_ARM), gs.morphs.Plane(), gs.morphs.Box(size=(0.2, 0.2, 0.2), pos=(1.0, 0.0, 0.2))
+    )
+    scene.reset()
+    value = link_value(setter, 1)
+    value = _symmetric_inertia(value) if setter == "set_links_inertia" else value
+    with pytest.raises(gs.GenesisException, match=r"tracks gradients in a scene with collisions.*inverse weights"):
+        if setter == "set_mass":
+            arm.set_mass(value.requires_grad_(True))
+        else:
+            getattr(arm, setter)(value.requires_grad_(True), links_idx_local=[2])
+    scene.step()
