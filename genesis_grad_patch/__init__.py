@@ -62,6 +62,7 @@ def install() -> None:
     getters.install()
     compat.install()
     strict.install()
+    params.install_refusals()  # outside strict mode's wrappers, which would detach the input first
     detach_watch.install()
 
 

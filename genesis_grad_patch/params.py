@@ -419,6 +419,78 @@ def clear_grads(solver: RigidSolver) -> None:
             _link_field_grad(solver, field).zero_()
 
 
+_WHY_FRICTION = (
+    "friction acts through the friction cones of contacts alone, and the reverse pass of Genesis 1.4.5's constraint "
+    "solver does not differentiate them with respect to the coefficients, so the gradient would be zero"
+)
+_WHY_FRICTIONLOSS = (
+    "a friction loss acts through the dof friction constraint rows alone, whose bounds the reverse pass of Genesis "
+    "1.4.5's constraint solver does not differentiate, so the gradient would be zero"
+)
+_WHY_LIMIT = (
+    "joint limits act through the limit constraint rows alone, whose position and activation the reverse pass of "
+    "Genesis 1.4.5's constraint solver does not differentiate, so the gradient would be zero"
+)
+_WHY_SOL_PARAMS = (
+    "solver parameters set the impedance of the constraint rows, which the reverse pass of Genesis 1.4.5's "
+    "constraint solver does not differentiate, so the gradient would be zero"
+)
+# Setters of parameters whose gradient is not supported: a tracked input is refused at the call, in a differentiable
+# scene (strict mode only warns, and only in some modes, that the value alone is used).
+REFUSED_SOLVER_SETTERS = {
+    "set_geoms_friction": _WHY_FRICTION,
+    "set_geom_friction": _WHY_FRICTION,
+    "set_geoms_friction_ratio": _WHY_FRICTION,
+    "set_geoms_friction_torsional": _WHY_FRICTION,
+    "set_geom_friction_torsional": _WHY_FRICTION,
+    "set_geoms_friction_rolling": _WHY_FRICTION,
+    "set_geom_friction_rolling": _WHY_FRICTION,
+    "set_dofs_frictionloss": _WHY_FRICTIONLOSS,
+    "set_dofs_limit": _WHY_LIMIT,
+    "set_sol_params": _WHY_SOL_PARAMS,
+    "set_global_sol_params": _WHY_SOL_PARAMS,
+}
+REFUSED_ENTITY_SETTERS = {
+    "set_friction": _WHY_FRICTION,
+    "set_friction_ratio": _WHY_FRICTION,
+    "set_friction_torsional": _WHY_FRICTION,
+    "set_friction_rolling": _WHY_FRICTION,
+    "set_dofs_frictionloss": _WHY_FRICTIONLOSS,
+    "set_dofs_limit": _WHY_LIMIT,
+}
+
+
+def _refusing_setter(owner: type, name: str, why: str, solver_of):
+    stock = getattr(owner, name)
+
+    @wraps(stock)
+    def wrapper(self, *args, **kwargs):
+        solver = solver_of(self)
+        if solver._requires_grad and torch.is_grad_enabled():
+            for arg, value in (*zip(("",) * len(args), args), *kwargs.items()):
+                if isinstance(value, torch.Tensor) and value.requires_grad:
+                    what = f" ('{arg}')" if arg else ""
+                    gs.raise_exception(
+                        f"{owner.__name__}.{name} got a tensor that tracks gradients{what} in a differentiable scene, "
+                        f"but its gradient is not supported: {why}. Pass an untracked value (`.detach()`)."
+                    )
+        return stock(self, *args, **kwargs)
+
+    return wrapper
+
+
+def install_refusals() -> None:
+    """Refuse tracked inputs of the setters whose gradient is not supported (after strict mode, which they wrap)."""
+    from genesis.engine.entities.rigid_entity.rigid_entity import RigidEntity
+
+    for name, why in REFUSED_SOLVER_SETTERS.items():
+        if hasattr(RigidSolver, name):
+            patching.patch(RigidSolver, name, _refusing_setter(RigidSolver, name, why, lambda solver: solver))
+    for name, why in REFUSED_ENTITY_SETTERS.items():
+        if hasattr(RigidEntity, name):
+            patching.patch(RigidEntity, name, _refusing_setter(RigidEntity, name, why, lambda entity: entity._solver))
+
+
 def install() -> None:
     patching.patch(array_class, "get_dofs_info", _get_dofs_info)
     patching.patch(array_class, "get_links_info", _get_links_info)

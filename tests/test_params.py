@@ -104,10 +104,8 @@ def test_gradients_do_not_leak_between_rollouts(arm):
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-12, atol=0)
 
 
-def test_armature_with_contacts_is_refused():
-    scene, (arm, _, _) = make_scene(
-        gs.morphs.MJCF(file=DIAG_ARM), gs.morphs.Plane(), gs.morphs.Box(size=(0.2, 0.2, 0.2), pos=(1.0, 0.0, 0.2))
-    )
+def test_armature_with_contacts_is_refused(contact_scene):
+    scene, (arm, _, _) = contact_scene
     scene.reset()
     with pytest.raises(gs.GenesisException, match="set_dofs_armature got a tensor that tracks gradients"):
         arm.set_dofs_armature(torch.tensor([0.05, 0.02], dtype=torch.float64, requires_grad=True))
@@ -343,11 +341,17 @@ def test_link_gradients_do_not_leak_between_rollouts(arm):
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-12, atol=0)
 
 
-@pytest.mark.parametrize("setter", ["set_links_mass", "set_links_inertia", "set_links_COM", "set_mass"])
-def test_link_parameters_with_contacts_are_refused(setter):
-    scene, (arm, _, _) = make_scene(
+@pytest.fixture(scope="module")
+def contact_scene():
+    """The arm, a plane and a box: collision pairs exist, so contact constraint rows can be active."""
+    return make_scene(
         gs.morphs.MJCF(file=DIAG_ARM), gs.morphs.Plane(), gs.morphs.Box(size=(0.2, 0.2, 0.2), pos=(1.0, 0.0, 0.2))
     )
+
+
+@pytest.mark.parametrize("setter", ["set_links_mass", "set_links_inertia", "set_links_COM", "set_mass"])
+def test_link_parameters_with_contacts_are_refused(contact_scene, setter):
+    scene, (arm, _, _) = contact_scene
     scene.reset()
     value = link_value(setter, 1)
     value = _symmetric_inertia(value) if setter == "set_links_inertia" else value
@@ -357,3 +361,72 @@ def test_link_parameters_with_contacts_are_refused(setter):
         else:
             getattr(arm, setter)(value.requires_grad_(True), links_idx_local=[2])
     scene.step()
+
+
+def _tracked(*values) -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.float64, requires_grad=True)
+
+
+REFUSED_CALLS = {
+    "entity.set_friction": (lambda arm, solver: arm.set_friction(_tracked(0.5)[0]), "friction acts through"),
+    "entity.set_friction_ratio": (
+        lambda arm, solver: arm.set_friction_ratio(_tracked(1.2), links_idx_local=[1]),
+        "friction acts through",
+    ),
+    "solver.set_geoms_friction": (
+        lambda arm, solver: solver.set_geoms_friction(_tracked(0.5), geoms_idx=[0]),
+        "friction acts through",
+    ),
+    "solver.set_geoms_friction_ratio": (
+        lambda arm, solver: solver.set_geoms_friction_ratio(_tracked(1.2), geoms_idx=[0]),
+        "friction acts through",
+    ),
+    "entity.set_dofs_frictionloss": (
+        lambda arm, solver: arm.set_dofs_frictionloss(_tracked(0.1, 0.1)),
+        "a friction loss acts through",
+    ),
+    "solver.set_dofs_limit": (
+        lambda arm, solver: solver.set_dofs_limit(_tracked(-1.0, -1.0), torch.tensor([1.0, 1.0])),
+        "joint limits act through",
+    ),
+    "entity.set_dofs_limit": (
+        lambda arm, solver: arm.set_dofs_limit(torch.tensor([-1.0, -1.0]), _tracked(1.0, 1.0)),
+        "joint limits act through",
+    ),
+    "solver.set_global_sol_params": (
+        lambda arm, solver: solver.set_global_sol_params(_tracked(0.02, 1.0, 0.9, 0.95, 0.001, 0.5, 2.0)),
+        "solver parameters set the impedance",
+    ),
+}
+
+
+@pytest.mark.parametrize("call", REFUSED_CALLS)
+def test_unsupported_parameter_is_refused(arm, call):
+    """A tracked input of a parameter without gradient support is refused at the call, naming what and why."""
+    scene, arm = arm
+    scene.reset()
+    refused, why = REFUSED_CALLS[call]
+    with pytest.raises(gs.GenesisException, match=rf"got a tensor that tracks gradients.*not supported: {why}"):
+        refused(arm, scene.sim.rigid_solver)
+
+
+@pytest.mark.parametrize("owner", ["link", "geom"])
+def test_geom_friction_is_refused(contact_scene, owner):
+    """`RigidLink.set_friction` and `RigidGeom.set_friction` write through `RigidSolver.set_geom_friction`."""
+    scene, (_, _, box) = contact_scene
+    scene.reset()
+    target = box.links[0] if owner == "link" else box.geoms[0]
+    with pytest.raises(gs.GenesisException, match="set_geom_friction got a tensor that tracks gradients"):
+        target.set_friction(_tracked(0.5)[0])
+
+
+def test_link_mass_with_frictionloss_is_refused(arm):
+    """Dof friction losses add constraint rows, regularized with the inverse weights as contacts are."""
+    scene, arm = arm
+    scene.reset()
+    arm.set_dofs_frictionloss(torch.tensor([0.1, 0.0], dtype=torch.float64))
+    try:
+        with pytest.raises(gs.GenesisException, match="set_links_mass got a tensor .* a scene with dof friction losses"):
+            arm.set_links_mass(_tracked(1.0), links_idx_local=[1])
+    finally:
+        arm.set_dofs_frictionloss(torch.zeros(2, dtype=torch.float64))
