@@ -1,5 +1,8 @@
 """
-Differentiable dof parameters (issue 13): kp, kv, damping, armature, stiffness, against central finite differences.
+Differentiable model parameters (issue 13), against central finite differences: the dof parameters (kp, kv, damping,
+armature, stiffness), the inertial properties of the links (mass, inertia, center of mass, `set_mass`) and the initial
+configuration; and the refusals of what is not differentiable. Both modes: the plugin and patch 0008; the strict-mode
+reports are plugin-only.
 """
 
 import genesis as gs
@@ -8,8 +11,6 @@ import torch
 from conftest import DIAG_ARM, assert_grad_close, build_diag_arm, central_fd, make_scene
 
 from genesis_grad_patch.strict import GradientBreakWarning
-
-pytestmark = pytest.mark.plugin_only  # not in patches/ yet
 
 SETTERS = ("set_dofs_kp", "set_dofs_kv", "set_dofs_damping", "set_dofs_armature", "set_dofs_stiffness")
 VALUES = {
@@ -139,6 +140,7 @@ def test_initial_configuration_gradient_matches_fd(arm, method):
     assert_grad_close(grad, fd, rtol=1e-6)
 
 
+@pytest.mark.plugin_only  # strict mode's report
 def test_configuration_set_between_steps(arm):
     """
     Tracked: refused. Untracked: it cuts the gradient of the configuration it overwrote (old main: 0.66 relative
@@ -264,16 +266,21 @@ def test_solver_level_link_setter(arm):
     assert_grad_close(grad, central_fd(rollout, p, eps=1e-6), rtol=1e-6)
 
 
-def test_link_parameter_set_between_steps(arm):
-    """
-    Tracked: refused. Untracked, in a rollout with tracked inputs: strict mode says the gradient is approximate (the
-    link inertias the next step starts from are differentiated with the previous value, 1e-1 relative error here).
-    """
+def test_tracked_link_parameter_between_steps_is_refused(arm):
     scene, arm = arm
     scene.reset()
     scene.step()
     with pytest.raises(gs.GenesisException, match="set_links_mass got a tensor that tracks gradients between steps"):
         arm.set_links_mass(link_value("set_links_mass", 2).requires_grad_(True), links_idx_local=LINKS)
+
+
+@pytest.mark.plugin_only  # strict mode's report
+def test_untracked_link_parameter_between_steps_is_reported(arm):
+    """
+    In a rollout with tracked inputs, strict mode says the gradient is approximate (the link inertias the next step
+    starts from are differentiated with the previous value, 1e-1 relative error here).
+    """
+    scene, arm = arm
     x = link_value("set_links_mass", 2).requires_grad_(True)
     with pytest.warns(GradientBreakWarning, match="changed an inertial property between steps"):
         link_rollout(scene, arm, "set_links_mass", x, links=LINKS, change_at=6)
@@ -368,7 +375,6 @@ def _tracked(*values) -> torch.Tensor:
 
 
 REFUSED_CALLS = {
-    "entity.set_friction": (lambda arm, solver: arm.set_friction(_tracked(0.5)[0]), "friction acts through"),
     "entity.set_friction_ratio": (
         lambda arm, solver: arm.set_friction_ratio(_tracked(1.2), links_idx_local=[1]),
         "friction acts through",
@@ -410,13 +416,13 @@ def test_unsupported_parameter_is_refused(arm, call):
         refused(arm, scene.sim.rigid_solver)
 
 
-@pytest.mark.parametrize("owner", ["link", "geom"])
+@pytest.mark.parametrize("owner", ["entity", "link", "geom"])
 def test_geom_friction_is_refused(contact_scene, owner):
     """`RigidLink.set_friction` and `RigidGeom.set_friction` write through `RigidSolver.set_geom_friction`."""
     scene, (_, _, box) = contact_scene
     scene.reset()
-    target = box.links[0] if owner == "link" else box.geoms[0]
-    with pytest.raises(gs.GenesisException, match="set_geom_friction got a tensor that tracks gradients"):
+    target = {"entity": box, "link": box.links[0], "geom": box.geoms[0]}[owner]
+    with pytest.raises(gs.GenesisException, match="set_(geom_)?friction got a tensor that tracks gradients"):
         target.set_friction(_tracked(0.5)[0])
 
 
