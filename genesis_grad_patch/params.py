@@ -59,7 +59,11 @@ STATE_SETTERS = ("set_qpos", "set_dofs_position")
 _CLEARED = {"set_dofs_kp": (("act_bias", 0),)}
 GRAD_FIELDS = frozenset(field for terms in PARAMETERS.values() for field, _, _ in terms)
 # Link setter -> the field of `dyn_info.links` it writes (mass, inertia in the inertial frame, center of mass).
-LINK_PARAMETERS = {"set_links_mass": "inertial_mass", "set_links_inertia": "inertial_i", "set_links_COM": "inertial_pos"}
+LINK_PARAMETERS = {
+    "set_links_mass": "inertial_mass",
+    "set_links_inertia": "inertial_i",
+    "set_links_COM": "inertial_pos",
+}
 LINK_GRAD_FIELDS = frozenset(LINK_PARAMETERS.values())
 
 # Per solver: the parameter calls of the coming step, then of each taped step (by its first substep).
@@ -118,14 +122,19 @@ def _dataclass_to_repr(*args, **kwargs):
     # Marked at the level of the kernel argument (`dyn_info`), which is hashed whatever fields the kernel reads. The
     # tag names both layouts: a cache written when only the dofs had gradient storage must not be loaded either.
     if isinstance(key, str) and (
-        isinstance(getattr(arg, "dofs", None), DofsInfoWithGrad) or isinstance(getattr(arg, "links", None), LinksInfoWithGrad)
+        isinstance(getattr(arg, "dofs", None), DofsInfoWithGrad)
+        or isinstance(getattr(arg, "links", None), LinksInfoWithGrad)
     ):
         key = f"{key}, [genesis-grad-patch: dofs and links parameters with gradients]"
     return key
 
 
 def _has_grad(solver: RigidSolver) -> bool:
-    return solver._requires_grad and solver.dyn_info.dofs.damping.has_grad() and solver.dyn_info.links.inertial_mass.has_grad()
+    return (
+        solver._requires_grad
+        and solver.dyn_info.dofs.damping.has_grad()
+        and solver.dyn_info.links.inertial_mass.has_grad()
+    )
 
 
 _dofs_qs: "weakref.WeakKeyDictionary[RigidSolver, list]" = weakref.WeakKeyDictionary()
@@ -259,7 +268,11 @@ def _constraint_rows(solver: RigidSolver) -> list[str]:
     return rows
 
 
-_LINK_WHAT = {"set_links_mass": "link mass", "set_links_inertia": "link inertia", "set_links_COM": "link center of mass"}
+_LINK_WHAT = {
+    "set_links_mass": "link mass",
+    "set_links_inertia": "link inertia",
+    "set_links_COM": "link center of mass",
+}
 
 
 def _refuse_unsupported(solver: RigidSolver, method: str, idx) -> None:
@@ -467,7 +480,7 @@ def _refusing_setter(owner: type, name: str, why: str, solver_of):
     def wrapper(self, *args, **kwargs):
         solver = solver_of(self)
         if solver._requires_grad and torch.is_grad_enabled():
-            for arg, value in (*zip(("",) * len(args), args), *kwargs.items()):
+            for arg, value in (*zip(("",) * len(args), args, strict=True), *kwargs.items()):
                 if isinstance(value, torch.Tensor) and value.requires_grad:
                     what = f" ('{arg}')" if arg else ""
                     gs.raise_exception(

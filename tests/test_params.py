@@ -325,7 +325,15 @@ def test_inertia_then_entity_mass(arm):
         ("set_mass", None, None, True),
         ("set_mass", None, [1], False),
     ],
-    ids=["mass-shared", "mass-per_env", "mass-fore-env1", "com-per_env", "inertia-env0", "set_mass-per_env", "set_mass-env1"],
+    ids=[
+        "mass-shared",
+        "mass-per_env",
+        "mass-fore-env1",
+        "com-per_env",
+        "inertia-env0",
+        "set_mass-per_env",
+        "set_mass-env1",
+    ],
 )
 def test_batched_link_parameters(arms2_links, setter, links, envs_idx, per_env):
     """Shared (one value for the selected environments) or per-environment values, any subset of links and envs."""
@@ -432,7 +440,9 @@ def test_link_mass_with_frictionloss_is_refused(arm):
     scene.reset()
     arm.set_dofs_frictionloss(torch.tensor([0.1, 0.0], dtype=torch.float64))
     try:
-        with pytest.raises(gs.GenesisException, match="set_links_mass got a tensor .* a scene with dof friction losses"):
+        with pytest.raises(
+            gs.GenesisException, match="set_links_mass got a tensor .* a scene with dof friction losses"
+        ):
             arm.set_links_mass(_tracked(1.0), links_idx_local=[1])
     finally:
         arm.set_dofs_frictionloss(torch.zeros(2, dtype=torch.float64))
