@@ -360,6 +360,12 @@ def _warn_link_parameter_between_steps(solver: RigidSolver, method: str) -> None
     )
 
 
+def _detached(values):
+    """The arguments (a tuple or a dict), every tensor that tracks gradients detached."""
+    cut = lambda v: v.detach() if isinstance(v, torch.Tensor) and v.requires_grad else v  # noqa: E731
+    return {k: cut(v) for k, v in values.items()} if isinstance(values, dict) else tuple(cut(v) for v in values)
+
+
 def _parameter_setter(method: str):
     stock = getattr(RigidSolver, method)
     sig = signature(stock)
@@ -368,7 +374,10 @@ def _parameter_setter(method: str):
     @wraps(stock)
     def wrapper(self: RigidSolver, *args, **kwargs):
         if not (torch.is_grad_enabled() and _has_grad(self)):
-            return stock(self, *args, **kwargs)
+            # No gradient to give: the value alone. A tracked tensor reaching Genesis's setter kernels compiles a
+            # variant with gradient pointers under the same fastcache key, and the next untracked call loading it
+            # segfaulted (stock 1.4.5, `set_dofs_armature` in a differentiable scene, one kernel cache).
+            return stock(self, *_detached(args), **_detached(kwargs))
         arguments = sig.bind(self, *args, **kwargs).arguments
         value = arguments.get(value_arg)
         tracked = isinstance(value, torch.Tensor) and value.requires_grad
