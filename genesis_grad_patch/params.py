@@ -1,16 +1,20 @@
 """
-Differentiable model parameters (gains, damping, armature and stiffness of the dofs) and initial configuration
-(`set_qpos`, `set_dofs_position`).
+Differentiable model parameters: the gains, damping, armature and stiffness of the dofs, the mass, inertia and center of
+mass of the links (hence `RigidEntity.set_mass`), and the initial configuration (`set_qpos`, `set_dofs_position`).
 
 Genesis's reverse pass already differentiates every kernel that reads the model (`act_gain`, `act_bias`, `damping`,
-`armature`, `stiffness` of `dyn_info.dofs`): only the gradient storage is missing, since the build allocates those
-fields without it. In a scene built with `requires_grad=True`, this module allocates them with gradient storage, tapes
-the parameter setters like control calls (a value holds from the step it is set at until the next call that writes
-it), and hands the gradient the reverse pass accumulated in each field to the tensor the user gave:
+`armature`, `stiffness` of `dyn_info.dofs`; `inertial_mass`, `inertial_i`, `inertial_pos` of `dyn_info.links`): only
+the gradient storage is missing, since the build allocates those fields without it. In a scene built with
+`requires_grad=True`, this module allocates them with gradient storage, tapes the parameter setters like control calls
+(a value holds from the step it is set at until the next call that writes it), and hands the gradient the reverse pass
+accumulated in each field to the tensor the user gave:
 
 - `set_dofs_kp(kp)` writes `act_gain = kp`, `act_bias = (0, -kp, .)`: d loss / d kp = g(act_gain) - g(act_bias[1]);
 - `set_dofs_kv(kv)` writes `act_bias[2] = -kv`: d loss / d kv = -g(act_bias[2]);
-- `set_dofs_damping`, `set_dofs_armature`, `set_dofs_stiffness` write their field: the gradient is the field's.
+- `set_dofs_damping`, `set_dofs_armature`, `set_dofs_stiffness`, `set_links_mass`, `set_links_inertia`,
+  `set_links_COM` write their field: the gradient is the field's;
+- `set_links_mass(..., scale_inertia=True)` (what `RigidEntity.set_mass` calls) also writes I' = I m' / m, whose
+  gradient goes to m' and, through the fields, to the earlier I and m.
 
 As for control targets, every call of a reversed step reads and clears the gradient of what it wrote, tracked or not,
 so the gradient of the steps a later call drove never reaches an earlier value; what the steps before the first call
@@ -22,11 +26,13 @@ they precede leaves d loss / d qpos of its start in `rigid_info.qpos.grad`, whic
 initial configuration gets its gradient and an untracked one set between steps cuts the gradient of the configuration
 it overwrote.
 
-Refused with a clear error: a tracked armature in a scene whose constraints read it (contacts or joint limits: the
-derived inverse weights the constraint rows use are not differentiated); a tracked configuration set between steps
-(the link poses the previous step derived from the overwritten configuration pass their gradient on to it, in Genesis
-1.4.5's reverse pass: set it after `scene.reset()`, before the first step); a tracked `set_dofs_position` of the
-rotational dofs of a free or ball joint (their configuration is a quaternion: use `set_qpos`).
+Refused with a clear error: a tracked armature, link mass, inertia or center of mass in a scene whose constraint rows
+read their derived inverse weights (contacts, joint limits, friction losses, equalities: not differentiated); a
+tracked configuration or inertial property set between steps (the link poses and inertias the previous step derived
+from the overwritten value pass their gradient on to it, in Genesis 1.4.5's reverse pass: set it after
+`scene.reset()`, before the first step); a tracked `set_dofs_position` of the rotational dofs of a free or ball joint
+(their configuration is a quaternion: use `set_qpos`); and tracked friction, friction ratio, friction loss, joint
+limits and solver parameters (`install_refusals`: the constraint solver's reverse pass does not differentiate them).
 """
 
 import dataclasses

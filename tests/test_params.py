@@ -5,6 +5,8 @@ configuration; and the refusals of what is not differentiable. Both modes: the p
 reports are plugin-only.
 """
 
+import warnings
+
 import genesis as gs
 import pytest
 import torch
@@ -446,3 +448,17 @@ def test_link_mass_with_frictionloss_is_refused(arm):
             arm.set_links_mass(_tracked(1.0), links_idx_local=[1])
     finally:
         arm.set_dofs_frictionloss(torch.zeros(2, dtype=torch.float64))
+
+
+def test_no_gradient_storage_without_requires_grad():
+    """The off-grad path: no gradient storage, and the setters write the value of a tracked tensor as stock does."""
+    scene, arm = build_diag_arm(requires_grad=False)
+    solver = scene.sim.rigid_solver
+    assert not solver.dyn_info.links.inertial_mass.has_grad()
+    assert not solver.dyn_info.dofs.damping.has_grad()
+    mass = torch.tensor([1.2, 0.6], dtype=torch.float64, requires_grad=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # strict mode: the scene is not differentiable
+        arm.set_links_mass(mass, links_idx_local=LINKS)
+    torch.testing.assert_close(arm.get_links_mass(links_idx_local=LINKS), mass.detach())
+    scene.step()
