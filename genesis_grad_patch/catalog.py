@@ -14,6 +14,9 @@ Statuses of the public methods:
 - ``differentiable read``: a getter whose result is a torch function of the differentiable state (`getters.py`);
 - ``unsupported input``: the value is used, the gradient is not computed; a tracked tensor is reported (strict mode)
   and given to Genesis detached;
+- ``refused input``: a parameter acting only through constraint rows whose reverse pass Genesis 1.4.5 does not
+  differentiate (friction, friction loss, joint limits, solver parameters): a tracked tensor in a differentiable scene
+  is refused at the call with the reason;
 - ``unsupported read``: the stock value, outside the graph; reported when the user reads it in grad mode.
 
 Rows with status ``machinery`` are the internal Genesis methods the plugin replaces to implement the above.
@@ -28,6 +31,7 @@ class Status(str, enum.Enum):
     DIFFERENTIABLE_PARAMETER = "differentiable parameter"
     DIFFERENTIABLE_READ = "differentiable read"
     UNSUPPORTED_INPUT = "unsupported input"
+    REFUSED_INPUT = "refused input"
     UNSUPPORTED_READ = "unsupported read"
     MACHINERY = "machinery"
 
@@ -72,6 +76,9 @@ PARAMETERS = (
     "set_dofs_damping",
     "set_dofs_armature",
     "set_dofs_stiffness",
+    "set_links_mass",
+    "set_links_inertia",
+    "set_links_COM",
     "set_qpos",
     "set_dofs_position",
 )
@@ -100,33 +107,64 @@ ENTITY_READS = (
 )
 
 _NO_GRADIENT = "its gradient is supported neither by Genesis nor by genesis-grad-patch"
-_DOF_PARAMETERS = ("set_dofs_act_gain", "set_dofs_act_bias", "set_dofs_force_range", "set_dofs_limit")
-_UNSUPPORTED_BOTH = (*_DOF_PARAMETERS, "set_dofs_frictionloss", "set_links_mass", "set_links_COM", "set_links_inertia")
+_DOF_PARAMETERS = ("set_dofs_act_gain", "set_dofs_act_bias", "set_dofs_force_range")
+_UNSUPPORTED_BOTH = _DOF_PARAMETERS
+_WHY_FRICTION = (
+    "friction acts through the friction cones of contacts alone, and the reverse pass of Genesis 1.4.5's constraint "
+    "solver does not differentiate them with respect to the coefficients, so the gradient would be zero"
+)
+_WHY_FRICTIONLOSS = (
+    "a friction loss acts through the dof friction constraint rows alone, whose bounds the reverse pass of Genesis "
+    "1.4.5's constraint solver does not differentiate, so the gradient would be zero"
+)
+_WHY_LIMIT = (
+    "joint limits act through the limit constraint rows alone, whose position and activation the reverse pass of "
+    "Genesis 1.4.5's constraint solver does not differentiate, so the gradient would be zero"
+)
+_WHY_SOL_PARAMS = (
+    "solver parameters set the impedance of the constraint rows, which the reverse pass of Genesis 1.4.5's "
+    "constraint solver does not differentiate, so the gradient would be zero"
+)
+_FRICTION_SOLVER = (
+    "set_geoms_friction",
+    "set_geom_friction",
+    "set_geoms_friction_ratio",
+    "set_geoms_friction_torsional",
+    "set_geom_friction_torsional",
+    "set_geoms_friction_rolling",
+    "set_geom_friction_rolling",
+)
+_FRICTION_ENTITY = ("set_friction", "set_friction_ratio", "set_friction_torsional", "set_friction_rolling")
 
 ROWS: tuple[Method, ...] = (
     *_rows(ENTITY, CONTROLS, Status.DIFFERENTIABLE_INPUT, "control"),
     *_rows(SOLVER, CONTROLS, Status.DIFFERENTIABLE_INPUT, "control"),
     *_rows(ENTITY, STATE_SETTERS, Status.DIFFERENTIABLE_INPUT, "control"),
-    *_rows(ENTITY, PARAMETERS, Status.DIFFERENTIABLE_PARAMETER, "params"),
+    *_rows(ENTITY, (*PARAMETERS, "set_mass"), Status.DIFFERENTIABLE_PARAMETER, "params"),
     *_rows(SOLVER, PARAMETERS, Status.DIFFERENTIABLE_PARAMETER, "params"),
     *_rows(SOLVER, SOLVER_READS, Status.DIFFERENTIABLE_READ, "getters"),
     *_rows(ENTITY, ENTITY_READS, Status.DIFFERENTIABLE_READ, "", "reads through the solver getter"),
     *_rows(
         ENTITY,
-        (*_UNSUPPORTED_BOTH, "set_dofs_invweight", "set_links_invweight", "set_mass", "set_friction_ratio"),
+        (*_UNSUPPORTED_BOTH, "set_dofs_invweight", "set_links_invweight"),
         Status.UNSUPPORTED_INPUT,
         "input_checks",
         _NO_GRADIENT,
     ),
-    *_rows(
-        ENTITY, ("set_friction", "apply_links_external_wrench"), Status.UNSUPPORTED_INPUT, "input_checks", _NO_GRADIENT
-    ),
+    *_rows(ENTITY, ("apply_links_external_wrench",), Status.UNSUPPORTED_INPUT, "input_checks", _NO_GRADIENT),
+    *_rows(ENTITY, _FRICTION_ENTITY, Status.REFUSED_INPUT, "params", _WHY_FRICTION),
+    *_rows(SOLVER, _FRICTION_SOLVER, Status.REFUSED_INPUT, "params", _WHY_FRICTION),
+    *_rows(ENTITY, ("set_dofs_frictionloss",), Status.REFUSED_INPUT, "params", _WHY_FRICTIONLOSS),
+    *_rows(SOLVER, ("set_dofs_frictionloss",), Status.REFUSED_INPUT, "params", _WHY_FRICTIONLOSS),
+    *_rows(ENTITY, ("set_dofs_limit",), Status.REFUSED_INPUT, "params", _WHY_LIMIT),
+    *_rows(SOLVER, ("set_dofs_limit",), Status.REFUSED_INPUT, "params", _WHY_LIMIT),
+    *_rows(SOLVER, ("set_sol_params", "set_global_sol_params"), Status.REFUSED_INPUT, "params", _WHY_SOL_PARAMS),
     *_rows(
         SOLVER,
         ("set_dofs_velocity", "set_base_links_pos", "set_base_links_quat", "set_links_pos", "set_links_quat"),
         Status.UNSUPPORTED_INPUT,
         "input_checks",
-        "at solver level only the controls and the dof parameters are differentiable: use the entity's setter",
+        "at solver level only the controls and the model parameters are differentiable: use the entity's setter",
     ),
     *_rows(
         SOLVER,
@@ -188,6 +226,7 @@ ROWS: tuple[Method, ...] = (
     Method(SOLVER, "reset_grad", Status.MACHINERY, "replay", "restores the parameters the rollout ended with"),
     Method("rigid_solver", "assign_indexed_tensor", Status.MACHINERY, "control", "writes a tracked target by value"),
     Method("array_class", "get_dofs_info", Status.MACHINERY, "params", "dof parameters with gradient storage"),
+    Method("array_class", "get_links_info", Status.MACHINERY, "params", "link inertial parameters with gradient storage"),
     Method("args_hasher", "dataclass_to_repr", Status.MACHINERY, "params", "a kernel cache key per storage layout"),
     Method("StepNode", "forward", Status.MACHINERY, "tape_guards", "saves the inputs (in-place edits detected)"),
     Method("StepNode", "backward", Status.MACHINERY, "tape_guards", "refuses double backward, recovers from errors"),

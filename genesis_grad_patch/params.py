@@ -1,16 +1,20 @@
 """
-Differentiable model parameters (gains, damping, armature and stiffness of the dofs) and initial configuration
-(`set_qpos`, `set_dofs_position`).
+Differentiable model parameters: the gains, damping, armature and stiffness of the dofs, the mass, inertia and center of
+mass of the links (hence `RigidEntity.set_mass`), and the initial configuration (`set_qpos`, `set_dofs_position`).
 
 Genesis's reverse pass already differentiates every kernel that reads the model (`act_gain`, `act_bias`, `damping`,
-`armature`, `stiffness` of `dyn_info.dofs`): only the gradient storage is missing, since the build allocates those
-fields without it. In a scene built with `requires_grad=True`, this module allocates them with gradient storage, tapes
-the parameter setters like control calls (a value holds from the step it is set at until the next call that writes
-it), and hands the gradient the reverse pass accumulated in each field to the tensor the user gave:
+`armature`, `stiffness` of `dyn_info.dofs`; `inertial_mass`, `inertial_i`, `inertial_pos` of `dyn_info.links`): only
+the gradient storage is missing, since the build allocates those fields without it. In a scene built with
+`requires_grad=True`, this module allocates them with gradient storage, tapes the parameter setters like control calls
+(a value holds from the step it is set at until the next call that writes it), and hands the gradient the reverse pass
+accumulated in each field to the tensor the user gave:
 
 - `set_dofs_kp(kp)` writes `act_gain = kp`, `act_bias = (0, -kp, .)`: d loss / d kp = g(act_gain) - g(act_bias[1]);
 - `set_dofs_kv(kv)` writes `act_bias[2] = -kv`: d loss / d kv = -g(act_bias[2]);
-- `set_dofs_damping`, `set_dofs_armature`, `set_dofs_stiffness` write their field: the gradient is the field's.
+- `set_dofs_damping`, `set_dofs_armature`, `set_dofs_stiffness`, `set_links_mass`, `set_links_inertia`,
+  `set_links_COM` write their field: the gradient is the field's;
+- `set_links_mass(..., scale_inertia=True)` (what `RigidEntity.set_mass` calls) also writes I' = I m' / m, whose
+  gradient goes to m' and, through the fields, to the earlier I and m.
 
 As for control targets, every call of a reversed step reads and clears the gradient of what it wrote, tracked or not,
 so the gradient of the steps a later call drove never reaches an earlier value; what the steps before the first call
@@ -22,17 +26,20 @@ they precede leaves d loss / d qpos of its start in `rigid_info.qpos.grad`, whic
 initial configuration gets its gradient and an untracked one set between steps cuts the gradient of the configuration
 it overwrote.
 
-Refused with a clear error: a tracked armature in a scene whose constraints read it (contacts or joint limits: the
-derived inverse weights the constraint rows use are not differentiated); a tracked configuration set between steps
-(the link poses the previous step derived from the overwritten configuration pass their gradient on to it, in Genesis
-1.4.5's reverse pass: set it after `scene.reset()`, before the first step); a tracked `set_dofs_position` of the
-rotational dofs of a free or ball joint (their configuration is a quaternion: use `set_qpos`).
+Refused with a clear error: a tracked armature, link mass, inertia or center of mass in a scene whose constraint rows
+read their derived inverse weights (contacts, joint limits, friction losses, equalities: not differentiated); a
+tracked configuration or inertial property set between steps (the link poses and inertias the previous step derived
+from the overwritten value pass their gradient on to it, in Genesis 1.4.5's reverse pass: set it after
+`scene.reset()`, before the first step); a tracked `set_dofs_position` of the rotational dofs of a free or ball joint
+(their configuration is a quaternion: use `set_qpos`); and tracked friction, friction ratio, friction loss, joint
+limits and solver parameters (`refuse_tracked`, catalog status "refused input": the constraint solver's reverse pass does not differentiate them).
 """
 
 import dataclasses
 import weakref
 from functools import wraps
 from inspect import signature
+from typing import NamedTuple
 
 import genesis as gs
 import torch
@@ -54,6 +61,13 @@ STATE_SETTERS = ("set_qpos", "set_dofs_position")
 # Fields written by a setter but carrying no gradient of its own value: cleared with the rest (kp zeroes act_bias[0]).
 _CLEARED = {"set_dofs_kp": (("act_bias", 0),)}
 GRAD_FIELDS = frozenset(field for terms in PARAMETERS.values() for field, _, _ in terms)
+# Link setter -> the field of `dyn_info.links` it writes (mass, inertia in the inertial frame, center of mass).
+LINK_PARAMETERS = {
+    "set_links_mass": "inertial_mass",
+    "set_links_inertia": "inertial_i",
+    "set_links_COM": "inertial_pos",
+}
+LINK_GRAD_FIELDS = frozenset(LINK_PARAMETERS.values())
 
 # Per solver: the parameter calls of the coming step, then of each taped step (by its first substep).
 _pending: "weakref.WeakKeyDictionary[RigidSolver, list]" = weakref.WeakKeyDictionary()
@@ -75,6 +89,24 @@ def _get_dofs_info(solver):
     return DofsInfoWithGrad(**values)
 
 
+def _get_links_info(solver):
+    """`array_class.get_links_info`, with gradient storage for the inertial fields of a differentiable scene."""
+    info = patching.original(array_class, "get_links_info")(solver)
+    if not solver._requires_grad:
+        return info
+    # The stock allocation of these fields (see `array_class.get_links_info`), plus gradient storage.
+    shape = (solver.n_links_, solver._B) if solver._options.batch_links_info else solver.n_links_
+    dtypes = {"inertial_mass": gs.qd_float, "inertial_i": gs.qd_mat3, "inertial_pos": gs.qd_vec3}
+    fields = {name: array_class.V(dtype=dtypes[name], shape=shape, needs_grad=True) for name in LINK_GRAD_FIELDS}
+    values = {field.name: getattr(info, field.name) for field in dataclasses.fields(info)} | fields
+    return LinksInfoWithGrad(**values)
+
+
+class LinksInfoWithGrad(array_class.LinksInfo):
+    """`LinksInfo` whose inertial fields carry gradient storage: a type of its own for the reason `DofsInfoWithGrad`
+    gives."""
+
+
 class DofsInfoWithGrad(array_class.DofsInfo):
     """
     `DofsInfo` whose parameter fields carry gradient storage (same fields, a type of its own).
@@ -90,14 +122,22 @@ def _dataclass_to_repr(*args, **kwargs):
     """Quadrants's fastcache key of a dataclass argument, made distinct for `DofsInfoWithGrad`."""
     key = patching.original(args_hasher, "dataclass_to_repr")(*args, **kwargs)
     arg = args[2] if len(args) > 2 else kwargs["arg"]
-    # Marked at the level of the kernel argument (`dyn_info`), which is hashed whatever fields the kernel reads.
-    if isinstance(getattr(arg, "dofs", None), DofsInfoWithGrad) and isinstance(key, str):
-        key = f"{key}, [genesis-grad-patch: dofs parameters with gradients]"
+    # Marked at the level of the kernel argument (`dyn_info`), which is hashed whatever fields the kernel reads. The
+    # tag names both layouts: a cache written when only the dofs had gradient storage must not be loaded either.
+    if isinstance(key, str) and (
+        isinstance(getattr(arg, "dofs", None), DofsInfoWithGrad)
+        or isinstance(getattr(arg, "links", None), LinksInfoWithGrad)
+    ):
+        key = f"{key}, [genesis-grad-patch: dofs and links parameters with gradients]"
     return key
 
 
 def _has_grad(solver: RigidSolver) -> bool:
-    return solver._requires_grad and solver.dyn_info.dofs.damping.has_grad()
+    return (
+        solver._requires_grad
+        and solver.dyn_info.dofs.damping.has_grad()
+        and solver.dyn_info.links.inertial_mass.has_grad()
+    )
 
 
 _dofs_qs: "weakref.WeakKeyDictionary[RigidSolver, list]" = weakref.WeakKeyDictionary()
@@ -154,10 +194,53 @@ def _consume_state(solver: RigidSolver, method: str, idx, envs_idx, tracked: boo
     return grad[0] if grad is not None and solver.n_envs == 0 else grad
 
 
-def _consume(solver: RigidSolver, method: str, dofs_idx, envs_idx, tracked: bool = True) -> torch.Tensor:
+def _link_field_grad(solver: RigidSolver, field: str) -> torch.Tensor:
+    """Zero-copy view of an inertial field's gradient, environments first when batched."""
+    return qd_to_torch(getattr(solver.dyn_info.links, field).grad, transpose=True, copy=False)
+
+
+def _link_mask(solver: RigidSolver, links_idx, envs_idx) -> tuple:
+    if solver._options.batch_links_info:
+        return indices_to_mask(envs_idx, links_idx)
+    return indices_to_mask(links_idx)
+
+
+def _link_values(solver: RigidSolver, field: str, links_idx, envs_idx) -> torch.Tensor:
+    """A copy of the selected entries of an inertial field, in the layout of its gradient view."""
+    view = qd_to_torch(getattr(solver.dyn_info.links, field), transpose=True, copy=True)
+    return view[_link_mask(solver, links_idx, envs_idx)].clone()
+
+
+def _consume_link(solver: RigidSolver, call: "_Call") -> torch.Tensor:
+    """
+    Read, then clear, the gradient of the value one link call wrote.
+
+    `set_links_mass(..., scale_inertia=True)` (what `RigidEntity.set_mass` calls) also writes I' = I m' / m, from the
+    inertia I and the mass m it found: m' gets sum(g(I') * I' / m'), and the earlier values get theirs through the
+    fields, g(I) = g(I') m' / m and g(m) = -sum(g(I') * I') / m.
+    """
+    mask = _link_mask(solver, call.idx, call.envs_idx)
+    view = _link_field_grad(solver, LINK_PARAMETERS[call.method])
+    grad = view[mask].clone()
+    view[mask] = 0.0
+    if call.extra is not None:
+        mass_old, mass_new, inertia_new = call.extra
+        g_inertia_view = _link_field_grad(solver, "inertial_i")
+        g_inertia = g_inertia_view[mask].clone()
+        weighted = (g_inertia * inertia_new).sum(dim=(-2, -1))
+        grad = grad + weighted / mass_new
+        g_inertia_view[mask] = g_inertia * (mass_new / mass_old)[..., None, None]
+        view[mask] = -weighted / mass_old
+    return grad
+
+
+def _consume(solver: RigidSolver, call: "_Call") -> torch.Tensor:
     """Read, then clear, the gradient of the value one parameter call wrote, in the layout of its selection."""
+    method, dofs_idx, envs_idx = call.method, call.idx, call.envs_idx
     if method in STATE_SETTERS:
-        return _consume_state(solver, method, dofs_idx, envs_idx, tracked)
+        return _consume_state(solver, method, dofs_idx, envs_idx, call.value is not None)
+    if method in LINK_PARAMETERS:
+        return _consume_link(solver, call)
     mask = _mask(solver, dofs_idx, envs_idx)
     grad = None
     for field, component, sign in PARAMETERS[method]:
@@ -171,11 +254,28 @@ def _consume(solver: RigidSolver, method: str, dofs_idx, envs_idx, tracked: bool
     return grad
 
 
-def _constraints_read_armature(solver: RigidSolver) -> bool:
-    """Whether contact or joint-limit rows can be active: their regularization reads the armature's inverse weights."""
-    collides = solver._enable_collision and solver.collider is not None and solver.collider._n_possible_pairs > 0
-    limits = solver._enable_joint_limit and bool(torch.isfinite(qd_to_torch(solver.dyn_info.dofs.limit)).any())
-    return collides or limits
+def _constraint_rows(solver: RigidSolver) -> list[str]:
+    """
+    What can add constraint rows: their regularization reads the inverse weights, derived from the armature and the
+    inertial properties of the links, which Genesis 1.4.5's reverse pass does not differentiate.
+    """
+    rows = []
+    if solver._enable_collision and solver.collider is not None and solver.collider._n_possible_pairs > 0:
+        rows.append("collisions")
+    if solver._enable_joint_limit and bool(torch.isfinite(qd_to_torch(solver.dyn_info.dofs.limit)).any()):
+        rows.append("joint limits")
+    if bool((qd_to_torch(solver.dyn_info.dofs.frictionloss) > 0.0).any()):
+        rows.append("dof friction losses")
+    if solver.n_equalities > 0:
+        rows.append("equality constraints")
+    return rows
+
+
+_LINK_WHAT = {
+    "set_links_mass": "link mass",
+    "set_links_inertia": "link inertia",
+    "set_links_COM": "link center of mass",
+}
 
 
 def _refuse_unsupported(solver: RigidSolver, method: str, idx) -> None:
@@ -187,19 +287,31 @@ def _refuse_unsupported(solver: RigidSolver, method: str, idx) -> None:
             "gradient would be wrong. Set a tracked configuration after `scene.reset()`, before the first step, or "
             "pass an untracked value."
         )
+    if method in LINK_PARAMETERS and solver.sim.cur_step_global > 0:
+        gs.raise_exception(
+            f"{method} got a tensor that tracks gradients between steps of a differentiable rollout (step "
+            f"{solver.sim.cur_step_global}): the next step starts from the link inertias and centers of mass the "
+            "setter derives from the new value, and Genesis 1.4.5's reverse pass gives their gradient to the value the "
+            "previous step ran with, so the gradient would be wrong. Set a tracked inertial property after "
+            "`scene.reset()`, before the first step, or pass an untracked value."
+        )
     if method == "set_dofs_position" and any(len(_qs_of_dofs(solver)[d]) != 1 for d in _dofs_list(solver, idx)):
         gs.raise_exception(
             "set_dofs_position got a tensor that tracks gradients for a rotational dof of a free or ball joint, whose "
             "configuration is a quaternion rather than one entry per dof. Set it with `set_qpos` (the quaternion "
             "entries), or pass an untracked value."
         )
-    if method == "set_dofs_armature" and _constraints_read_armature(solver):
-        gs.raise_exception(
-            "set_dofs_armature got a tensor that tracks gradients in a scene with collisions or joint limits: the "
-            "armature also sets the inverse weights of the constraint rows, whose gradient Genesis 1.4.5 does not "
-            "compute, so the gradient would be biased. Disable them (`RigidOptions(enable_collision=False, "
-            "enable_joint_limit=False)`) or pass an untracked value."
-        )
+    if method == "set_dofs_armature" or method in LINK_PARAMETERS:
+        rows = _constraint_rows(solver)
+        if rows:
+            what = "armature" if method == "set_dofs_armature" else _LINK_WHAT[method]
+            gs.raise_exception(
+                f"{method} got a tensor that tracks gradients in a scene with {' and '.join(rows)}: the {what} also "
+                "sets the inverse weights of the constraint rows, whose gradient Genesis 1.4.5 does not compute, so "
+                "the gradient would be biased (5e-3 to 7e-2 relative error measured for a mass through contact). "
+                "Disable them (`RigidOptions(enable_collision=False, enable_joint_limit=False)`, no frictionloss, no "
+                "equality) or pass an untracked value."
+            )
 
 
 def _warn_configuration_between_steps(solver: RigidSolver, method: str) -> None:
@@ -218,31 +330,79 @@ def _warn_configuration_between_steps(solver: RigidSolver, method: str) -> None:
     )
 
 
+class _Call(NamedTuple):
+    """One taped parameter call: its setter, the tracked value (None if untracked), its selection, and for a mass
+    written with `scale_inertia` the (old mass, new mass, new inertia) of the selection."""
+
+    method: str
+    value: torch.Tensor | None
+    idx: object
+    envs_idx: object
+    extra: tuple | None = None
+
+
+def _index_arg(method: str) -> str:
+    if method == "set_qpos":
+        return "qs_idx"
+    return "links_idx" if method in LINK_PARAMETERS else "dofs_idx"
+
+
+def _warn_link_parameter_between_steps(solver: RigidSolver, method: str) -> None:
+    """An untracked inertial property set between steps of a rollout with tracked inputs: see `_refuse_unsupported`."""
+    sim = solver.sim
+    if not records.has_tracked_inputs(sim):
+        return
+    input_checks.report_approximate_gradient(
+        f"RigidSolver.{method}",
+        f"'{method}' changed an inertial property between steps of a differentiable rollout (before step "
+        f"{sim.cur_step_global}): the link inertias and centers of mass the next step starts from were derived from "
+        "the new value, but Genesis 1.4.5's reverse pass differentiates them with the previous one and gives their "
+        "gradient to it (1e-1 relative error measured on the gradient of a mass set at reset, 2-link arm).",
+        "Set inertial properties after `scene.reset()`, before the first step, or start a new rollout there.",
+        sim,
+    )
+
+
+def _detached(values):
+    """The arguments (a tuple or a dict), every tensor that tracks gradients detached."""
+    cut = lambda v: v.detach() if isinstance(v, torch.Tensor) and v.requires_grad else v  # noqa: E731
+    return {k: cut(v) for k, v in values.items()} if isinstance(values, dict) else tuple(cut(v) for v in values)
+
+
 def parameter_setter(method: str, stock):
     """The implementation of a parameter setter in a differentiable scene: the call is taped for the coming step."""
     sig = signature(stock)
-    value_arg = list(sig.parameters)[1]  # kp, kv, damping, ...
+    value_arg = list(sig.parameters)[1]  # kp, kv, damping, ..., mass, inertia, com
 
     @wraps(stock)
     def wrapper(self: RigidSolver, *args, **kwargs):
         if not (torch.is_grad_enabled() and _has_grad(self)):
-            return stock(self, *args, **kwargs)
+            # No gradient to give: the value alone. A tracked tensor reaching Genesis's setter kernels compiles a
+            # variant with gradient pointers under the same fastcache key, and the next untracked call loading it
+            # segfaulted (stock 1.4.5, `set_dofs_armature` in a differentiable scene, one kernel cache).
+            return stock(self, *_detached(args), **_detached(kwargs))
         arguments = sig.bind(self, *args, **kwargs).arguments
         value = arguments.get(value_arg)
         tracked = isinstance(value, torch.Tensor) and value.requires_grad
-        index_arg = "qs_idx" if method == "set_qpos" else "dofs_idx"
+        idx, envs_idx = arguments.get(_index_arg(method)), arguments.get("envs_idx")
         if tracked:
-            _refuse_unsupported(self, method, arguments.get(index_arg))
+            _refuse_unsupported(self, method, idx)
             records.note_tracked(self.sim)
             args = tuple(a.detach() if a is value else a for a in args)
             kwargs = {k: (v.detach() if v is value else v) for k, v in kwargs.items()}
         elif method in STATE_SETTERS and self.sim.cur_step_global > 0:
             _warn_configuration_between_steps(self, method)
+        elif method in LINK_PARAMETERS and self.sim.cur_step_global > 0:
+            _warn_link_parameter_between_steps(self, method)
+        scaled = method == "set_links_mass" and arguments.get("scale_inertia", False)
+        mass_old = _link_values(self, "inertial_mass", idx, envs_idx) if scaled else None
         result = stock(self, *args, **kwargs)
+        extra = None
+        if scaled:
+            mass_new = _link_values(self, "inertial_mass", idx, envs_idx)
+            extra = (mass_old, mass_new, _link_values(self, "inertial_i", idx, envs_idx))
         # Taped for the coming step, tracked or not: its reversal clears the gradient of what it wrote.
-        _pending.setdefault(self, []).append(
-            (method, value if tracked else None, arguments.get(index_arg), arguments.get("envs_idx"))
-        )
+        _pending.setdefault(self, []).append(_Call(method, value if tracked else None, idx, envs_idx, extra))
         return result
 
     return wrapper
@@ -257,7 +417,7 @@ def process_input(self: RigidSolver, in_backward: bool = False):
     first_substep = self.sim.cur_substep_global
     if calls:
         taped[first_substep] = calls
-        inputs = [*inputs, *(value for _, value, _, _ in calls if value is not None)]
+        inputs = [*inputs, *(call.value for call in calls if call.value is not None)]
     else:
         taped.pop(first_substep, None)
     return inputs
@@ -267,10 +427,10 @@ def process_input_grad(self: RigidSolver):
     pairs = patching.original(RigidSolver, "process_input_grad")(self)
     calls = _taped.get(self, {}).get(self.sim.cur_substep_global)
     # Reverse order of the calls: a later call on the same dofs overwrote an earlier one.
-    for method, value, idx, envs_idx in reversed(calls or ()):
-        grad = _consume(self, method, idx, envs_idx, value is not None)
-        if value is not None:
-            pairs.append((value, _grad_like(grad, value)))
+    for call in reversed(calls or ()):
+        grad = _consume(self, call)
+        if call.value is not None:
+            pairs.append((call.value, _grad_like(grad, call.value)))
     return pairs
 
 
@@ -281,10 +441,65 @@ def clear_grads(solver: RigidSolver) -> None:
     if _has_grad(solver):
         for field in GRAD_FIELDS:
             _field_grad(solver, field).zero_()
+        for field in LINK_GRAD_FIELDS:
+            _link_field_grad(solver, field).zero_()
+
+
+_WHY_FRICTION = (
+    "friction acts through the friction cones of contacts alone, and the reverse pass of Genesis 1.4.5's constraint "
+    "solver does not differentiate them with respect to the coefficients, so the gradient would be zero"
+)
+_WHY_FRICTIONLOSS = (
+    "a friction loss acts through the dof friction constraint rows alone, whose bounds the reverse pass of Genesis "
+    "1.4.5's constraint solver does not differentiate, so the gradient would be zero"
+)
+_WHY_LIMIT = (
+    "joint limits act through the limit constraint rows alone, whose position and activation the reverse pass of "
+    "Genesis 1.4.5's constraint solver does not differentiate, so the gradient would be zero"
+)
+_WHY_SOL_PARAMS = (
+    "solver parameters set the impedance of the constraint rows, which the reverse pass of Genesis 1.4.5's "
+    "constraint solver does not differentiate, so the gradient would be zero"
+)
+# Setters of parameters whose gradient is not supported: a tracked input is refused at the call, in a differentiable
+# scene (strict mode only warns, and only in some modes, that the value alone is used).
+REFUSED_SOLVER_SETTERS = {
+    "set_geoms_friction": _WHY_FRICTION,
+    "set_geom_friction": _WHY_FRICTION,
+    "set_geoms_friction_ratio": _WHY_FRICTION,
+    "set_geoms_friction_torsional": _WHY_FRICTION,
+    "set_geom_friction_torsional": _WHY_FRICTION,
+    "set_geoms_friction_rolling": _WHY_FRICTION,
+    "set_geom_friction_rolling": _WHY_FRICTION,
+    "set_dofs_frictionloss": _WHY_FRICTIONLOSS,
+    "set_dofs_limit": _WHY_LIMIT,
+    "set_sol_params": _WHY_SOL_PARAMS,
+    "set_global_sol_params": _WHY_SOL_PARAMS,
+}
+REFUSED_ENTITY_SETTERS = {
+    "set_friction": _WHY_FRICTION,
+    "set_friction_ratio": _WHY_FRICTION,
+    "set_friction_torsional": _WHY_FRICTION,
+    "set_friction_rolling": _WHY_FRICTION,
+    "set_dofs_frictionloss": _WHY_FRICTIONLOSS,
+    "set_dofs_limit": _WHY_LIMIT,
+}
+
+
+def refuse_tracked(call: str, why: str, args: tuple, kwargs: dict) -> None:
+    """Refuse a tracked input of a setter whose gradient is not supported (called in a differentiable scene)."""
+    for arg, value in (*zip(("",) * len(args), args, strict=True), *kwargs.items()):
+        if isinstance(value, torch.Tensor) and value.requires_grad:
+            what = f" ('{arg}')" if arg else ""
+            gs.raise_exception(
+                f"{call} got a tensor that tracks gradients{what} in a differentiable scene, but its gradient is not "
+                f"supported: {why}. Pass an untracked value (`.detach()`)."
+            )
 
 
 def install() -> None:
     patching.patch(array_class, "get_dofs_info", _get_dofs_info)
+    patching.patch(array_class, "get_links_info", _get_links_info)
     patching.patch(args_hasher, "dataclass_to_repr", _dataclass_to_repr)
     patching.patch(RigidSolver, "process_input", process_input)
     patching.patch(RigidSolver, "process_input_grad", process_input_grad)

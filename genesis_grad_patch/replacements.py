@@ -111,10 +111,15 @@ def _solver_input(row: Method, stock: Callable, impl: Callable | None) -> Callab
     @wraps(stock)
     def replacement(self, *args, **kwargs):
         if not self._requires_grad:
-            if breaks.checking and _origin() is None and any_tracked(args, kwargs):
+            if not any_tracked(args, kwargs):
+                return stock(self, *args, **kwargs)
+            if breaks.checking and _origin() is None:
+                frame = sys._getframe(1)
                 input_checks.check_inputs(
-                    type(self).__name__, name, category, self, arguments(names, args, kwargs), sys._getframe(1), True
+                    type(self).__name__, name, category, self, arguments(names, args, kwargs), frame, True
                 )
+            # The value alone (see the entity-level replacement).
+            args, kwargs = detached_args(args, kwargs)
             return stock(self, *args, **kwargs)
         origin = _origin()
         if origin is _ENTITY or origin is _GENESIS:
@@ -130,6 +135,27 @@ def _solver_input(row: Method, stock: Callable, impl: Callable | None) -> Callab
         if unsupported:
             args, kwargs = detached_args(args, kwargs)
         return impl(self, *args, **kwargs)
+
+    return replacement
+
+
+def _refused_input(row: Method, stock: Callable, unsupported: Callable) -> Callable:
+    """A setter whose gradient is not supported: a tracked input in a differentiable scene is refused at the call."""
+    from . import params
+
+    call = row.call
+
+    @wraps(stock)
+    def replacement(self, *args, **kwargs):
+        solver = self._solver if row.owner == ENTITY else self
+        if (
+            solver._requires_grad
+            and torch.is_grad_enabled()
+            and _origin() is not _GENESIS
+            and any_tracked(args, kwargs)
+        ):
+            params.refuse_tracked(call, row.note, args, kwargs)
+        return unsupported(self, *args, **kwargs)
 
     return replacement
 
@@ -206,6 +232,14 @@ def install(strict: bool = False) -> None:
             new, group = _unsupported_read(row, stock), "strict"
         elif row.status is Status.DIFFERENTIABLE_READ:
             new = _differentiable_read(row, stock, getters.GETTERS[row.name], getters.DIFFERENTIABLE_FOR.get(row.name))
+        elif row.status is Status.REFUSED_INPUT:
+            as_unsupported = Method(row.owner, row.name, Status.UNSUPPORTED_INPUT, row.module, row.note)
+            fallback = (
+                _entity_input(as_unsupported, stock)
+                if cls is RigidEntity
+                else _solver_input(as_unsupported, stock, None)
+            )
+            new = _refused_input(row, stock, fallback)
         elif cls is RigidEntity:
             new = _entity_input(row, stock)
         elif row.status is Status.DIFFERENTIABLE_PARAMETER:

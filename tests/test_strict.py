@@ -231,15 +231,16 @@ def test_setter_dropping_tracked_input(grad_arm):
     x = tracked(0.2, 0.1) * 1.0
     with pytest.warns(GradientBreakWarning) as record:
         where = next_line()
-        arm.set_dofs_limit(x - 3.0, torch.full((2,), 3.0, dtype=torch.float64))
+        arm.set_dofs_force_range(x - 3.0, torch.full((2,), 3.0, dtype=torch.float64))
     message = only_break(record)
-    assert where in message and "set_dofs_limit" in message and "control_dofs_position" in message
+    assert where in message and "set_dofs_force_range" in message and "control_dofs_position" in message
 
-    with pytest.warns(GradientBreakWarning, match="set_dofs_frictionloss"):
-        arm.set_dofs_frictionloss(x * 0.1 + 0.01)
-    with ggp.set_mode("raise"), pytest.raises(GradientBreakError, match="set_dofs_frictionloss") as info:
+    # (Joint limits, friction losses and friction are refused at the call instead: see tests/test_params.py.)
+    with pytest.warns(GradientBreakWarning, match="set_dofs_act_gain"):
+        arm.set_dofs_act_gain(x * 10 + 5)
+    with ggp.set_mode("raise"), pytest.raises(GradientBreakError, match="set_dofs_act_gain") as info:
         where = next_line()
-        scene.sim.rigid_solver.set_dofs_frictionloss(x)
+        scene.sim.rigid_solver.set_dofs_act_gain(x * 10 + 5)
     assert where in str(info.value)
 
     # The setters Genesis tapes, and the dof parameters the plugin differentiates, carry the gradient: no break.
