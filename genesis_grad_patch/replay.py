@@ -22,6 +22,7 @@ call that wrote it. After the reverse pass the solver holds the data of the earl
 `scene.reset()` puts back the model parameters of the end of the rollout, which stock Genesis keeps across a reset.
 """
 
+import bisect
 import weakref
 
 import genesis as gs
@@ -136,7 +137,9 @@ class ReplayRecord:
             self.rewinding = True
             self._scan(first_substep)
         for name, versions in self.versions.items():
-            value = next(value for start, value in reversed(versions) if start <= first_substep)
+            # Versions are in step order: the last one starting at or before this step (a reverse pass visits every
+            # step, so a linear scan from the end would cost the square of the horizon).
+            value = versions[bisect.bisect_right(versions, first_substep, key=_start) - 1][1]
             if self.applied.get(name) is value:
                 continue
             array = self.watched.get(name, self.model.get(name))
@@ -161,6 +164,10 @@ class ReplayRecord:
         self.versions.clear()
         self.applied.clear()
         self.epoch = None
+
+
+def _start(version: tuple[int, torch.Tensor]) -> int:
+    return version[0]
 
 
 _records: "weakref.WeakKeyDictionary[RigidSolver, ReplayRecord]" = weakref.WeakKeyDictionary()

@@ -9,7 +9,7 @@ import genesis as gs
 import numpy as np
 import pytest
 import torch
-from helpers import PLANAR_CAR, UPSTREAM_MODE, assert_grad_close, make_scene, stock_genesis
+from helpers import PLANAR_CAR, UPSTREAM_MODE, assert_grad_close, central_differences, make_scene, stock_genesis
 
 HORIZON = 6
 STEER = [3, 4]  # local dofs of the two steering hinges (after x, y, yaw)
@@ -97,18 +97,9 @@ def rollout(scene, car, model, pattern: str) -> torch.Tensor:
 
 
 def params_fd(model, loss_fn, probes, eps=1e-6) -> torch.Tensor:
+    """Central differences of the loss along the probed (parameter, flat index) coordinates of the model."""
     params = list(model.parameters())
-    grads = []
-    with torch.no_grad():
-        for i_p, i_flat in probes:
-            flat = params[i_p].view(-1)
-            value = flat[i_flat].item()
-            flat[i_flat] = value + eps
-            plus = loss_fn().item()
-            flat[i_flat] = value - eps
-            minus = loss_fn().item()
-            flat[i_flat] = value
-            grads.append((plus - minus) / (2 * eps))
+    grads = [central_differences(lambda: loss_fn().item(), params[i_p], (i_flat,), eps)[0] for i_p, i_flat in probes]
     return torch.tensor(grads, dtype=torch.float64)
 
 
