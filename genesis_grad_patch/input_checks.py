@@ -17,6 +17,7 @@ import torch
 
 from . import breaks, catalog, records
 from .breaks import BreakKind, Location, report, user_frame
+from .detach_watch import registered
 
 if TYPE_CHECKING:
     from .genesis_api import Simulator
@@ -69,8 +70,6 @@ def _detached_source(value, frame: FrameType | None, epoch: int):
     "As far as can be seen at the call": the output of `gs.from_torch(..., detach=True)`, or memory shared with a
     tracked tensor among the caller's local variables (`x.detach()`, `x.data`, `x.detach().numpy()` all share it).
     """
-    from .detach_watch import registered
-
     entry = registered(value)
     if entry is not None:
         return (entry[3] if len(entry) > 3 else f"gs.from_torch(..., detach=True) at {entry[1]}"), entry[2]

@@ -410,15 +410,15 @@ def parameter_setter(method: str, stock):
 
 def process_input(self: RigidSolver, in_backward: bool = False):
     inputs = patching.original(RigidSolver, "process_input")(self, in_backward=in_backward)
-    if in_backward:
+    # Nothing set since the last step and nothing taped in this rollout (the usual step): nothing to do.
+    if in_backward or not (_pending or _taped):
         return inputs
     calls = _pending.pop(self, None)
-    taped = _taped.setdefault(self, {})
     first_substep = self.sim.cur_substep_global
     if calls:
-        taped[first_substep] = calls
+        _taped.setdefault(self, {})[first_substep] = calls
         inputs = [*inputs, *(call.value for call in calls if call.value is not None)]
-    else:
+    elif (taped := _taped.get(self)) is not None:
         taped.pop(first_substep, None)
     return inputs
 

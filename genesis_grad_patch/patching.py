@@ -24,15 +24,30 @@ def patch(owner: Any, name: str, new: Any, group: str = "core") -> None:
     setattr(owner, name, new)
 
 
+# (owner, name) -> what `original` resolved, while patched: replacements call it at every step.
+_resolved: dict[tuple[Any, str], Any] = {}
+
+
 def original(owner: Any, name: str) -> Callable:
     """Return the attribute `owner.name` as it resolved before patching (inherited attributes included)."""
-    saved = _originals.get((owner, name))
+    key = (owner, name)
+    found = _resolved.get(key)
+    if found is not None:
+        return found
+    saved = _originals.get(key)
     if saved is not None and saved[0] is not _MISSING:
-        return saved[0]
-    for base in type.mro(owner)[1:] if isinstance(owner, type) else ():
-        if name in vars(base):
-            return vars(base)[name]
-    return getattr(owner, name)
+        found = saved[0]
+    else:
+        found = next((vars(base)[name] for base in _bases(owner) if name in vars(base)), None)
+        if found is None:
+            found = getattr(owner, name)
+    if saved is not None:
+        _resolved[key] = found
+    return found
+
+
+def _bases(owner: Any) -> list:
+    return type.mro(owner)[1:] if isinstance(owner, type) else []
 
 
 def revert(groups: tuple[str, ...] | None = None) -> None:
@@ -46,6 +61,7 @@ def revert(groups: tuple[str, ...] | None = None) -> None:
         else:
             setattr(owner, name, saved)
         del _originals[key]
+        _resolved.pop(key, None)
 
 
 def revert_all() -> None:

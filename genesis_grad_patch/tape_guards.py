@@ -59,7 +59,8 @@ def _step_forward(ctx, sim, step, epoch, token, *inputs):
     token = patching.original(StepNode, "forward")(ctx, sim, step, epoch, token, *inputs)
     # Saved so that torch checks their version counters at backward: the reverse pass replays the step from the
     # inputs' current values.
-    ctx.save_for_backward(*inputs)
+    if inputs:
+        ctx.save_for_backward(*inputs)
     return token
 
 
