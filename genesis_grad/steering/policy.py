@@ -1,6 +1,6 @@
 """
-The steering policy: an MLP from the error state (plus a preview of the reference curvature and the servo state) to a
-steering command in [-limit, limit].
+The steering policy: an MLP from the error state (plus a preview of the reference curvature and speed ahead and the
+servo state) to a steering command in [-limit, limit].
 
 Inputs, each scaled to O(1) by fixed constants (no learned normalization, so a checkpoint is self-contained):
 

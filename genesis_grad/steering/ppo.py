@@ -46,7 +46,7 @@ class SteeringVecEnv(VecEnv):
     cfg : TrainConfig
         Window length, start-state sampling and loss weights (the gradient trainer's).
     preview_distances : sequence of float
-        Where the observation samples the reference curvature ahead (the MLP's default).
+        Where the observation samples the reference curvature and speed ahead (the MLP's default).
     seed : int
         Seed of the start-state sampler.
     """
