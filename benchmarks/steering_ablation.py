@@ -1,5 +1,6 @@
 """
-Does the curvature preview help? The same gradient training, with and without the preview inputs of the MLP.
+Does the preview help? The same gradient training, with and without the preview inputs of the MLP (the reference
+curvature and, since observation version 2, the reference speed ahead; the README's numbers predate the latter).
 
 Both runs start from the same seed, see the same windows and get the same budget; the closed-loop lateral RMS on the
 training paths and the held-out path shows what the preview buys over the error state (plus speed and wheel angle)

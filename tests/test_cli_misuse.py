@@ -127,6 +127,12 @@ def _bad_checkpoint(tmp_path, kind: str):
         torch.save(policy.state_dict(), path)
     elif kind == "other_shape":
         torch.save({"config": policy.config(), "state_dict": SteeringMLP(hidden=(16,)).state_dict()}, path)
+    elif kind == "old_observation":
+        # Written before the observation gained the reference speed ahead: no obs_version in its config.
+        config = {k: v for k, v in policy.config().items() if k != "obs_version"}
+        torch.save({"config": config, "state_dict": policy.state_dict()}, path)
+    elif kind == "other_observation":
+        torch.save({"config": {**policy.config(), "obs_version": 99}, "state_dict": policy.state_dict()}, path)
     elif kind == "nan_weights":
         state = policy.state_dict()
         state["net.0.weight"][0, 0] = math.nan
@@ -141,7 +147,9 @@ BAD_CHECKPOINTS = {
     "empty": "empty file",
     "text": "truncated or corrupted",
     "bare_state_dict": "not a steering-policy checkpoint",
-    "other_shape": r"do not fit the model .*net\.0\.weight: checkpoint \[16, 10\], model \[8, 10\]",
+    "other_shape": r"do not fit the model .*net\.0\.weight: checkpoint \[16, 15\], model \[8, 15\]",
+    "old_observation": "retrain: the observation gained the reference speed ahead",
+    "other_observation": "trained on observation version 99, this genesis-grad reads version 2 only",
     "nan_weights": r"'net\.0\.weight' holds 1 NaN or infinite value",
 }
 

@@ -309,6 +309,34 @@ def test_observation_has_speed_and_curvature_ahead(sim):
     np.testing.assert_allclose(features[:, 3].numpy() * 2.0, [1.0, 3.0, 1.0, 3.0], atol=0.02)  # speed / 2 m/s
     np.testing.assert_allclose(obs.preview_curvature[0].numpy(), 0.5, atol=0.02)  # 1 / radius, at every distance
     np.testing.assert_allclose(obs.preview_curvature[1].numpy(), 0.0, atol=1e-9)
+    np.testing.assert_allclose(obs.preview_speed.numpy(), [[1.0] * 5, [3.0] * 5, [1.0] * 5, [3.0] * 5])
+
+
+def test_features_include_the_reference_speed_ahead(sim):
+    from genesis_grad.steering.policy import DEFAULT_PREVIEW, SteeringMLP, observation_features
+    from genesis_grad.steering.sim import path_start_states
+
+    # Straight paths whose reference speed changes ahead: a ramp up from 1 m/s and a ramp down from 4 m/s.
+    x = np.arange(0.0, 20.0 + 1e-9, P.DEFAULT_DS)
+    ramps = [
+        P.ReferencePath(x, np.zeros_like(x), np.zeros_like(x), 1.0 + 0.25 * x, name="ramp_up"),
+        P.ReferencePath(x, np.zeros_like(x), np.zeros_like(x), np.maximum(4.0 - 0.5 * x, 0.5), name="ramp_down"),
+    ]
+    ref = TorchReference(ramps, [0, 1, 0, 1])
+    sim.reset(path_start_states(ref))
+    with torch.no_grad():
+        obs = sim.observe(ref, preview_distances=DEFAULT_PREVIEW)
+        features = observation_features(obs)
+    k = len(DEFAULT_PREVIEW)
+    assert features.shape == (4, 5 + 2 * k) == (4, SteeringMLP().n_features)
+    # The last K columns are the reference speeds at the preview distances, over the 2 m/s speed scale.
+    ahead = ref.at("speed", ref.index_at_distance(obs.idx, DEFAULT_PREVIEW))
+    torch.testing.assert_close(features[:, 5 + k :], ahead / 2.0, rtol=0.0, atol=1e-12)
+    d = np.asarray(DEFAULT_PREVIEW)
+    np.testing.assert_allclose(features[0, 5 + k :].numpy() * 2.0, 1.0 + 0.25 * d, atol=0.02)
+    np.testing.assert_allclose(features[1, 5 + k :].numpy() * 2.0, 4.0 - 0.5 * d, atol=0.03)
+    # The speed ahead differs from the current reference speed: the feature is not a copy of the speed columns.
+    assert abs(features[0, -1] * 2.0 - obs.ref_speed[0]) > 0.4
 
 
 def test_ppo_env_steps_resets_and_rewards_minus_the_step_loss(sim):
@@ -322,7 +350,7 @@ def test_ppo_env_steps_resets_and_rewards_minus_the_step_loss(sim):
     with torch.no_grad():
         env = SteeringVecEnv(sim, paths, cfg, seed=11)
         obs = env.get_observations()
-        assert obs["policy"].shape == (4, 10) and obs["policy"].dtype == torch.float32
+        assert obs["policy"].shape == (4, 15) and obs["policy"].dtype == torch.float32
         rewards, dones = [], []
         for t in range(3):
             _, reward, done, extras = env.step(actions * (t + 1))

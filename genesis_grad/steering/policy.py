@@ -1,6 +1,6 @@
 """
-The steering policy: an MLP from the error state (plus a preview of the reference curvature and the servo state) to a
-steering command in [-limit, limit].
+The steering policy: an MLP from the error state (plus a preview of the reference curvature and speed ahead and the
+servo state) to a steering command in [-limit, limit].
 
 Inputs, each scaled to O(1) by fixed constants (no learned normalization, so a checkpoint is self-contained):
 
@@ -8,8 +8,14 @@ Inputs, each scaled to O(1) by fixed constants (no learned normalization, so a c
 - ``speed``: the lateral dynamics depend on it (the same error needs less steering when driving faster);
 - ``steer``: the current wheel angle, which lags the command by the servo's ~0.1 s time constant;
 - the reference curvature at ``preview_distances`` ahead (``()`` for none): meant to let the policy turn in before an
-  error builds up. Measured (``benchmarks/steering_ablation.py``, README), it does not pay off on the built-in paths:
-  without it the MLP tracks as well or slightly better, as the error state, speed and wheel angle already suffice.
+  error builds up. Measured (``benchmarks/steering_ablation.py``, README, before the speed preview below was added),
+  it does not pay off on the built-in paths: without it the MLP tracks as well or slightly better, as the error
+  state, speed and wheel angle already suffice;
+- the reference speed at the same ``preview_distances`` ahead: the references' speed profiles vary along the path
+  (0.5-5 m/s), and the steering a curve needs depends on the speed it is driven at.
+
+The layout of these inputs is versioned (``OBS_VERSION``, stored in checkpoints): a checkpoint trained on another
+layout is refused by ``load_policy`` rather than fed inputs it was not trained on.
 """
 
 from __future__ import annotations
@@ -31,13 +37,29 @@ DEFAULT_PREVIEW = (0.0, 0.5, 1.0, 1.5, 2.0)
 # Fixed input scales: errors of these sizes map to O(1) features.
 _LAT_SCALE, _HEAD_SCALE, _SPEED_SCALE = 0.5, 0.5, 2.0
 
+# Version of the input layout of ``observation_features``, stored in checkpoint configs. 1 (no version stored): the
+# 5 + K features without the reference speed ahead; 2: 5 + 2K features, with it.
+OBS_VERSION = 2
+
 
 def observation_features(obs: Observation, steer_limit: float = STEER_LIMIT) -> torch.Tensor:
     """
-    (B, 5 + K) scaled features of an observation: the input of the MLP, and the observation of the PPO baseline.
+    (B, 5 + 2K) scaled features of an observation: the input of the MLP, and the observation of the PPO baseline.
 
-    ``e_lat``, ``e_head``, ``e_speed``, ``speed``, ``steer`` and the K preview curvatures of ``obs`` (the sim computes
-    them at the distances the caller asked for), each scaled to O(1) by fixed constants.
+    Parameters
+    ----------
+    obs : Observation
+        The observation, with its K preview curvatures and speeds (the sim computes them at the distances the caller
+        asked for).
+    steer_limit : float
+        Wheel-angle bound (rad) the angles are scaled by.
+
+    Returns
+    -------
+    torch.Tensor
+        Columns ``e_lat``, ``e_head``, ``e_speed``, ``speed``, ``steer``, then the K reference curvatures ahead (as the
+        steady-state wheel angle they need over ``steer_limit``), then the K reference speeds ahead (over
+        ``_SPEED_SCALE``), each scaled to O(1) by fixed constants (layout ``OBS_VERSION``).
     """
     # Curvature times wheelbase is the steady-state steering angle the curve needs (kinematic bicycle, small angle).
     curv = obs.preview_curvature * (WHEELBASE / steer_limit)
@@ -51,7 +73,7 @@ def observation_features(obs: Observation, steer_limit: float = STEER_LIMIT) -> 
         ],
         dim=1,
     )
-    return torch.cat([base, curv.to(base)], dim=1)
+    return torch.cat([base, curv.to(base), (obs.preview_speed / _SPEED_SCALE).to(base)], dim=1)
 
 
 class SteeringMLP(nn.Module):
@@ -61,7 +83,8 @@ class SteeringMLP(nn.Module):
     Parameters
     ----------
     preview_distances : sequence of float
-        Distances (m) ahead of the nearest reference point at which the curvature is fed to the network.
+        Distances (m) ahead of the nearest reference point at which the reference curvature and speed are fed to the
+        network.
     hidden : sequence of int
         Hidden layer widths (tanh activations).
     steer_limit : float
@@ -93,11 +116,16 @@ class SteeringMLP(nn.Module):
 
     @property
     def n_features(self) -> int:
-        return 5 + len(self.preview_distances)
+        return 5 + 2 * len(self.preview_distances)
 
     def config(self) -> dict:
-        """Constructor arguments, stored in checkpoints."""
-        return {"preview_distances": self.preview_distances, "hidden": self.hidden, "steer_limit": self.steer_limit}
+        """Constructor arguments and the input layout's ``obs_version`` (``OBS_VERSION``), stored in checkpoints."""
+        return {
+            "preview_distances": self.preview_distances,
+            "hidden": self.hidden,
+            "steer_limit": self.steer_limit,
+            "obs_version": OBS_VERSION,
+        }
 
     def features(self, obs: Observation) -> torch.Tensor:
         """(B, F) scaled input features of an observation (``observation_features``)."""
@@ -187,8 +215,9 @@ def load_policy(path) -> tuple[SteeringMLP, dict]:
     ------
     CheckpointError
         A ``ValueError`` with a one-line message: the file cannot be read, is empty, truncated or not a PyTorch
-        checkpoint, holds objects other than weights and plain data, is not a steering-policy checkpoint, its weights
-        do not match the model its config describes, or a weight is NaN or infinite.
+        checkpoint, holds objects other than weights and plain data, is not a steering-policy checkpoint, was trained on
+        another observation layout (``OBS_VERSION``; checkpoints without one predate the reference speed ahead), its
+        weights do not match the model its config describes, or a weight is NaN or infinite.
     """
     path = Path(path)
     record = _load_record(path)
@@ -198,7 +227,18 @@ def load_policy(path) -> tuple[SteeringMLP, dict]:
             f"{path}: not a steering-policy checkpoint: expected a record with 'config' and 'state_dict' "
             f"(as written by genesis-grad train / save_policy), found {found}."
         )
-    config, state_dict = record["config"], record["state_dict"]
+    config, state_dict = dict(record["config"]), record["state_dict"]
+    if "obs_version" not in config:
+        raise CheckpointError(
+            f"{path}: the checkpoint predates observation version {OBS_VERSION} (its policy saw 5 + K inputs, the "
+            f"policy now sees 5 + 2K); retrain: the observation gained the reference speed ahead."
+        )
+    obs_version = config.pop("obs_version")
+    if type(obs_version) is not int or obs_version != OBS_VERSION:
+        raise CheckpointError(
+            f"{path}: the checkpoint was trained on observation version {repr(obs_version)[:40]}, this genesis-grad "
+            f"reads version {OBS_VERSION} only; retrain with this version."
+        )
     unknown = sorted(set(config) - set(_CONFIG_CHECKS))
     invalid = {key: config[key] for key, ok in _CONFIG_CHECKS.items() if key in config and not ok(config[key])}
     if unknown or invalid:

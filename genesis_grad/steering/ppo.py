@@ -8,7 +8,7 @@ observation and reward as the gradient trainer.
   start states drawn by ``train.sample_window_starts`` (same paths, offsets and seeds), and the episode ends as a
   time-out (PPO bootstraps its value there, the task itself does not end);
 - the observation is ``policy.observation_features``, the MLP's input (error state, speed, wheel angle and the
-  reference curvature ahead), in float32;
+  reference curvature and speed ahead), in float32;
 - the action ``a`` steers ``STEER_LIMIT * tanh(a)``, the MLP's output squashing;
 - the reward of a step is ``-train.step_cost`` of that step: the negative of the per-step tracking loss the gradient
   trainer sums (before its discounting and square root, which do not decompose over steps).
@@ -46,7 +46,7 @@ class SteeringVecEnv(VecEnv):
     cfg : TrainConfig
         Window length, start-state sampling and loss weights (the gradient trainer's).
     preview_distances : sequence of float
-        Where the observation samples the reference curvature ahead (the MLP's default).
+        Where the observation samples the reference curvature and speed ahead (the MLP's default).
     seed : int
         Seed of the start-state sampler.
     """
@@ -180,7 +180,7 @@ class PPOConfig:
 
 class PPOController:
     """The deterministic PPO actor as a closed-loop controller: ``STEER_LIMIT * tanh(actor(features))``. Roll it
-    out with ``preview_distances=controller.preview_distances`` (its observation's curvature preview)."""
+    out with ``preview_distances=controller.preview_distances`` (its observation's curvature and speed preview)."""
 
     def __init__(self, actor: torch.nn.Module, preview_distances: Sequence[float] = DEFAULT_PREVIEW):
         self.actor = actor

@@ -78,6 +78,7 @@ class Observation:
     idx: torch.Tensor  # nearest reference index (no gradient)
     ref_speed: torch.Tensor
     preview_curvature: torch.Tensor  # (B, K) reference curvature ahead, at the preview distances
+    preview_speed: torch.Tensor  # (B, K) reference speed ahead, at the preview distances
     preview_distances: tuple[float, ...] = ()
 
 
@@ -194,14 +195,16 @@ class SteeringSim:
         preview_distances: Sequence[float] = (),
     ) -> Observation:
         """Read the pose and compute the tracking errors against the nearest reference point (searched near
-        ``prev_idx`` when given, see ``nearest_reference_index``)."""
+        ``prev_idx`` when given, see ``nearest_reference_index``), and the reference curvature and speed at
+        ``preview_distances`` (m) ahead of that point."""
         x, y, yaw, speed, steer = self.read_pose()
         idx = nearest_reference_index(x, y, reference, prev_idx=prev_idx)
         e_lat, e_head, e_speed = compute_error_state_torch(x, y, yaw, speed, reference, idx)
         if preview_distances:
-            preview = reference.at("curvature", reference.index_at_distance(idx, preview_distances))
+            ahead = reference.index_at_distance(idx, preview_distances)
+            preview, preview_speed = reference.at("curvature", ahead), reference.at("speed", ahead)
         else:
-            preview = x.new_zeros((self.n_envs, 0))
+            preview = preview_speed = x.new_zeros((self.n_envs, 0))
         return Observation(
             x=x,
             y=y,
@@ -214,6 +217,7 @@ class SteeringSim:
             idx=idx,
             ref_speed=reference.at("speed", idx),
             preview_curvature=preview,
+            preview_speed=preview_speed,
             preview_distances=tuple(preview_distances),
         )
 
