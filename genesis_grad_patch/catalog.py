@@ -226,7 +226,9 @@ ROWS: tuple[Method, ...] = (
     Method(SOLVER, "reset_grad", Status.MACHINERY, "replay", "restores the parameters the rollout ended with"),
     Method("rigid_solver", "assign_indexed_tensor", Status.MACHINERY, "control", "writes a tracked target by value"),
     Method("array_class", "get_dofs_info", Status.MACHINERY, "params", "dof parameters with gradient storage"),
-    Method("array_class", "get_links_info", Status.MACHINERY, "params", "link inertial parameters with gradient storage"),
+    Method(
+        "array_class", "get_links_info", Status.MACHINERY, "params", "link inertial parameters with gradient storage"
+    ),
     Method("args_hasher", "dataclass_to_repr", Status.MACHINERY, "params", "a kernel cache key per storage layout"),
     Method("StepNode", "forward", Status.MACHINERY, "tape_guards", "saves the inputs (in-place edits detected)"),
     Method("StepNode", "backward", Status.MACHINERY, "tape_guards", "refuses double backward, recovers from errors"),
