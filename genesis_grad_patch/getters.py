@@ -46,12 +46,13 @@ _subscribed: "weakref.WeakKeyDictionary[RigidSolver, Subscriber]" = weakref.Weak
 # Where Genesis reads state for itself: the build and the reset (geometry caches), and the step, whose scene-level
 # method runs the recorders (which log values, never differentiate them), the simulation step (sensors, couplers) and
 # the viewer's per-step update (its plugins, the mouse interaction); `Simulator.step` too, for a step run without the
-# scene. A scene built without `requires_grad` reads stock values whoever calls: its steps skip the variable.
+# scene (inside `Scene.step` the variable is set already). A scene built without `requires_grad` reads stock values
+# whoever calls: its steps skip the variable.
 _GENESIS_READERS = (
     (Scene, "build", None),
     (Scene, "reset", None),
     (Scene, "step", lambda scene: scene._sim._requires_grad),
-    (Simulator, "step", lambda sim: sim._requires_grad),
+    (Simulator, "step", lambda sim: sim._requires_grad and not callers.genesis_is_running()),
 )
 
 

@@ -99,6 +99,11 @@ def _detached_source(value, frame: FrameType | None, epoch: int):
     return None
 
 
+def may_be_detached(frame: FrameType, sim: "Simulator") -> bool:
+    """Whether an untracked input given at `frame`'s line could be a detached copy `_detached_source` would name."""
+    return bool(breaks._detached) or breaks._scanned_sites.get((frame.f_code, frame.f_lineno)) != sim._grad_epoch
+
+
 def _step_of(sim: "Simulator") -> int:
     """The step an input given now is applied in, counted as `StepNode` counts (1 for the first `scene.step()`)."""
     return sim.cur_step_global + 1

@@ -77,15 +77,14 @@ def _entity_input(row: Method, stock: Callable) -> Callable:
                 return stock(self, *args, **kwargs)
             if breaks.checking:
                 # The plugin's own calls (a routed solver call) were checked where the user made them: recorded only.
-                input_checks.check_inputs(
-                    type(self).__name__,
-                    name,
-                    category,
-                    solver,
-                    arguments(names, args, kwargs),
-                    sys._getframe(1),
-                    origin is None,
-                )
+                # An untracked input needs looking at only while a detach is on record or its line was not scanned
+                # in this rollout (the steady state of a policy loop skips the check).
+                frame = sys._getframe(1)
+                if tracked or (origin is None and input_checks.may_be_detached(frame, solver._sim)):
+                    owner = type(self).__name__
+                    input_checks.check_inputs(
+                        owner, name, category, solver, arguments(names, args, kwargs), frame, origin is None
+                    )
             if tracked:
                 records.note_tracked(solver._sim)
             if not taped:
