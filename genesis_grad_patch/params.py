@@ -445,47 +445,6 @@ def clear_grads(solver: RigidSolver) -> None:
             _link_field_grad(solver, field).zero_()
 
 
-_WHY_FRICTION = (
-    "friction acts through the friction cones of contacts alone, and the reverse pass of Genesis 1.4.5's constraint "
-    "solver does not differentiate them with respect to the coefficients, so the gradient would be zero"
-)
-_WHY_FRICTIONLOSS = (
-    "a friction loss acts through the dof friction constraint rows alone, whose bounds the reverse pass of Genesis "
-    "1.4.5's constraint solver does not differentiate, so the gradient would be zero"
-)
-_WHY_LIMIT = (
-    "joint limits act through the limit constraint rows alone, whose position and activation the reverse pass of "
-    "Genesis 1.4.5's constraint solver does not differentiate, so the gradient would be zero"
-)
-_WHY_SOL_PARAMS = (
-    "solver parameters set the impedance of the constraint rows, which the reverse pass of Genesis 1.4.5's "
-    "constraint solver does not differentiate, so the gradient would be zero"
-)
-# Setters of parameters whose gradient is not supported: a tracked input is refused at the call, in a differentiable
-# scene (strict mode only warns, and only in some modes, that the value alone is used).
-REFUSED_SOLVER_SETTERS = {
-    "set_geoms_friction": _WHY_FRICTION,
-    "set_geom_friction": _WHY_FRICTION,
-    "set_geoms_friction_ratio": _WHY_FRICTION,
-    "set_geoms_friction_torsional": _WHY_FRICTION,
-    "set_geom_friction_torsional": _WHY_FRICTION,
-    "set_geoms_friction_rolling": _WHY_FRICTION,
-    "set_geom_friction_rolling": _WHY_FRICTION,
-    "set_dofs_frictionloss": _WHY_FRICTIONLOSS,
-    "set_dofs_limit": _WHY_LIMIT,
-    "set_sol_params": _WHY_SOL_PARAMS,
-    "set_global_sol_params": _WHY_SOL_PARAMS,
-}
-REFUSED_ENTITY_SETTERS = {
-    "set_friction": _WHY_FRICTION,
-    "set_friction_ratio": _WHY_FRICTION,
-    "set_friction_torsional": _WHY_FRICTION,
-    "set_friction_rolling": _WHY_FRICTION,
-    "set_dofs_frictionloss": _WHY_FRICTIONLOSS,
-    "set_dofs_limit": _WHY_LIMIT,
-}
-
-
 def refuse_tracked(call: str, why: str, args: tuple, kwargs: dict) -> None:
     """Refuse a tracked input of a setter whose gradient is not supported (called in a differentiable scene)."""
     for arg, value in (*zip(("",) * len(args), args, strict=True), *kwargs.items()):

@@ -170,11 +170,6 @@ def window_loss(traj: Trajectory, cfg: TrainConfig, reduce: bool = True) -> torc
     return per_env.mean() if reduce else per_env
 
 
-def lateral_rms_of(traj: Trajectory) -> float:
-    """Lateral RMS (m) over a window, all environments."""
-    return float(traj.stack("e_lat").detach().pow(2).mean().sqrt())
-
-
 def make_policy_controller(policy: SteeringMLP, detach_obs_every: int = 0) -> Callable:
     """The policy as a closed-loop controller, optionally cutting the gradient through its input every k steps."""
     if not detach_obs_every:
