@@ -26,6 +26,10 @@ def per_call(fn: Callable, n: int) -> float:
     return (time.perf_counter() - start) / n
 
 
+def _call(obj, name: str, *args, **kwargs):
+    return getattr(obj, name)(*args, **kwargs)
+
+
 def main() -> None:
     gs.init(backend=gs.cpu, precision="32", logging_level="warning")
     print("| scene | call | stock (us) | plugin (us) | plugin - stock (us) |")
@@ -35,11 +39,12 @@ def main() -> None:
         steer = [car.get_joint(j).dofs_idx_local[0] for j in ("steer_fl", "steer_fr")]
         target = 0.2 * torch.ones(2, dtype=gs.tc_float)
         scene.reset()
+        # Methods are looked up at each call (a bound method made once would keep whichever version was installed).
         calls = {
-            "control_dofs_position": (partial(car.control_dofs_position, target, dofs_idx_local=steer), 3000),
-            "get_qpos": (car.get_qpos, 3000),
-            "get_vel": (car.get_vel, 3000),
-            "scene.step": (scene.step, 300),
+            "control_dofs_position": (partial(_call, car, "control_dofs_position", target, dofs_idx_local=steer), 3000),
+            "get_qpos": (partial(_call, car, "get_qpos"), 3000),
+            "get_vel": (partial(_call, car, "get_vel"), 3000),
+            "scene.step": (partial(_call, scene, "step"), 300),
         }
         label = "grad" if requires_grad else "off-grad"
         total_stock = total_plugin = 0.0
