@@ -41,13 +41,17 @@ def _entity_input(row: Method, stock: Callable) -> Callable:
     def replacement(self, *args, **kwargs):
         solver = self._solver
         if not solver._requires_grad:
-            if not (breaks.checking and _origin() is None and any_tracked(args, kwargs)):
+            if not any_tracked(args, kwargs):
                 return stock(self, *args, **kwargs)
-            owner = type(self).__name__
-            input_checks.check_inputs(
-                owner, name, category, solver, arguments(names, args, kwargs), sys._getframe(1), True
-            )
-            # Reported here: the solver method the stock entity method calls is Genesis's call.
+            if breaks.checking and _origin() is None:
+                owner = type(self).__name__
+                frame = sys._getframe(1)
+                input_checks.check_inputs(owner, name, category, solver, arguments(names, args, kwargs), frame, True)
+            # The value alone: no gradient can reach it, and a tracked tensor reaching a Genesis setter kernel compiles
+            # a variant with gradient pointers under the same kernel-cache key, on which the next untracked call
+            # segfaults (stock 1.4.5, `set_dofs_armature`). Reported here: the solver method the stock entity method
+            # calls is Genesis's call.
+            args, kwargs = detached_args(args, kwargs)
             token = _set_origin(_ENTITY)
             try:
                 return stock(self, *args, **kwargs)
