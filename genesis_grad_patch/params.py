@@ -72,6 +72,8 @@ LINK_GRAD_FIELDS = frozenset(LINK_PARAMETERS.values())
 # Per solver: the parameter calls of the coming step, then of each taped step (by its first substep).
 _pending: "weakref.WeakKeyDictionary[RigidSolver, list]" = weakref.WeakKeyDictionary()
 _taped: "weakref.WeakKeyDictionary[RigidSolver, dict[int, list]]" = weakref.WeakKeyDictionary()
+# Solvers whose reverse pass ran since their last reset: only they have parameter gradients to clear.
+_reversed: "weakref.WeakSet[RigidSolver]" = weakref.WeakSet()
 
 
 def _get_dofs_info(solver):
@@ -434,11 +436,18 @@ def process_input_grad(self: RigidSolver):
     return pairs
 
 
+def note_reverse(solver: RigidSolver) -> None:
+    """A step of `solver` is about to be reversed: its parameter gradients are filled from now on."""
+    _reversed.add(solver)
+
+
 def clear_grads(solver: RigidSolver) -> None:
     """Drop the parameter gradients and the taped calls of the last rollout (at `scene.reset()`)."""
     _pending.pop(solver, None)
     _taped.pop(solver, None)
-    if _has_grad(solver):
+    # Genesis fills them only while reversing: a rollout that was not differentiated has none to clear.
+    if solver in _reversed and _has_grad(solver):
+        _reversed.discard(solver)
         for field in GRAD_FIELDS:
             _field_grad(solver, field).zero_()
         for field in LINK_GRAD_FIELDS:

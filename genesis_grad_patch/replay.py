@@ -192,6 +192,7 @@ def save_ckpt(self: RigidSolver, ckpt_name: str) -> None:
 
 
 def load_ckpt(self: RigidSolver, ckpt_name: str) -> None:
+    params.note_reverse(self)
     patching.original(RigidSolver, "load_ckpt")(self, ckpt_name)
     record = _records.get(self)
     if record is not None:
