@@ -145,15 +145,16 @@ def _has_grad(solver: RigidSolver) -> bool:
 _dofs_qs: "weakref.WeakKeyDictionary[RigidSolver, list]" = weakref.WeakKeyDictionary()
 
 
-def _field_grad(solver: RigidSolver, field: str) -> torch.Tensor:
-    """Zero-copy view of a parameter field's gradient, environments first when batched."""
-    return qd_to_torch(getattr(solver.dyn_info.dofs, field).grad, transpose=True, copy=False)
+def _field_grad(solver: RigidSolver, field: str, kind: str = "dofs") -> torch.Tensor:
+    """Zero-copy view of a parameter field's gradient (`dyn_info.dofs` or `.links`), environments first when batched."""
+    return qd_to_torch(getattr(getattr(solver.dyn_info, kind), field).grad, transpose=True, copy=False)
 
 
-def _mask(solver: RigidSolver, dofs_idx, envs_idx) -> tuple:
-    if solver._options.batch_dofs_info:
-        return indices_to_mask(envs_idx, dofs_idx)
-    return indices_to_mask(dofs_idx)
+def _mask(solver: RigidSolver, idx, envs_idx, kind: str = "dofs") -> tuple:
+    """The index of dofs (or links) `idx` in a parameter field, with the environments when the field is batched."""
+    if getattr(solver._options, f"batch_{kind}_info"):
+        return indices_to_mask(envs_idx, idx)
+    return indices_to_mask(idx)
 
 
 def _qs_of_dofs(solver: RigidSolver) -> list[tuple[int, ...]]:
@@ -196,21 +197,10 @@ def _consume_state(solver: RigidSolver, method: str, idx, envs_idx, tracked: boo
     return grad[0] if grad is not None and solver.n_envs == 0 else grad
 
 
-def _link_field_grad(solver: RigidSolver, field: str) -> torch.Tensor:
-    """Zero-copy view of an inertial field's gradient, environments first when batched."""
-    return qd_to_torch(getattr(solver.dyn_info.links, field).grad, transpose=True, copy=False)
-
-
-def _link_mask(solver: RigidSolver, links_idx, envs_idx) -> tuple:
-    if solver._options.batch_links_info:
-        return indices_to_mask(envs_idx, links_idx)
-    return indices_to_mask(links_idx)
-
-
 def _link_values(solver: RigidSolver, field: str, links_idx, envs_idx) -> torch.Tensor:
     """A copy of the selected entries of an inertial field, in the layout of its gradient view."""
     view = qd_to_torch(getattr(solver.dyn_info.links, field), transpose=True, copy=True)
-    return view[_link_mask(solver, links_idx, envs_idx)].clone()
+    return view[_mask(solver, links_idx, envs_idx, "links")].clone()
 
 
 def _consume_link(solver: RigidSolver, call: "_Call") -> torch.Tensor:
@@ -221,13 +211,13 @@ def _consume_link(solver: RigidSolver, call: "_Call") -> torch.Tensor:
     inertia I and the mass m it found: m' gets sum(g(I') * I' / m'), and the earlier values get theirs through the
     fields, g(I) = g(I') m' / m and g(m) = -sum(g(I') * I') / m.
     """
-    mask = _link_mask(solver, call.idx, call.envs_idx)
-    view = _link_field_grad(solver, LINK_PARAMETERS[call.method])
+    mask = _mask(solver, call.idx, call.envs_idx, "links")
+    view = _field_grad(solver, LINK_PARAMETERS[call.method], "links")
     grad = view[mask].clone()
     view[mask] = 0.0
     if call.extra is not None:
         mass_old, mass_new, inertia_new = call.extra
-        g_inertia_view = _link_field_grad(solver, "inertial_i")
+        g_inertia_view = _field_grad(solver, "inertial_i", "links")
         g_inertia = g_inertia_view[mask].clone()
         weighted = (g_inertia * inertia_new).sum(dim=(-2, -1))
         grad = grad + weighted / mass_new
@@ -451,7 +441,7 @@ def clear_grads(solver: RigidSolver) -> None:
         for field in GRAD_FIELDS:
             _field_grad(solver, field).zero_()
         for field in LINK_GRAD_FIELDS:
-            _link_field_grad(solver, field).zero_()
+            _field_grad(solver, field, "links").zero_()
 
 
 def refuse_tracked(call: str, why: str, args: tuple, kwargs: dict) -> None:

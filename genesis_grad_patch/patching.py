@@ -64,11 +64,6 @@ def revert(groups: tuple[str, ...] | None = None) -> None:
         _resolved.pop(key, None)
 
 
-def revert_all() -> None:
-    """Put back every replaced attribute, and remove those the owner did not define itself."""
-    revert()
-
-
 def is_patched(group: str | None = None) -> bool:
     """Whether any patch (of `group`, if given) is currently applied."""
     return any(group is None or g == group for _, g in _originals.values())

@@ -23,7 +23,7 @@ from .input_checks import any_tracked, arguments, detached_args
 _origin = callers.get
 _set_origin = callers.set_origin
 _reset_origin = callers.reset
-_ENTITY, _GENESIS, _PLUGIN = Origin.ENTITY, Origin.GENESIS, Origin.PLUGIN
+_ENTITY, _GENESIS = Origin.ENTITY, Origin.GENESIS
 
 # Entity methods Genesis tapes (`@tracked`): a call that raises must be taken off the tape again (tape_guards).
 _TAPED = frozenset((*catalog.CONTROLS, *catalog.STATE_SETTERS))

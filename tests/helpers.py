@@ -68,3 +68,22 @@ def build_diag_arm(requires_grad: bool = True, n_envs: int = 0):
     """The two-joint arm of most tests (strict mode, doctor, schedules, misuse, parameters), without gravity."""
     scene, (arm,) = make_scene(gs.morphs.MJCF(file=DIAG_ARM), requires_grad=requires_grad, n_envs=n_envs)
     return scene, arm
+
+
+def run_cli(argv: list[str]) -> int | str | None:
+    """`genesis-grad` on `argv`, with argparse's `SystemExit` turned into its exit status."""
+    from genesis_grad.cli import main
+
+    try:
+        return main(argv)
+    except SystemExit as exc:
+        return exc.code
+
+
+def one_stderr_line(capsys) -> str:
+    """The single line the command printed on stderr (and no traceback)."""
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    return lines[0]

@@ -13,6 +13,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from helpers import one_stderr_line, run_cli
 
 from genesis_grad.cli import build_parser, main
 from genesis_grad.steering import paths as P
@@ -31,23 +32,6 @@ def no_scene(monkeypatch):
         raise SceneBuilt
 
     monkeypatch.setattr(sim_module, "SteeringSim", refuse)
-
-
-def run_cli(argv: list[str]) -> int | str | None:
-    """``main(argv)``, with argparse's ``SystemExit`` turned into its exit status."""
-    try:
-        return main(argv)
-    except SystemExit as exc:
-        return exc.code
-
-
-def one_stderr_line(capsys) -> str:
-    """The single line the command printed on stderr (and no traceback)."""
-    err = capsys.readouterr().err
-    assert "Traceback" not in err, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    return lines[0]
 
 
 def write_csv(path, rows, header=("pos_x", "pos_y", "yaw", "speed"), encoding="utf-8"):

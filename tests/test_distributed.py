@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import one_stderr_line, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = Path(__file__).parent / "_distributed_worker.py"
@@ -79,23 +80,6 @@ def no_scene(monkeypatch):
     monkeypatch.setattr(sim_module, "SteeringSim", refuse)
     for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         monkeypatch.delenv(var, raising=False)
-
-
-def run_cli(argv):
-    from genesis_grad.cli import main
-
-    try:
-        return main(argv)
-    except SystemExit as exc:
-        return exc.code
-
-
-def one_stderr_line(capsys) -> str:
-    err = capsys.readouterr().err
-    assert "Traceback" not in err, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    return lines[0]
 
 
 @pytest.mark.parametrize(

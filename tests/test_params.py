@@ -29,17 +29,22 @@ def arm():
     return build_diag_arm()
 
 
-@pytest.fixture(scope="module")
-def arms2():
-    """Two environments, each with its own dof parameters (`batch_dofs_info`)."""
+def _two_env_arm(**rigid_options):
+    """The arm in two environments, with the given `RigidOptions` (per-env parameters)."""
     scene = gs.Scene(
         sim_options=gs.options.SimOptions(dt=0.01, requires_grad=True, gravity=(0, 0, 0)),
-        rigid_options=gs.options.RigidOptions(batch_dofs_info=True),
+        rigid_options=gs.options.RigidOptions(**rigid_options),
         show_viewer=False,
     )
     arm = scene.add_entity(gs.morphs.MJCF(file=DIAG_ARM))
     scene.build(n_envs=2)
     return scene, arm
+
+
+@pytest.fixture(scope="module")
+def arms2():
+    """Two environments, each with its own dof parameters (`batch_dofs_info`)."""
+    return _two_env_arm(batch_dofs_info=True)
 
 
 def rollout(scene, arm, setter: str, p: torch.Tensor, horizon: int = 12, envs_idx=None, change_at=None):
@@ -174,14 +179,7 @@ LINK_VALUES = {
 @pytest.fixture(scope="module")
 def arms2_links():
     """Two environments, each with its own link inertial properties (`batch_links_info`)."""
-    scene = gs.Scene(
-        sim_options=gs.options.SimOptions(dt=0.01, requires_grad=True, gravity=(0, 0, 0)),
-        rigid_options=gs.options.RigidOptions(batch_links_info=True),
-        show_viewer=False,
-    )
-    arm = scene.add_entity(gs.morphs.MJCF(file=DIAG_ARM))
-    scene.build(n_envs=2)
-    return scene, arm
+    return _two_env_arm(batch_links_info=True)
 
 
 def _symmetric_inertia(p: torch.Tensor) -> torch.Tensor:
