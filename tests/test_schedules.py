@@ -175,3 +175,28 @@ def test_untracked_velocity_set_mid_rollout(arm):
     grad, fd = autograd_and_fd(scene, apply, x, horizon=10)
     assert relative_error(grad, fd) < 2e-5
     assert_wrong_on_stock(scene, apply, x, 10, "stock Genesis passes on the gradient of the overwritten velocity")
+
+
+def test_first_tracked_input_after_untracked_schedule(arm):
+    """
+    Untracked targets of two modes before the first tracked input (a force on one dof, held, then overridden by an
+    untracked position target), after a rollout that left other values in the replay record: the replay records
+    nothing before the first tracked input, and the gradient stays exact (stock Genesis: wrong).
+    """
+    scene, arm = arm
+
+    def apply(t, x):
+        if t == 0:
+            arm.control_dofs_position(_arg([0.4, -0.3]))
+        elif t == 2:
+            arm.control_dofs_velocity(_arg([0.2, 0.1]))
+        elif t == 4:
+            arm.control_dofs_force(x, dofs_idx_local=[1])  # the first tracked input, held until step 7
+        elif t == 7:
+            arm.control_dofs_position(_arg([-0.1, 0.2]))
+
+    # Another rollout first, with a tracked position target: the record holds position mode and other values.
+    rollout(scene, lambda t, x: arm.control_dofs_position(x), _arg([0.9, 0.9]).requires_grad_(), 3)
+    x = _arg([0.6])
+    check(scene, apply, x, horizon=12)
+    assert_wrong_on_stock(scene, apply, x, 12, "stock Genesis replays the held force with the later mode")
