@@ -72,11 +72,22 @@ def install(strict: bool = True) -> None:
 
     if not patching.is_patched("core"):
         check_genesis_version()
-        from . import backward_checks, compat, control, getters, params, replacements, replay, tape_guards
+        from . import (
+            backward_checks,
+            compat,
+            contact_friction,
+            control,
+            getters,
+            params,
+            replacements,
+            replay,
+            tape_guards,
+        )
 
         replacements.install()
         control.install()
         params.install()
+        contact_friction.install()
         replay.install()
         tape_guards.install()
         getters.install()

@@ -15,8 +15,8 @@ Statuses of the public methods:
 - ``unsupported input``: the value is used, the gradient is not computed; a tracked tensor is reported (strict mode)
   and given to Genesis detached;
 - ``refused input``: a parameter acting only through constraint rows whose reverse pass Genesis 1.4.5 does not
-  differentiate (friction, friction loss, joint limits, solver parameters): a tracked tensor in a differentiable scene
-  is refused at the call with the reason;
+  differentiate (torsional and rolling friction, friction loss, joint limits, solver parameters): a tracked tensor in a
+  differentiable scene is refused at the call with the reason;
 - ``unsupported read``: the stock value, outside the graph; reported when the user reads it in grad mode.
 
 Rows with status ``machinery`` are the internal Genesis methods the plugin replaces to implement the above.
@@ -109,10 +109,6 @@ ENTITY_READS = (
 _NO_GRADIENT = "its gradient is supported neither by Genesis nor by genesis-grad-patch"
 _DOF_PARAMETERS = ("set_dofs_act_gain", "set_dofs_act_bias", "set_dofs_force_range")
 _UNSUPPORTED_BOTH = _DOF_PARAMETERS
-_WHY_FRICTION = (
-    "friction acts through the friction cones of contacts alone, and the reverse pass of Genesis 1.4.5's constraint "
-    "solver does not differentiate them with respect to the coefficients, so the gradient would be zero"
-)
 _WHY_FRICTIONLOSS = (
     "a friction loss acts through the dof friction constraint rows alone, whose bounds the reverse pass of Genesis "
     "1.4.5's constraint solver does not differentiate, so the gradient would be zero"
@@ -125,16 +121,20 @@ _WHY_SOL_PARAMS = (
     "solver parameters set the impedance of the constraint rows, which the reverse pass of Genesis 1.4.5's "
     "constraint solver does not differentiate, so the gradient would be zero"
 )
-_FRICTION_SOLVER = (
-    "set_geoms_friction",
-    "set_geom_friction",
-    "set_geoms_friction_ratio",
+# Friction coefficients: differentiable through the friction pyramid of the contacts (`contact_friction.py`).
+FRICTION_SOLVER = ("set_geoms_friction", "set_geom_friction", "set_geoms_friction_ratio")
+FRICTION_ENTITY = ("set_friction", "set_friction_ratio")
+_WHY_FRICTION_OTHER = (
+    "torsional and rolling friction are off in differentiable scenes (Genesis 1.4.5 refuses them with "
+    "`requires_grad`), so the coefficient acts on nothing and its gradient would be zero"
+)
+_OTHER_FRICTION_SOLVER = (
     "set_geoms_friction_torsional",
     "set_geom_friction_torsional",
     "set_geoms_friction_rolling",
     "set_geom_friction_rolling",
 )
-_FRICTION_ENTITY = ("set_friction", "set_friction_ratio", "set_friction_torsional", "set_friction_rolling")
+_OTHER_FRICTION_ENTITY = ("set_friction_torsional", "set_friction_rolling")
 
 ROWS: tuple[Method, ...] = (
     *_rows(ENTITY, CONTROLS, Status.DIFFERENTIABLE_INPUT, "control"),
@@ -152,8 +152,10 @@ ROWS: tuple[Method, ...] = (
         _NO_GRADIENT,
     ),
     *_rows(ENTITY, ("apply_links_external_wrench",), Status.UNSUPPORTED_INPUT, "input_checks", _NO_GRADIENT),
-    *_rows(ENTITY, _FRICTION_ENTITY, Status.REFUSED_INPUT, "params", _WHY_FRICTION),
-    *_rows(SOLVER, _FRICTION_SOLVER, Status.REFUSED_INPUT, "params", _WHY_FRICTION),
+    *_rows(ENTITY, FRICTION_ENTITY, Status.DIFFERENTIABLE_PARAMETER, "params"),
+    *_rows(SOLVER, FRICTION_SOLVER, Status.DIFFERENTIABLE_PARAMETER, "params"),
+    *_rows(ENTITY, _OTHER_FRICTION_ENTITY, Status.REFUSED_INPUT, "params", _WHY_FRICTION_OTHER),
+    *_rows(SOLVER, _OTHER_FRICTION_SOLVER, Status.REFUSED_INPUT, "params", _WHY_FRICTION_OTHER),
     *_rows(ENTITY, ("set_dofs_frictionloss",), Status.REFUSED_INPUT, "params", _WHY_FRICTIONLOSS),
     *_rows(SOLVER, ("set_dofs_frictionloss",), Status.REFUSED_INPUT, "params", _WHY_FRICTIONLOSS),
     *_rows(ENTITY, ("set_dofs_limit",), Status.REFUSED_INPUT, "params", _WHY_LIMIT),
@@ -228,6 +230,16 @@ ROWS: tuple[Method, ...] = (
     Method("array_class", "get_dofs_info", Status.MACHINERY, "params", "dof parameters with gradient storage"),
     Method(
         "array_class", "get_links_info", Status.MACHINERY, "params", "link inertial parameters with gradient storage"
+    ),
+    Method("array_class", "get_geoms_info", Status.MACHINERY, "params", "geom friction with gradient storage"),
+    Method("array_class", "get_geoms_state", Status.MACHINERY, "params", "friction ratios with gradient storage"),
+    Method("array_class", "get_contact_data", Status.MACHINERY, "params", "contact friction with gradient storage"),
+    Method(
+        "rigid_solver",
+        "kernel_manual_add_collision_constraints_bw",
+        Status.MACHINERY,
+        "contact_friction",
+        "adds the reverse of the contact rows with respect to the friction coefficient",
     ),
     Method("args_hasher", "dataclass_to_repr", Status.MACHINERY, "params", "a kernel cache key per storage layout"),
     Method("StepNode", "forward", Status.MACHINERY, "tape_guards", "saves the inputs (in-place edits detected)"),

@@ -68,6 +68,13 @@ LINK_PARAMETERS = {
     "set_links_COM": "inertial_pos",
 }
 LINK_GRAD_FIELDS = frozenset(LINK_PARAMETERS.values())
+# Geom setter -> (the geoms dataclass of the solver, its field): the friction coefficients, which act through the
+# contacts' friction cones (`contact_friction.py` differentiates them there). Only the friction ratio is per environment.
+GEOM_PARAMETERS = {
+    "set_geoms_friction": ("dyn_info", "friction"),
+    "set_geom_friction": ("dyn_info", "friction"),
+    "set_geoms_friction_ratio": ("dyn_state", "friction_ratio"),
+}
 
 # Per solver: the parameter calls of the coming step, then of each taped step (by its first substep).
 _pending: "weakref.WeakKeyDictionary[RigidSolver, list]" = weakref.WeakKeyDictionary()
@@ -104,6 +111,49 @@ def _get_links_info(solver):
     return LinksInfoWithGrad(**values)
 
 
+def _get_geoms_info(solver, is_active=True):
+    """`array_class.get_geoms_info`, with gradient storage for the friction coefficients of a differentiable scene."""
+    info = patching.original(array_class, "get_geoms_info")(solver, is_active)
+    if not (solver._requires_grad and is_active):
+        return info
+    values = {field.name: getattr(info, field.name) for field in dataclasses.fields(info)}
+    values["friction"] = array_class.V(dtype=gs.qd_float, shape=(solver.n_geoms_,), needs_grad=True)
+    return GeomsInfoWithGrad(**values)
+
+
+def _get_geoms_state(solver, is_active=True):
+    """`array_class.get_geoms_state`, with gradient storage for the friction ratios of a differentiable scene."""
+    state = patching.original(array_class, "get_geoms_state")(solver, is_active)
+    if not (solver._requires_grad and is_active):
+        return state
+    values = {field.name: getattr(state, field.name) for field in dataclasses.fields(state)}
+    values["friction_ratio"] = array_class.V(dtype=gs.qd_float, shape=(solver.n_geoms_, solver._B), needs_grad=True)
+    return GeomsStateWithGrad(**values)
+
+
+def _get_contact_data(solver, max_candidate_contacts, requires_grad):
+    """`array_class.get_contact_data`, with gradient storage for the friction coefficient of each contact."""
+    data = patching.original(array_class, "get_contact_data")(solver, max_candidate_contacts, requires_grad)
+    if not requires_grad:
+        return data
+    values = {field.name: getattr(data, field.name) for field in dataclasses.fields(data)}
+    shape = (max(max_candidate_contacts, 1), solver._B)
+    values["friction"] = array_class.V(dtype=gs.qd_float, shape=shape, needs_grad=True)
+    return ContactDataWithGrad(**values)
+
+
+class GeomsInfoWithGrad(array_class.GeomsInfo):
+    """`GeomsInfo` whose friction carries gradient storage (see `DofsInfoWithGrad`)."""
+
+
+class GeomsStateWithGrad(array_class.GeomsState):
+    """`GeomsState` whose friction ratio carries gradient storage (see `DofsInfoWithGrad`)."""
+
+
+class ContactDataWithGrad(array_class.ContactData):
+    """`ContactData` whose friction coefficient carries gradient storage (see `DofsInfoWithGrad`)."""
+
+
 class LinksInfoWithGrad(array_class.LinksInfo):
     """`LinksInfo` whose inertial fields carry gradient storage: a type of its own for the reason `DofsInfoWithGrad`
     gives."""
@@ -120,17 +170,24 @@ class DofsInfoWithGrad(array_class.DofsInfo):
     """
 
 
+# Kernel argument attribute -> the type it holds when its parameters have gradient storage.
+_WITH_GRAD = (
+    ("dofs", DofsInfoWithGrad),
+    ("links", LinksInfoWithGrad),
+    ("geoms", (GeomsInfoWithGrad, GeomsStateWithGrad)),
+    ("contact_data", ContactDataWithGrad),
+)
+
+
 def _dataclass_to_repr(*args, **kwargs):
-    """Quadrants's fastcache key of a dataclass argument, made distinct for `DofsInfoWithGrad`."""
+    """Quadrants's fastcache key of a dataclass argument, made distinct for the layouts with gradient storage."""
     key = patching.original(args_hasher, "dataclass_to_repr")(*args, **kwargs)
     arg = args[2] if len(args) > 2 else kwargs["arg"]
-    # Marked at the level of the kernel argument (`dyn_info`), which is hashed whatever fields the kernel reads. The
-    # tag names both layouts: a cache written when only the dofs had gradient storage must not be loaded either.
-    if isinstance(key, str) and (
-        isinstance(getattr(arg, "dofs", None), DofsInfoWithGrad)
-        or isinstance(getattr(arg, "links", None), LinksInfoWithGrad)
-    ):
-        key = f"{key}, [genesis-grad-patch: dofs and links parameters with gradients]"
+    # Marked at the level of the kernel argument (`dyn_info`, `dyn_state`, `collider_state`), which is hashed whatever
+    # fields the kernel reads. The tag names every layout: a cache written when fewer fields had gradient storage must
+    # not be loaded either.
+    if isinstance(key, str) and any(isinstance(getattr(arg, name, None), cls) for name, cls in _WITH_GRAD):
+        key = f"{key}, [genesis-grad-patch: dofs, links, geoms and contact parameters with gradients]"
     return key
 
 
@@ -146,8 +203,10 @@ _dofs_qs: "weakref.WeakKeyDictionary[RigidSolver, list]" = weakref.WeakKeyDictio
 
 
 def _field_grad(solver: RigidSolver, field: str, kind: str = "dofs") -> torch.Tensor:
-    """Zero-copy view of a parameter field's gradient (`dyn_info.dofs` or `.links`), environments first when batched."""
-    return qd_to_torch(getattr(getattr(solver.dyn_info, kind), field).grad, transpose=True, copy=False)
+    """Zero-copy view of a parameter field's gradient (`dyn_info.dofs`, `.links`, `.geoms` or `dyn_state.geoms`),
+    environments first when batched."""
+    owner = solver.dyn_state.geoms if field == "friction_ratio" else getattr(solver.dyn_info, kind)
+    return qd_to_torch(getattr(owner, field).grad, transpose=True, copy=False)
 
 
 def _mask(solver: RigidSolver, idx, envs_idx, kind: str = "dofs") -> tuple:
@@ -226,6 +285,17 @@ def _consume_link(solver: RigidSolver, call: "_Call") -> torch.Tensor:
     return grad
 
 
+def _consume_geom(solver: RigidSolver, call: "_Call") -> torch.Tensor:
+    """Read, then clear, the gradient of the friction coefficients (or ratios, per environment) one geom call wrote."""
+    _, field = GEOM_PARAMETERS[call.method]
+    idx = [call.idx] if isinstance(call.idx, int) else call.idx
+    view = _field_grad(solver, field, "geoms")
+    mask = indices_to_mask(call.envs_idx, idx) if field == "friction_ratio" else indices_to_mask(idx)
+    grad = view[mask].clone()
+    view[mask] = 0.0
+    return grad[0] if field == "friction_ratio" and solver.n_envs == 0 else grad
+
+
 def _consume(solver: RigidSolver, call: "_Call") -> torch.Tensor:
     """Read, then clear, the gradient of the value one parameter call wrote, in the layout of its selection."""
     method, dofs_idx, envs_idx = call.method, call.idx, call.envs_idx
@@ -233,6 +303,8 @@ def _consume(solver: RigidSolver, call: "_Call") -> torch.Tensor:
         return _consume_state(solver, method, dofs_idx, envs_idx, call.value is not None)
     if method in LINK_PARAMETERS:
         return _consume_link(solver, call)
+    if method in GEOM_PARAMETERS:
+        return _consume_geom(solver, call)
     mask = _mask(solver, dofs_idx, envs_idx)
     grad = None
     for field, component, sign in PARAMETERS[method]:
@@ -336,6 +408,8 @@ class _Call(NamedTuple):
 def _index_arg(method: str) -> str:
     if method == "set_qpos":
         return "qs_idx"
+    if method in GEOM_PARAMETERS:
+        return "geoms_idx"
     return "links_idx" if method in LINK_PARAMETERS else "dofs_idx"
 
 
@@ -355,9 +429,15 @@ def _warn_link_parameter_between_steps(solver: RigidSolver, method: str) -> None
     )
 
 
-def _detached(values):
-    """The arguments (a tuple or a dict), every tensor that tracks gradients detached."""
-    cut = lambda v: v.detach() if isinstance(v, torch.Tensor) and v.requires_grad else v  # noqa: E731
+def _detached(values, as_float: bool = False):
+    """The arguments (a tuple or a dict), every tensor that tracks gradients detached (every tensor a Python float with
+    `as_float`)."""
+
+    def cut(v):
+        if not isinstance(v, torch.Tensor):
+            return v
+        return v.item() if as_float else v.detach() if v.requires_grad else v
+
     return {k: cut(v) for k, v in values.items()} if isinstance(values, dict) else tuple(cut(v) for v in values)
 
 
@@ -365,6 +445,9 @@ def parameter_setter(method: str, stock):
     """The implementation of a parameter setter in a differentiable scene: the call is taped for the coming step."""
     sig = signature(stock)
     value_arg = list(sig.parameters)[1]  # kp, kv, damping, ..., mass, inertia, com
+    # `set_geom_friction`'s kernel takes a Python float (one geom), which the stock callers pass: a tensor becomes its
+    # value.
+    as_float = method == "set_geom_friction"
 
     @wraps(stock)
     def wrapper(self: RigidSolver, *args, **kwargs):
@@ -372,7 +455,7 @@ def parameter_setter(method: str, stock):
             # No gradient to give: the value alone. A tracked tensor reaching Genesis's setter kernels compiles a
             # variant with gradient pointers under the same fastcache key, and the next untracked call loading it
             # segfaulted (stock 1.4.5, `set_dofs_armature` in a differentiable scene, one kernel cache).
-            return stock(self, *_detached(args), **_detached(kwargs))
+            return stock(self, *_detached(args, as_float), **_detached(kwargs, as_float))
         arguments = sig.bind(self, *args, **kwargs).arguments
         value = arguments.get(value_arg)
         tracked = isinstance(value, torch.Tensor) and value.requires_grad
@@ -380,12 +463,13 @@ def parameter_setter(method: str, stock):
         if tracked:
             _refuse_unsupported(self, method, idx)
             records.note_tracked(self.sim)
-            args = tuple(a.detach() if a is value else a for a in args)
-            kwargs = {k: (v.detach() if v is value else v) for k, v in kwargs.items()}
         elif method in STATE_SETTERS and self.sim.cur_step_global > 0:
             _warn_configuration_between_steps(self, method)
         elif method in LINK_PARAMETERS and self.sim.cur_step_global > 0:
             _warn_link_parameter_between_steps(self, method)
+        if tracked or as_float:
+            # Genesis gets the value alone.
+            args, kwargs = _detached(args, as_float), _detached(kwargs, as_float)
         scaled = method == "set_links_mass" and arguments.get("scale_inertia", False)
         mass_old = _link_values(self, "inertial_mass", idx, envs_idx) if scaled else None
         result = stock(self, *args, **kwargs)
@@ -442,6 +526,9 @@ def clear_grads(solver: RigidSolver) -> None:
             _field_grad(solver, field).zero_()
         for field in LINK_GRAD_FIELDS:
             _field_grad(solver, field, "links").zero_()
+        if solver.dyn_info.geoms.friction.has_grad():
+            _field_grad(solver, "friction", "geoms").zero_()
+            _field_grad(solver, "friction_ratio").zero_()
 
 
 def refuse_tracked(call: str, why: str, args: tuple, kwargs: dict) -> None:
@@ -458,6 +545,9 @@ def refuse_tracked(call: str, why: str, args: tuple, kwargs: dict) -> None:
 def install() -> None:
     patching.patch(array_class, "get_dofs_info", _get_dofs_info)
     patching.patch(array_class, "get_links_info", _get_links_info)
+    patching.patch(array_class, "get_geoms_info", _get_geoms_info)
+    patching.patch(array_class, "get_geoms_state", _get_geoms_state)
+    patching.patch(array_class, "get_contact_data", _get_contact_data)
     patching.patch(args_hasher, "dataclass_to_repr", _dataclass_to_repr)
     patching.patch(RigidSolver, "process_input", process_input)
     patching.patch(RigidSolver, "process_input_grad", process_input_grad)

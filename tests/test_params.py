@@ -383,17 +383,13 @@ def _tracked(*values) -> torch.Tensor:
 
 
 REFUSED_CALLS = {
-    "entity.set_friction_ratio": (
-        lambda arm, solver: arm.set_friction_ratio(_tracked(1.2), links_idx_local=[1]),
-        "friction acts through",
+    "entity.set_friction_torsional": (
+        lambda arm, solver: arm.set_friction_torsional(_tracked(0.1)[0]),
+        "torsional and rolling friction are off",
     ),
-    "solver.set_geoms_friction": (
-        lambda arm, solver: solver.set_geoms_friction(_tracked(0.5), geoms_idx=[0]),
-        "friction acts through",
-    ),
-    "solver.set_geoms_friction_ratio": (
-        lambda arm, solver: solver.set_geoms_friction_ratio(_tracked(1.2), geoms_idx=[0]),
-        "friction acts through",
+    "solver.set_geoms_friction_rolling": (
+        lambda arm, solver: solver.set_geoms_friction_rolling(_tracked(0.01), geoms_idx=[0]),
+        "torsional and rolling friction are off",
     ),
     "entity.set_dofs_frictionloss": (
         lambda arm, solver: arm.set_dofs_frictionloss(_tracked(0.1, 0.1)),
@@ -422,16 +418,6 @@ def test_unsupported_parameter_is_refused(arm, call):
     refused, why = REFUSED_CALLS[call]
     with pytest.raises(gs.GenesisException, match=rf"got a tensor that tracks gradients.*not supported: {why}"):
         refused(arm, scene.sim.rigid_solver)
-
-
-@pytest.mark.parametrize("owner", ["entity", "link", "geom"])
-def test_geom_friction_is_refused(contact_scene, owner):
-    """`RigidLink.set_friction` and `RigidGeom.set_friction` write through `RigidSolver.set_geom_friction`."""
-    scene, (_, _, box) = contact_scene
-    scene.reset()
-    target = {"entity": box, "link": box.links[0], "geom": box.geoms[0]}[owner]
-    with pytest.raises(gs.GenesisException, match="set_(geom_)?friction got a tensor that tracks gradients"):
-        target.set_friction(_tracked(0.5)[0])
 
 
 def test_link_mass_with_frictionloss_is_refused(arm):
