@@ -81,6 +81,9 @@ _pending: "weakref.WeakKeyDictionary[RigidSolver, list]" = weakref.WeakKeyDictio
 _taped: "weakref.WeakKeyDictionary[RigidSolver, dict[int, list]]" = weakref.WeakKeyDictionary()
 # Solvers whose reverse pass ran since their last reset: only they have parameter gradients to clear.
 _reversed: "weakref.WeakSet[RigidSolver]" = weakref.WeakSet()
+# Solvers with a tracked friction coefficient or ratio in the current rollout: only their reverse pass needs the
+# contacts' friction gradients (`contact_friction.py`).
+friction_tracked: "weakref.WeakSet[RigidSolver]" = weakref.WeakSet()
 
 
 def _get_dofs_info(solver):
@@ -463,6 +466,8 @@ def parameter_setter(method: str, stock):
         if tracked:
             _refuse_unsupported(self, method, idx)
             records.note_tracked(self.sim)
+            if method in GEOM_PARAMETERS:
+                friction_tracked.add(self)
         elif method in STATE_SETTERS and self.sim.cur_step_global > 0:
             _warn_configuration_between_steps(self, method)
         elif method in LINK_PARAMETERS and self.sim.cur_step_global > 0:
@@ -519,6 +524,7 @@ def clear_grads(solver: RigidSolver) -> None:
     """Drop the parameter gradients and the taped calls of the last rollout (at `scene.reset()`)."""
     _pending.pop(solver, None)
     _taped.pop(solver, None)
+    friction_tracked.discard(solver)
     # Genesis fills them only while reversing: a rollout that was not differentiated has none to clear.
     if solver in _reversed and _has_grad(solver):
         _reversed.discard(solver)
