@@ -383,8 +383,8 @@ def _tracked(*values) -> torch.Tensor:
 
 
 REFUSED_CALLS = {
-    "entity.set_friction_torsional": (
-        lambda arm, solver: arm.set_friction_torsional(_tracked(0.1)[0]),
+    "solver.set_geom_friction_torsional": (
+        lambda arm, solver: solver.set_geom_friction_torsional(_tracked(0.1)[0], 0),
         "torsional and rolling friction are off",
     ),
     "solver.set_geoms_friction_rolling": (
