@@ -12,6 +12,7 @@ of every control call of that step, tracked or not: otherwise the gradient of st
 into an earlier tracked input (the stale `ctrl_force.grad` of stock Genesis).
 """
 
+from collections.abc import Callable
 from functools import wraps
 from inspect import signature
 
@@ -187,21 +188,26 @@ def solver_control(method: str, stock):
     return routed
 
 
-def _assign_detached(tensor, indices, value, *args, **kwargs):
+def _assign_detached(stock: Callable) -> Callable:
     """
-    Write a value into a zero-copy view of a solver field without recording it in autograd.
+    `assign_indexed_tensor` writing a value into a zero-copy view of a solver field without recording it in autograd.
 
     The stock zero-copy writers assign the user's tensor as is: a target that tracks gradients then gives the cached
     field view an autograd history, and the next plain write to it fails ("a leaf Variable that requires grad is being
     used in an in-place operation"). The tape holds the tracked tensor; the field only needs its value.
+
+    `stock` is given at install, not captured at import: `importlib.reload` of this module would capture the patched
+    function itself and recurse.
     """
-    if isinstance(value, torch.Tensor) and value.requires_grad:
-        value = value.detach()
-    # Looked up at call time, not captured at import: `importlib.reload` of this module would capture the patched
-    # function itself and recurse.
-    return patching.original(rigid_solver, "assign_indexed_tensor")(tensor, indices, value, *args, **kwargs)
+
+    def assign(tensor, indices, value, *args, **kwargs):
+        if isinstance(value, torch.Tensor) and value.requires_grad:
+            value = value.detach()
+        return stock(tensor, indices, value, *args, **kwargs)
+
+    return assign
 
 
 def install() -> None:
-    patching.patch(rigid_solver, "assign_indexed_tensor", _assign_detached)
+    patching.patch(rigid_solver, "assign_indexed_tensor", _assign_detached(rigid_solver.assign_indexed_tensor))
     patching.patch(RigidEntity, "process_input_grad", entity_process_input_grad)

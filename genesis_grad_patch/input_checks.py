@@ -34,19 +34,28 @@ def _tracks(value) -> bool:
 _Tensor = torch.Tensor
 
 
+# Keyword arguments that index (dofs, links, geoms, environments): integers, which cannot track gradients.
+_INDEX_KWARGS = frozenset(
+    ("dofs_idx_local", "dofs_idx", "links_idx_local", "links_idx", "qs_idx_local", "qs_idx", "geoms_idx", "envs_idx")
+)
+
+
 def any_tracked(args: tuple, kwargs: dict) -> bool:
     """Whether an argument tracks gradients: the off-grad fast path, so exact class checks first and no calls."""
-    for values in (args, kwargs.values()) if kwargs else (args,):
-        for value in values:
-            cls = value.__class__
-            if cls is _Tensor:
-                if value.requires_grad:
+    for value in args:
+        cls = value.__class__
+        if cls is _Tensor:
+            if value.requires_grad:
+                return True
+        elif cls is list or cls is tuple:
+            for item in value:
+                if isinstance(item, _Tensor) and item.requires_grad:
                     return True
-            elif cls is list or cls is tuple:
-                for item in value:
-                    if isinstance(item, _Tensor) and item.requires_grad:
-                        return True
-            elif isinstance(value, _Tensor) and value.requires_grad:
+        elif isinstance(value, _Tensor) and value.requires_grad:
+            return True
+    if kwargs:
+        for name, value in kwargs.items():
+            if name not in _INDEX_KWARGS and _tracks(value):
                 return True
     return False
 

@@ -489,19 +489,25 @@ def parameter_setter(method: str, stock):
     return wrapper
 
 
-def process_input(self: RigidSolver, in_backward: bool = False):
-    inputs = patching.original(RigidSolver, "process_input")(self, in_backward=in_backward)
-    # Nothing set since the last step and nothing taped in this rollout (the usual step): nothing to do.
-    if in_backward or not (_pending or _taped):
+def _process_input(stock):
+    """`RigidSolver.process_input` (once per substep), then the parameter calls made since the last one taped."""
+
+    def process_input(self: RigidSolver, in_backward: bool = False):
+        inputs = stock(self, in_backward=in_backward)
+        # Nothing set since the last step and nothing taped in this rollout (the usual step): nothing to do. (`.data`:
+        # the dictionaries' own length, without the Python-level `__len__` of `WeakKeyDictionary`.)
+        if in_backward or not (_pending.data or _taped.data):
+            return inputs
+        calls = _pending.pop(self, None)
+        first_substep = self.sim.cur_substep_global
+        if calls:
+            _taped.setdefault(self, {})[first_substep] = calls
+            inputs = [*inputs, *(call.value for call in calls if call.value is not None)]
+        elif (taped := _taped.get(self)) is not None:
+            taped.pop(first_substep, None)
         return inputs
-    calls = _pending.pop(self, None)
-    first_substep = self.sim.cur_substep_global
-    if calls:
-        _taped.setdefault(self, {})[first_substep] = calls
-        inputs = [*inputs, *(call.value for call in calls if call.value is not None)]
-    elif (taped := _taped.get(self)) is not None:
-        taped.pop(first_substep, None)
-    return inputs
+
+    return process_input
 
 
 def process_input_grad(self: RigidSolver):
@@ -555,5 +561,6 @@ def install() -> None:
     patching.patch(array_class, "get_geoms_state", _get_geoms_state)
     patching.patch(array_class, "get_contact_data", _get_contact_data)
     patching.patch(args_hasher, "dataclass_to_repr", _dataclass_to_repr)
-    patching.patch(RigidSolver, "process_input", process_input)
+    # The stock method given at install (a replacement called at every substep skips the lookup).
+    patching.patch(RigidSolver, "process_input", _process_input(RigidSolver.process_input))
     patching.patch(RigidSolver, "process_input_grad", process_input_grad)

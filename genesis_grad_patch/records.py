@@ -14,8 +14,6 @@ class SimRecord:
 
     #: Rollout (`sim._grad_epoch`) -> {id(tensor): InputRecord}: the tracked inputs taped, for the doctor.
     inputs: dict[int, dict[int, Any]] = field(default_factory=dict)
-    #: The last rollout in which a tracked tensor was given to a control, setter or parameter (any strict mode).
-    tracked_epoch: int | None = None
     #: Where the last `scene.reset()` was called (strict mode's backward-after-reset message).
     reset_at: Any = None
     #: (rollout, Location) of the last backward (strict mode's backward-twice message).
@@ -37,6 +35,11 @@ class SolverRecord:
 
 
 _sims: "weakref.WeakKeyDictionary[Any, SimRecord]" = weakref.WeakKeyDictionary()
+# id(simulator) -> the last rollout (`sim._grad_epoch`) in which a tracked tensor was given to a control, setter or
+# parameter, whatever the strict mode. Read by every getter call and step, hence a plain dict: a `WeakKeyDictionary`
+# lookup makes a weak reference per call. An entry goes with its simulator (a finalizer); an id reused by a later
+# simulator before that could only claim a tracked input where there is none, which costs a graph, not a gradient.
+_tracked_epochs: dict[int, int] = {}
 _solvers: "weakref.WeakKeyDictionary[Any, SolverRecord]" = weakref.WeakKeyDictionary()
 
 
@@ -63,16 +66,19 @@ def peek_sim(sim) -> SimRecord | None:
 
 def note_tracked(sim) -> None:
     """A tracked tensor was given to the current rollout of `sim`: its getters must build the graph from now on."""
-    of_sim(sim).tracked_epoch = sim._grad_epoch
+    key = id(sim)
+    if key not in _tracked_epochs:
+        weakref.finalize(sim, _tracked_epochs.pop, key, None)
+    _tracked_epochs[key] = sim._grad_epoch
 
 
 def has_tracked_inputs(sim) -> bool:
     """Whether a tracked tensor was given to the current rollout of `sim` (whatever the strict mode)."""
-    record = _sims.get(sim)
-    return record is not None and record.tracked_epoch == sim._grad_epoch
+    return _tracked_epochs.get(id(sim)) == sim._grad_epoch
 
 
 def clear() -> None:
     """Forget every record (used by `uninstall`)."""
     _sims.clear()
     _solvers.clear()
+    _tracked_epochs.clear()

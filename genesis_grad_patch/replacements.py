@@ -58,6 +58,10 @@ def _entity_input(row: Method, stock: Callable) -> Callable:
             finally:
                 _reset_origin(token)
         origin = _origin()
+        if origin is _GENESIS and not unsupported:
+            # Genesis replaying its tape at the step (once per taped call and step), or calling for itself: the stock
+            # method, whose solver calls are Genesis's too.
+            return stock(self, *args, **kwargs)
         token = _set_origin(_ENTITY)
         try:
             tracked = any_tracked(args, kwargs)

@@ -180,15 +180,22 @@ def record_of(solver: RigidSolver) -> ReplayRecord:
     return record
 
 
-def save_ckpt(self: RigidSolver, ckpt_name: str) -> None:
-    patching.original(RigidSolver, "save_ckpt")(self, ckpt_name)
-    if self._requires_grad:
-        # Steps before the first tracked input of a rollout reach no gradient (their reversal only carries the adjoint
-        # on to inputs that track nothing): they need no record, and a rollout that tracks nothing pays for none. The
-        # first recorded step compares with the values of the last recorded one, so it records whatever changed since.
-        if records.has_tracked_inputs(self.sim):
-            record_of(self).after_step(int(ckpt_name))
-        tape_guards.note_step(self.sim)
+def _save_ckpt(stock):
+    """`RigidSolver.save_ckpt` (called after every step of a differentiable scene), then the record of the step."""
+
+    def save_ckpt(self: RigidSolver, ckpt_name: str) -> None:
+        stock(self, ckpt_name)
+        if self._requires_grad:
+            # Steps before the first tracked input of a rollout reach no gradient (their reversal only carries the
+            # adjoint on to inputs that track nothing): they need no record, and a rollout that tracks nothing pays for
+            # none. The first recorded step compares with the values of the last recorded one, so it records whatever
+            # changed since.
+            sim = self._sim
+            if records.has_tracked_inputs(sim):
+                record_of(self).after_step(int(ckpt_name))
+            tape_guards.note_step(sim)
+
+    return save_ckpt
 
 
 def load_ckpt(self: RigidSolver, ckpt_name: str) -> None:
@@ -208,7 +215,8 @@ def reset_grad(self: RigidSolver) -> None:
 
 
 def install() -> None:
-    patching.patch(RigidSolver, "save_ckpt", save_ckpt)
+    # The stock method given at install (a replacement called at every step skips the lookup).
+    patching.patch(RigidSolver, "save_ckpt", _save_ckpt(RigidSolver.save_ckpt))
     patching.patch(RigidSolver, "load_ckpt", load_ckpt)
     patching.patch(RigidSolver, "reset_grad", reset_grad)
 

@@ -55,13 +55,18 @@ def untaped_on_error(entity: RigidEntity, stock, args: tuple, kwargs: dict):
         raise
 
 
-def _step_forward(ctx, sim, step, epoch, token, *inputs):
-    token = patching.original(StepNode, "forward")(ctx, sim, step, epoch, token, *inputs)
-    # Saved so that torch checks their version counters at backward: the reverse pass replays the step from the
-    # inputs' current values.
-    if inputs:
-        ctx.save_for_backward(*inputs)
-    return token
+def _step_forward(stock):
+    """`StepNode.forward` (once per step), saving the step's inputs."""
+
+    def forward(ctx, sim, step, epoch, token, *inputs):
+        token = stock(ctx, sim, step, epoch, token, *inputs)
+        # Saved so that torch checks their version counters at backward: the reverse pass replays the step from the
+        # inputs' current values.
+        if inputs:
+            ctx.save_for_backward(*inputs)
+        return token
+
+    return forward
 
 
 def _step_backward(ctx, token_grad):
@@ -125,6 +130,6 @@ def _ranges(steps: list[int]) -> str:
 
 
 def install() -> None:
-    patching.patch(StepNode, "forward", staticmethod(_step_forward))
+    patching.patch(StepNode, "forward", staticmethod(_step_forward(StepNode.forward)))
     patching.patch(StepNode, "backward", staticmethod(_step_backward))
     patching.patch(Simulator, "track_state", _track_state)
