@@ -1,6 +1,7 @@
 """
 Differentiable model parameters: the gains, damping, armature and stiffness of the dofs, the mass, inertia and center of
-mass of the links (hence `RigidEntity.set_mass`), and the initial configuration (`set_qpos`, `set_dofs_position`).
+mass of the links (hence `RigidEntity.set_mass`), the friction of the geoms, and the initial configuration (`set_qpos`,
+`set_dofs_position`).
 
 Genesis's reverse pass already differentiates every kernel that reads the model (`act_gain`, `act_bias`, `damping`,
 `armature`, `stiffness` of `dyn_info.dofs`; `inertial_mass`, `inertial_i`, `inertial_pos` of `dyn_info.links`): only
@@ -15,6 +16,10 @@ accumulated in each field to the tensor the user gave:
   `set_links_COM` write their field: the gradient is the field's;
 - `set_links_mass(..., scale_inertia=True)` (what `RigidEntity.set_mass` calls) also writes I' = I m' / m, whose
   gradient goes to m' and, through the fields, to the earlier I and m.
+- `set_geoms_friction`, `set_geom_friction` (entity, link and geom `set_friction`) and `set_geoms_friction_ratio`
+  (entity `set_friction_ratio`) write the geoms' friction (shared by the environments) or friction ratio (per
+  environment): `contact_friction.py` differentiates each contact's coefficient, and Genesis's autodiff of the narrow
+  phase carries it on to these fields.
 
 As for control targets, every call of a reversed step reads and clears the gradient of what it wrote, tracked or not,
 so the gradient of the steps a later call drove never reaches an earlier value; what the steps before the first call
@@ -31,8 +36,9 @@ read their derived inverse weights (contacts, joint limits, friction losses, equ
 tracked configuration or inertial property set between steps (the link poses and inertias the previous step derived
 from the overwritten value pass their gradient on to it, in Genesis 1.4.5's reverse pass: set it after
 `scene.reset()`, before the first step); a tracked `set_dofs_position` of the rotational dofs of a free or ball joint
-(their configuration is a quaternion: use `set_qpos`); and tracked friction, friction ratio, friction loss, joint
-limits and solver parameters (`refuse_tracked`, catalog status "refused input": the constraint solver's reverse pass does not differentiate them).
+(their configuration is a quaternion: use `set_qpos`); and tracked torsional or rolling friction (off in differentiable
+scenes), friction loss, joint limits and solver parameters (`refuse_tracked`, catalog status "refused input": the
+constraint solver's reverse pass does not differentiate them).
 """
 
 import dataclasses
