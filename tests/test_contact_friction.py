@@ -163,6 +163,19 @@ def test_two_dynamic_bodies():
     assert_grad_close(x.grad, central_fd(loss, x))
 
 
+def test_contact_rows_after_frictionloss_rows(sliding):
+    """Dof friction losses add constraint rows before the contacts' ones: the contact rows are found past them."""
+    scene, box = sliding
+    box.set_dofs_frictionloss(torch.full((6,), 0.05, dtype=torch.float64))
+    try:
+        value, set_ = SETTERS["solver.set_geoms_friction"]
+        x = torch.tensor([value], dtype=torch.float64, requires_grad=True)
+        _rollout(scene, box, lambda: set_(box, x)).backward()
+        assert_grad_close(x.grad, central_fd(lambda v: _rollout(scene, box, lambda: set_(box, v)), x))
+    finally:
+        box.set_dofs_frictionloss(torch.zeros(6, dtype=torch.float64))
+
+
 # The property: any schedule of friction calls gets FD-exact gradients.
 
 
