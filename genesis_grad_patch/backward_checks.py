@@ -44,8 +44,8 @@ def _reverse_step(inner: Callable) -> Callable:
                 "reset discarded the rollout's tape.",
                 "Call `loss.backward()` before `scene.reset()`.",
             )
+        last = record.backward_at
         if not self._is_backward_ready or self.cur_step_global < step:
-            last = record.backward_at
             where = f" (first backward at {last[1]})" if last is not None and last[0] == epoch else ""
             raise _backward_error(
                 frame,
@@ -55,7 +55,10 @@ def _reverse_step(inner: Callable) -> Callable:
                 "`torch.autograd.grad(loss, inputs)` once, or call `scene.reset()` and roll out again before the next "
                 "backward.",
             )
-        record.backward_at = (epoch, Location.of(user_frame(frame)))
+        if last is None or last[0] != epoch:
+            # Where the first backward of this rollout was called (read by the message above), once per rollout rather
+            # than once per reversed step: finding the user's line walks the stack.
+            record.backward_at = (epoch, Location.of(user_frame(frame)))
         return inner(self, step, epoch)
 
     return reverse_step

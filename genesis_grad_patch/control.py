@@ -72,6 +72,10 @@ def _grad_like(grad: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     follows the same rules exactly: summed over the dimensions the input was broadcast along, cast back to its dtype and
     device. The upstream patch does the same (`_input_grad_like`).
     """
+    if grad.shape == target.shape:
+        # Nothing was broadcast (the usual call: one value per selected dof and environment): the product is the
+        # identity, without a pass of the autograd engine per reversed call (about 80 us a step, measured).
+        return grad.to(dtype=target.dtype, device=target.device)
     with torch.enable_grad():
         target_ = target.detach().requires_grad_()
         full = broadcast_tensor(target_, grad.dtype, grad.shape)
