@@ -149,48 +149,37 @@ def run_scene(name: str, steps: int, repeats: int) -> None:
         )
     )
 
-    # Backward alone: each rollout is recorded untimed right before its backward.
-    stock_bw, plugin_bw = [], []
-    for i in range(repeats + 1):
-        ggp.uninstall()
-        backward_of("control_dofs_force")()  # warm-up after the switch (see side_by_side)
-        stock_run = backward_of("control_dofs_force")
-        t_stock = timed(stock_run)
-        ggp.install()
-        backward_of("control_dofs_position")()
-        plugin_run = backward_of("control_dofs_position")
-        t_plugin = timed(plugin_run)
-        if i:
-            stock_bw.append(t_stock)
-            plugin_bw.append(t_plugin)
+    def backward_side_by_side(stock_method: str, plugin_method: str) -> tuple[float, float]:
+        """Median seconds of the backward alone, stock and plugin alternated: each rollout is recorded untimed right
+        before its backward, after one warm-up rollout and backward per switch (see `side_by_side`)."""
+        stock_bw, plugin_bw = [], []
+        for i in range(repeats + 1):
+            ggp.uninstall()
+            backward_of(stock_method)()
+            stock_run = backward_of(stock_method)
+            t_stock = timed(stock_run)
+            ggp.install()
+            backward_of(plugin_method)()
+            plugin_run = backward_of(plugin_method)
+            t_plugin = timed(plugin_run)
+            if i:
+                stock_bw.append(t_stock)
+                plugin_bw.append(t_plugin)
+        return statistics.median(stock_bw), statistics.median(plugin_bw)
+
     rows.append(
         (
             "backward: PD targets (plugin) vs forces (stock)",
-            statistics.median(stock_bw),
-            statistics.median(plugin_bw),
+            *backward_side_by_side("control_dofs_force", "control_dofs_position"),
             1.05,
         )
     )
     # The same workload on both sides (tracked forces, which stock differentiates too): what the plugin adds to a
     # reverse pass, without the PD targets' own reverse (the row above compares two different workloads).
-    stock_bw, plugin_bw = [], []
-    for i in range(repeats + 1):
-        ggp.uninstall()
-        backward_of("control_dofs_force")()
-        stock_run = backward_of("control_dofs_force")
-        t_stock = timed(stock_run)
-        ggp.install()
-        backward_of("control_dofs_force")()
-        plugin_run = backward_of("control_dofs_force")
-        t_plugin = timed(plugin_run)
-        if i:
-            stock_bw.append(t_stock)
-            plugin_bw.append(t_plugin)
     rows.append(
         (
             "backward: forces, plugin vs stock (same workload)",
-            statistics.median(stock_bw),
-            statistics.median(plugin_bw),
+            *backward_side_by_side("control_dofs_force", "control_dofs_force"),
             1.05,
         )
     )

@@ -92,19 +92,24 @@ _reversed: "weakref.WeakSet[RigidSolver]" = weakref.WeakSet()
 friction_tracked: "weakref.WeakSet[RigidSolver]" = weakref.WeakSet()
 
 
+def _with_grad(data, cls: type, shape, dtypes: dict):
+    """
+    `data` (a stock dataclass of arrays) as `cls`, the fields of `dtypes` allocated afresh as the stock allocation does,
+    plus gradient storage. `cls` is the layout's own type: see `DofsInfoWithGrad`.
+    """
+    values = {field.name: getattr(data, field.name) for field in dataclasses.fields(data)}
+    values |= {name: array_class.V(dtype=dtype, shape=shape, needs_grad=True) for name, dtype in dtypes.items()}
+    return cls(**values)
+
+
 def _get_dofs_info(solver):
     """`array_class.get_dofs_info`, with gradient storage for the parameter fields of a differentiable scene."""
     info = patching.original(array_class, "get_dofs_info")(solver)
     if not solver._requires_grad:
         return info
-    # The stock allocation of these fields (see `array_class.get_dofs_info`), plus gradient storage.
     shape = (solver.n_dofs_, solver._B) if solver._options.batch_dofs_info else (solver.n_dofs_,)
-    dtypes = {"act_bias": gs.qd_vec3}
-    fields = {
-        name: array_class.V(dtype=dtypes.get(name, gs.qd_float), shape=shape, needs_grad=True) for name in GRAD_FIELDS
-    }
-    values = {field.name: getattr(info, field.name) for field in dataclasses.fields(info)} | fields
-    return DofsInfoWithGrad(**values)
+    dtypes = {name: gs.qd_vec3 if name == "act_bias" else gs.qd_float for name in GRAD_FIELDS}
+    return _with_grad(info, DofsInfoWithGrad, shape, dtypes)
 
 
 def _get_links_info(solver):
@@ -112,12 +117,9 @@ def _get_links_info(solver):
     info = patching.original(array_class, "get_links_info")(solver)
     if not solver._requires_grad:
         return info
-    # The stock allocation of these fields (see `array_class.get_links_info`), plus gradient storage.
     shape = (solver.n_links_, solver._B) if solver._options.batch_links_info else solver.n_links_
     dtypes = {"inertial_mass": gs.qd_float, "inertial_i": gs.qd_mat3, "inertial_pos": gs.qd_vec3}
-    fields = {name: array_class.V(dtype=dtypes[name], shape=shape, needs_grad=True) for name in LINK_GRAD_FIELDS}
-    values = {field.name: getattr(info, field.name) for field in dataclasses.fields(info)} | fields
-    return LinksInfoWithGrad(**values)
+    return _with_grad(info, LinksInfoWithGrad, shape, dtypes)
 
 
 def _get_geoms_info(solver, is_active=True):
@@ -125,9 +127,7 @@ def _get_geoms_info(solver, is_active=True):
     info = patching.original(array_class, "get_geoms_info")(solver, is_active)
     if not (solver._requires_grad and is_active):
         return info
-    values = {field.name: getattr(info, field.name) for field in dataclasses.fields(info)}
-    values["friction"] = array_class.V(dtype=gs.qd_float, shape=(solver.n_geoms_,), needs_grad=True)
-    return GeomsInfoWithGrad(**values)
+    return _with_grad(info, GeomsInfoWithGrad, (solver.n_geoms_,), {"friction": gs.qd_float})
 
 
 def _get_geoms_state(solver, is_active=True):
@@ -135,9 +135,7 @@ def _get_geoms_state(solver, is_active=True):
     state = patching.original(array_class, "get_geoms_state")(solver, is_active)
     if not (solver._requires_grad and is_active):
         return state
-    values = {field.name: getattr(state, field.name) for field in dataclasses.fields(state)}
-    values["friction_ratio"] = array_class.V(dtype=gs.qd_float, shape=(solver.n_geoms_, solver._B), needs_grad=True)
-    return GeomsStateWithGrad(**values)
+    return _with_grad(state, GeomsStateWithGrad, (solver.n_geoms_, solver._B), {"friction_ratio": gs.qd_float})
 
 
 def _get_contact_data(solver, max_candidate_contacts, requires_grad):
@@ -145,10 +143,8 @@ def _get_contact_data(solver, max_candidate_contacts, requires_grad):
     data = patching.original(array_class, "get_contact_data")(solver, max_candidate_contacts, requires_grad)
     if not requires_grad:
         return data
-    values = {field.name: getattr(data, field.name) for field in dataclasses.fields(data)}
     shape = (max(max_candidate_contacts, 1), solver._B)
-    values["friction"] = array_class.V(dtype=gs.qd_float, shape=shape, needs_grad=True)
-    return ContactDataWithGrad(**values)
+    return _with_grad(data, ContactDataWithGrad, shape, {"friction": gs.qd_float})
 
 
 class GeomsInfoWithGrad(array_class.GeomsInfo):
