@@ -34,6 +34,35 @@ def _rollout(scene, arm, x, horizon=4):
     return loss
 
 
+def test_tracked_inputs_are_written_by_value(arms3):
+    """
+    The fields take only the value of a tracked input (its gradient goes through the tape). Written as is into a
+    zero-copy view of a field, the input gave the cached view an autograd history, and the next plain write to it failed
+    with "a leaf Variable that requires grad is being used in an in-place operation" (stock 1.4.5: this test raises
+    there; patch 0004 upstream).
+    """
+    if not gs.use_zerocopy:
+        pytest.skip("The fields are only written through torch views with zero-copy.")
+    scene, arm = arms3
+    solver = scene.sim.rigid_solver
+    dofs = solver.dyn_state.dofs
+    scene.reset()
+    targets = torch.zeros((4, 3, 1), dtype=torch.float64, requires_grad=True)
+    arm.control_dofs_position(targets[0] + 0.1, dofs_idx_local=[1])
+    arm.control_dofs_velocity(targets[1] + 0.2, dofs_idx_local=[0])
+    arm.set_dofs_velocity(targets[2] + 0.3, dofs_idx_local=[0])
+    solver.control_dofs_force(targets[3] + 0.4, dofs_idx=[arm.dof_start], envs_idx=[0, 1, 2])
+    for field in (dofs.ctrl_pos, dofs.ctrl_vel, dofs.ctrl_force, dofs.vel):
+        assert not gs.utils.misc.qd_to_torch(field, transpose=True, copy=False).requires_grad
+    scene.step()
+    arm.control_dofs_position(torch.tensor([[0.0], [0.1], [0.2]], dtype=torch.float64), dofs_idx_local=[1])
+    arm.control_dofs_velocity(0.0, dofs_idx_local=[0])
+    solver.control_dofs_force(0.0, dofs_idx=[arm.dof_start])
+    scene.step()
+    ctrl_pos = gs.utils.misc.qd_to_torch(dofs.ctrl_pos, transpose=True)[:, arm.dof_start + 1]
+    torch.testing.assert_close(ctrl_pos, torch.tensor([0.0, 0.1, 0.2], dtype=ctrl_pos.dtype))
+
+
 def test_duplicated_indices_with_tracked_target_are_refused(arm, arms3):
     """Old main: the dof is driven by the last duplicate, the whole gradient goes to the first entry, silently."""
     scene, arm_ = arm
