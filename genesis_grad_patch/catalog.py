@@ -226,7 +226,6 @@ ROWS: tuple[Method, ...] = (
     Method(SOLVER, "save_ckpt", Status.MACHINERY, "replay", "records the controls and parameters of each step"),
     Method(SOLVER, "load_ckpt", Status.MACHINERY, "replay", "restores them before a step is replayed"),
     Method(SOLVER, "reset_grad", Status.MACHINERY, "replay", "restores the parameters the rollout ended with"),
-    Method("rigid_solver", "assign_indexed_tensor", Status.MACHINERY, "control", "writes a tracked target by value"),
     Method("array_class", "get_dofs_info", Status.MACHINERY, "params", "dof parameters with gradient storage"),
     Method(
         "array_class", "get_links_info", Status.MACHINERY, "params", "link inertial parameters with gradient storage"

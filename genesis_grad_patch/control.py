@@ -12,7 +12,6 @@ of every control call of that step, tracked or not: otherwise the gradient of st
 into an earlier tracked input (the stale `ctrl_force.grad` of stock Genesis).
 """
 
-from collections.abc import Callable
 from functools import wraps
 from inspect import signature
 
@@ -21,7 +20,7 @@ import numpy as np
 import torch
 
 from . import callers, patching, records
-from .genesis_api import RigidEntity, RigidSolver, broadcast_tensor, rigid_solver
+from .genesis_api import RigidEntity, RigidSolver, broadcast_tensor
 from .kernels import kernel_get_dofs_ctrl_pd_grad
 
 # Control method -> (its target arguments, the gradient field each one reads).
@@ -192,26 +191,5 @@ def solver_control(method: str, stock):
     return routed
 
 
-def _assign_detached(stock: Callable) -> Callable:
-    """
-    `assign_indexed_tensor` writing a value into a zero-copy view of a solver field without recording it in autograd.
-
-    The stock zero-copy writers assign the user's tensor as is: a target that tracks gradients then gives the cached
-    field view an autograd history, and the next plain write to it fails ("a leaf Variable that requires grad is being
-    used in an in-place operation"). The tape holds the tracked tensor; the field only needs its value.
-
-    `stock` is given at install, not captured at import: `importlib.reload` of this module would capture the patched
-    function itself and recurse.
-    """
-
-    def assign(tensor, indices, value, *args, **kwargs):
-        if isinstance(value, torch.Tensor) and value.requires_grad:
-            value = value.detach()
-        return stock(tensor, indices, value, *args, **kwargs)
-
-    return assign
-
-
 def install() -> None:
-    patching.patch(rigid_solver, "assign_indexed_tensor", _assign_detached(rigid_solver.assign_indexed_tensor))
     patching.patch(RigidEntity, "process_input_grad", entity_process_input_grad)

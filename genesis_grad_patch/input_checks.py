@@ -205,6 +205,19 @@ def arguments(names: tuple[str, ...], args: tuple, kwargs: dict):
     yield from kwargs.items()
 
 
+def tracked_tensor_in(args: tuple, kwargs: dict) -> bool:
+    """Whether a tensor argument itself (not in a list: Genesis rebuilds those) tracks gradients: what `detached_args`
+    detaches, checked on Genesis's own calls at every step, so without `any_tracked`'s scan of index lists."""
+    for value in args:
+        if isinstance(value, _Tensor) and value.requires_grad:
+            return True
+    if kwargs:
+        for value in kwargs.values():
+            if isinstance(value, _Tensor) and value.requires_grad:
+                return True
+    return False
+
+
 def detached_args(args: tuple, kwargs: dict) -> tuple[tuple, dict]:
     """The arguments with every tensor that tracks gradients detached."""
 

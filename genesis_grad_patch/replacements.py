@@ -18,7 +18,7 @@ import torch
 from . import breaks, callers, catalog, input_checks, patching, records, tape_guards
 from .callers import Origin
 from .catalog import ENTITY, SOLVER, Method, Status
-from .input_checks import any_tracked, arguments, detached_args
+from .input_checks import any_tracked, arguments, detached_args, tracked_tensor_in
 
 _origin = callers.get
 _set_origin = callers.set_origin
@@ -132,9 +132,14 @@ def _solver_input(row: Method, stock: Callable, impl: Callable | None) -> Callab
         if origin is _ENTITY or origin is _GENESIS:
             # The solver half of an entity method (checked at the entity), or Genesis's own call: the stock method,
             # except that parameters are taped whoever sets them.
-            if unsupported:
+            if parameter:
+                return impl(self, *args, **kwargs)
+            # The value alone. The tape (Genesis's `@tracked`) holds the tracked tensor; the stock zero-copy writers
+            # would write it as is into a cached view of the field, which then tracks gradients, and the next plain
+            # write to that view fails ("a leaf Variable that requires grad is being used in an in-place operation").
+            if tracked_tensor_in(args, kwargs):
                 args, kwargs = detached_args(args, kwargs)
-            return impl(self, *args, **kwargs) if parameter else stock(self, *args, **kwargs)
+            return stock(self, *args, **kwargs)
         if breaks.checking and origin is None:
             input_checks.check_inputs(
                 type(self).__name__, name, category, self, arguments(names, args, kwargs), sys._getframe(1), True

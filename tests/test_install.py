@@ -4,7 +4,6 @@ import genesis as gs
 import pytest
 import torch
 from genesis.engine.entities.rigid_entity.rigid_entity import RigidEntity
-from genesis.engine.solvers.rigid import rigid_solver
 from genesis.engine.solvers.rigid.rigid_solver import RigidSolver
 from helpers import PLANAR_CAR, make_scene
 
@@ -15,7 +14,6 @@ pytestmark = pytest.mark.plugin_only
 
 PATCHED = [
     (RigidEntity, "process_input_grad"),
-    (rigid_solver, "assign_indexed_tensor"),
     *[(RigidSolver, name) for name in ("control_dofs_position", "control_dofs_velocity", "control_dofs_force")],
     *[(RigidSolver, name) for name in ("get_qpos", "get_dofs_position", "get_links_pos", "get_links_quat")],
 ]
