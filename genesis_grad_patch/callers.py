@@ -34,11 +34,6 @@ set_origin = _origin.set
 reset = _origin.reset
 
 
-def genesis_is_running() -> bool:
-    """Whether the current thread is inside Genesis's own work (sensors, viewer, recorders)."""
-    return _origin.get() is Origin.GENESIS
-
-
 @contextmanager
 def calling_as(origin: Origin) -> Iterator[None]:
     """Run the block as `origin` (e.g. the plugin reading state on the user's behalf)."""
@@ -49,7 +44,7 @@ def calling_as(origin: Origin) -> Iterator[None]:
         _origin.reset(token)
 
 
-def runs_genesis(inner: Callable, needed: Callable | None = None) -> Callable:
+def runs_genesis(inner: Callable, differentiable: Callable | None = None) -> Callable:
     """
     Wrap a Genesis method that reads state for Genesis's own use, so that the getters it calls take the stock path.
 
@@ -57,15 +52,18 @@ def runs_genesis(inner: Callable, needed: Callable | None = None) -> Callable:
     `link.get_vel()` of any link: differentiable results would put autograd history (and the whole rollout's graph)
     into Genesis's buffers, and raise or warn at every step for getters without a gradient.
 
-    `needed(self)`, if given, tells whether the origin matters for this call: the step of a scene built without
-    `requires_grad` reads stock values whoever calls, and skips setting it.
+    `differentiable(self)`, if given, tells whether the origin matters for this call: the step of a scene built without
+    `requires_grad` reads stock values whoever calls, and skips setting it (an `operator.attrgetter` of the flag: called
+    at every step, it runs no Python frame). Inside Genesis's own work the variable is set already.
     """
+    genesis = Origin.GENESIS
+    get = _origin.get
 
     @wraps(inner)
     def wrapper(*args, **kwargs):
-        if needed is not None and not needed(args[0]):
+        if get() is genesis or (differentiable is not None and not differentiable(args[0])):
             return inner(*args, **kwargs)
-        token = _origin.set(Origin.GENESIS)
+        token = _origin.set(genesis)
         try:
             return inner(*args, **kwargs)
         finally:

@@ -21,6 +21,7 @@ rollout, a `GradientBreakError` in "raise" mode.
 """
 
 import weakref
+from operator import attrgetter
 from typing import NamedTuple
 
 import genesis as gs
@@ -51,8 +52,8 @@ _subscribed: "weakref.WeakKeyDictionary[RigidSolver, Subscriber]" = weakref.Weak
 _GENESIS_READERS = (
     (Scene, "build", None),
     (Scene, "reset", None),
-    (Scene, "step", lambda scene: scene._sim._requires_grad),
-    (Simulator, "step", lambda sim: sim._requires_grad and not callers.genesis_is_running()),
+    (Scene, "step", attrgetter("_sim._requires_grad")),
+    (Simulator, "step", attrgetter("_requires_grad")),
 )
 
 
@@ -363,8 +364,8 @@ GETTERS = {
 
 
 def install() -> None:
-    for owner, name, needed in _GENESIS_READERS:
-        patching.patch(owner, name, callers.runs_genesis(getattr(owner, name), needed))
+    for owner, name, differentiable in _GENESIS_READERS:
+        patching.patch(owner, name, callers.runs_genesis(getattr(owner, name), differentiable))
 
 
 def uninstall() -> None:
