@@ -40,6 +40,8 @@ _sims: "weakref.WeakKeyDictionary[Any, SimRecord]" = weakref.WeakKeyDictionary()
 # lookup makes a weak reference per call. An entry goes with its simulator (a finalizer); an id reused by a later
 # simulator before that could only claim a tracked input where there is none, which costs a graph, not a gradient.
 _tracked_epochs: dict[int, int] = {}
+#: The same dict, for the per-step hooks that test `has_tracked_inputs` inline (one Python frame fewer per call).
+tracked_epochs = _tracked_epochs
 _solvers: "weakref.WeakKeyDictionary[Any, SolverRecord]" = weakref.WeakKeyDictionary()
 
 

@@ -21,6 +21,7 @@ from .catalog import ENTITY, SOLVER, Method, Status
 from .input_checks import any_tracked, arguments, detached_args, tracked_tensor_in
 
 _origin = callers.get
+_tracked_epochs = records.tracked_epochs
 _set_origin = callers.set_origin
 _reset_origin = callers.reset
 _ENTITY, _GENESIS = Origin.ENTITY, Origin.GENESIS
@@ -189,7 +190,8 @@ def _differentiable_read(row: Method, stock: Callable, impl: Callable, different
                 if differentiable_for is None or differentiable_for(self, *args, **kwargs):
                     input_checks.report_read_under_no_grad(self, name)
             return out
-        if not records.has_tracked_inputs(self._sim) or not self.is_active:
+        sim = self._sim
+        if _tracked_epochs.get(id(sim)) != sim._grad_epoch or not self.is_active:  # records.has_tracked_inputs, inline
             # Nothing of this rollout tracks gradients: the state depends on nothing to differentiate, so the stock
             # value is exact and no graph is built.
             return stock(self, *args, **kwargs)

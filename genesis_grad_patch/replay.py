@@ -173,6 +173,9 @@ def _start(version: tuple[int, torch.Tensor]) -> int:
 _records: "weakref.WeakKeyDictionary[RigidSolver, ReplayRecord]" = weakref.WeakKeyDictionary()
 
 
+_tracked_epochs = records.tracked_epochs
+
+
 def record_of(solver: RigidSolver) -> ReplayRecord:
     record = _records.get(solver)
     if record is None:
@@ -191,9 +194,10 @@ def _save_ckpt(stock):
             # none. The first recorded step compares with the values of the last recorded one, so it records whatever
             # changed since.
             sim = self._sim
-            if records.has_tracked_inputs(sim):
+            if _tracked_epochs.get(id(sim)) == sim._grad_epoch:  # records.has_tracked_inputs, inline (every step)
                 record_of(self).after_step(int(ckpt_name))
-            tape_guards.note_step(sim)
+            if not torch.is_grad_enabled():
+                tape_guards.note_no_grad_step(sim)
 
     return save_ckpt
 

@@ -99,10 +99,9 @@ def _step_backward(ctx, token_grad):
         raise
 
 
-def note_step(sim: Simulator) -> None:
-    """Remember the steps of a differentiable rollout run under `torch.no_grad()` (called after each step)."""
-    if not torch.is_grad_enabled():
-        records.of_sim(sim).no_grad_steps.append(sim.cur_step_global - 1)
+def note_no_grad_step(sim: Simulator) -> None:
+    """Remember a step of a differentiable rollout run under `torch.no_grad()` (called after it)."""
+    records.of_sim(sim).no_grad_steps.append(sim.cur_step_global - 1)
 
 
 def _track_state(self: Simulator, *tensors: torch.Tensor):
