@@ -383,18 +383,36 @@ def _refuse_unsupported(solver: RigidSolver, method: str, idx) -> None:
             )
 
 
-def _warn_configuration_between_steps(solver: RigidSolver, method: str) -> None:
-    """An untracked configuration set between steps of a rollout with tracked inputs: exact up to the derived poses."""
+# What an untracked value set between steps of a rollout with tracked inputs leaves approximate: (what happened, why,
+# what to do), by kind of setter (see `_refuse_unsupported` for the tracked case).
+_BETWEEN_STEPS = {
+    "configuration": (
+        "overwrote the configuration",
+        "the gradient of the inputs before it is cut at the entries it overwrote, but the link poses the previous step "
+        "derived from them still pass theirs on in Genesis 1.4.5's reverse pass (1e-2 relative error measured on a "
+        "2-link arm).",
+        "Set the configuration after `scene.reset()`, before the first step, or start a new rollout there.",
+    ),
+    "inertial": (
+        "changed an inertial property",
+        "the link inertias and centers of mass the next step starts from were derived from the new value, but Genesis "
+        "1.4.5's reverse pass differentiates them with the previous one and gives their gradient to it (1e-1 relative "
+        "error measured on the gradient of a mass set at reset, 2-link arm).",
+        "Set inertial properties after `scene.reset()`, before the first step, or start a new rollout there.",
+    ),
+}
+
+
+def _warn_between_steps(solver: RigidSolver, method: str, kind: str) -> None:
+    """An untracked configuration or inertial property set between steps of a rollout with tracked inputs."""
     sim = solver.sim
     if not records.has_tracked_inputs(sim):
         return
+    what, why, fix = _BETWEEN_STEPS[kind]
     input_checks.report_approximate_gradient(
         f"RigidSolver.{method}",
-        f"'{method}' overwrote the configuration between steps of a differentiable rollout (before step "
-        f"{sim.cur_step_global}): the gradient of the inputs before it is cut at the entries it overwrote, but the link "
-        "poses the previous step derived from them still pass theirs on in Genesis 1.4.5's reverse pass (1e-2 relative "
-        "error measured on a 2-link arm).",
-        "Set the configuration after `scene.reset()`, before the first step, or start a new rollout there.",
+        f"'{method}' {what} between steps of a differentiable rollout (before step {sim.cur_step_global}): {why}",
+        fix,
         sim,
     )
 
@@ -416,22 +434,6 @@ def _index_arg(method: str) -> str:
     if method in GEOM_PARAMETERS:
         return "geoms_idx"
     return "links_idx" if method in LINK_PARAMETERS else "dofs_idx"
-
-
-def _warn_link_parameter_between_steps(solver: RigidSolver, method: str) -> None:
-    """An untracked inertial property set between steps of a rollout with tracked inputs: see `_refuse_unsupported`."""
-    sim = solver.sim
-    if not records.has_tracked_inputs(sim):
-        return
-    input_checks.report_approximate_gradient(
-        f"RigidSolver.{method}",
-        f"'{method}' changed an inertial property between steps of a differentiable rollout (before step "
-        f"{sim.cur_step_global}): the link inertias and centers of mass the next step starts from were derived from "
-        "the new value, but Genesis 1.4.5's reverse pass differentiates them with the previous one and gives their "
-        "gradient to it (1e-1 relative error measured on the gradient of a mass set at reset, 2-link arm).",
-        "Set inertial properties after `scene.reset()`, before the first step, or start a new rollout there.",
-        sim,
-    )
 
 
 def _detached(values, as_float: bool = False):
@@ -471,9 +473,9 @@ def parameter_setter(method: str, stock):
             if method in GEOM_PARAMETERS:
                 friction_tracked.add(self)
         elif method in STATE_SETTERS and self.sim.cur_step_global > 0:
-            _warn_configuration_between_steps(self, method)
+            _warn_between_steps(self, method, "configuration")
         elif method in LINK_PARAMETERS and self.sim.cur_step_global > 0:
-            _warn_link_parameter_between_steps(self, method)
+            _warn_between_steps(self, method, "inertial")
         if tracked or as_float:
             # Genesis gets the value alone.
             args, kwargs = _detached(args, as_float), _detached(kwargs, as_float)

@@ -53,13 +53,19 @@ def rollout(scene, arm, setter: str, p: torch.Tensor, horizon: int = 12, envs_id
     for name, value in defaults.items():
         getattr(arm, name)(value)
     getattr(arm, setter)(p, envs_idx=envs_idx) if envs_idx is not None else getattr(arm, setter)(p)
+    return _drive(scene, arm, horizon, change_at, lambda: getattr(arm, setter)(2.0 * defaults[setter]))
+
+
+def _drive(scene, arm, horizon: int, change_at, change) -> torch.Tensor:
+    """Drive the arm from a set velocity (a PD target at step 0, `change()` before step `change_at`); the summed squared
+    state over the steps."""
     arm.set_dofs_velocity(torch.tensor([1.0, -0.7], dtype=torch.float64))
     loss = 0.0
     for t in range(horizon):
         if t == 0:
             arm.control_dofs_position(torch.tensor([0.3, -0.2], dtype=torch.float64))
-        if change_at is not None and t == change_at:
-            getattr(arm, setter)(2.0 * defaults[setter])
+        if t == change_at:
+            change()
         scene.step()
         state = scene.sim.rigid_solver.get_state()
         loss = loss + (state.qpos**2).sum() + 0.1 * (state.dofs_vel**2).sum()
@@ -199,17 +205,8 @@ def link_rollout(scene, arm, setter, p, links=None, envs_idx=None, horizon=12, c
         arm.set_mass(value, **kwargs)
     else:
         getattr(arm, setter)(value, links_idx_local=links, **kwargs)
-    arm.set_dofs_velocity(torch.tensor([1.0, -0.7], dtype=torch.float64))
-    loss = 0.0
-    for t in range(horizon):
-        if t == 0:
-            arm.control_dofs_position(torch.tensor([0.3, -0.2], dtype=torch.float64))
-        if change_at is not None and t == change_at:
-            arm.set_links_mass(torch.tensor([0.9, 0.4], dtype=torch.float64), links_idx_local=LINKS, **kwargs)
-        scene.step()
-        state = scene.sim.rigid_solver.get_state()
-        loss = loss + (state.qpos**2).sum() + 0.1 * (state.dofs_vel**2).sum()
-    return loss
+    mass = torch.tensor([0.9, 0.4], dtype=torch.float64)
+    return _drive(scene, arm, horizon, change_at, lambda: arm.set_links_mass(mass, links_idx_local=LINKS, **kwargs))
 
 
 def link_value(setter: str, n_links: int) -> torch.Tensor:
