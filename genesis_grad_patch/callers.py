@@ -57,16 +57,17 @@ def runs_genesis(inner: Callable, differentiable: Callable | None = None) -> Cal
     at every step, it runs no Python frame). Inside Genesis's own work the variable is set already.
     """
     genesis = Origin.GENESIS
-    get = _origin.get
+    get, set_, reset_ = _origin.get, _origin.set, _origin.reset
+    differentiable = differentiable or (lambda _: True)
 
     @wraps(inner)
-    def wrapper(*args, **kwargs):
-        if get() is genesis or (differentiable is not None and not differentiable(args[0])):
-            return inner(*args, **kwargs)
-        token = _origin.set(genesis)
+    def wrapper(self, *args, **kwargs):
+        if get() is genesis or not differentiable(self):
+            return inner(self, *args, **kwargs)
+        token = set_(genesis)
         try:
-            return inner(*args, **kwargs)
+            return inner(self, *args, **kwargs)
         finally:
-            _origin.reset(token)
+            reset_(token)
 
     return wrapper

@@ -242,14 +242,19 @@ ROWS: tuple[Method, ...] = (
     ),
     Method("args_hasher", "dataclass_to_repr", Status.MACHINERY, "params", "a kernel cache key per storage layout"),
     Method("StepNode", "forward", Status.MACHINERY, "tape_guards", "saves the inputs (in-place edits detected)"),
-    Method("StepNode", "backward", Status.MACHINERY, "tape_guards", "refuses double backward, recovers from errors"),
+    Method(
+        "StepNode",
+        "backward",
+        Status.MACHINERY,
+        "tape_guards",
+        "no double backward, recovers from errors, runs as Genesis",
+    ),
     Method("Simulator", "track_state", Status.MACHINERY, "tape_guards", "names the steps run under no_grad"),
     Method("Simulator", "reset_grad", Status.MACHINERY, "backward_checks", "forgets the rollout's bookkeeping"),
     Method("Simulator", "reverse_step", Status.MACHINERY, "backward_checks", "backward after reset/destroy, twice"),
     Method("Scene", "build", Status.MACHINERY, "callers", "Genesis's own reads take the stock path"),
     Method("Scene", "reset", Status.MACHINERY, "callers", "Genesis's own reads take the stock path"),
     Method("Scene", "step", Status.MACHINERY, "callers", "Genesis's own reads take the stock path"),
-    Method("Simulator", "step", Status.MACHINERY, "callers", "Genesis's own reads take the stock path"),
     Method("genesis", "from_torch", Status.MACHINERY, "compat", "Genesis 0.x's conversion, keeping the graph"),
 )
 

@@ -71,6 +71,9 @@ def registered(value) -> tuple | None:
     return None
 
 
+_known_internal = breaks._internal_files.get
+
+
 def _internal_caller() -> bool:
     """Whether the wrapped method was called by Genesis, torch or the plugin (two frames up), not by the user."""
     return breaks._is_internal_file(sys._getframe(2).f_code.co_filename)
@@ -84,9 +87,10 @@ def _detaching(name: str):
     def wrapper(self, *args, **kwargs):
         out = stock(self, *args, **kwargs)
         # Cheapest test first: Genesis calls these on untracked tensors at every step. Genesis's and the plugin's own
-        # detaches of tracked tensors (the step token, say) are no user's cut either.
+        # detaches of tracked tensors (the step token, once per step) are no user's cut either: the caller's file is
+        # looked up first (known after its first call), without a call.
         if self.requires_grad:
-            if breaks.checking and not _internal_caller():
+            if breaks.checking and not _known_internal(sys._getframe(1).f_code.co_filename) and not _internal_caller():
                 _register(out, self, how)
         elif breaks._detached and (entry := registered(self)) is not None and not _internal_caller():
             # `x.detach().numpy()`, `x.detach().tolist()`: the cut is carried on to the conversion.

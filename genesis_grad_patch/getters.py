@@ -31,7 +31,6 @@ from . import callers, control, input_checks, patching, records
 from .genesis_api import (
     RigidSolver,
     Scene,
-    Simulator,
     StateChange,
     Subscriber,
     indices_to_mask,
@@ -46,14 +45,14 @@ _subscribed: "weakref.WeakKeyDictionary[RigidSolver, Subscriber]" = weakref.Weak
 
 # Where Genesis reads state for itself: the build and the reset (geometry caches), and the step, whose scene-level
 # method runs the recorders (which log values, never differentiate them), the simulation step (sensors, couplers) and
-# the viewer's per-step update (its plugins, the mouse interaction); `Simulator.step` too, for a step run without the
-# scene (inside `Scene.step` the variable is set already). A scene built without `requires_grad` reads stock values
-# whoever calls: its steps skip the variable.
+# the viewer's per-step update (its plugins, the mouse interaction). `Simulator.step` runs only inside these and inside
+# the reverse pass (which replays steps from a checkpoint: `tape_guards` sets the variable there), so it is not wrapped
+# itself: one call layer fewer per step. A scene built without `requires_grad` reads stock values whoever calls: its
+# steps skip the variable.
 _GENESIS_READERS = (
     (Scene, "build", None),
     (Scene, "reset", None),
     (Scene, "step", attrgetter("_sim._requires_grad")),
-    (Simulator, "step", attrgetter("_requires_grad")),
 )
 
 

@@ -8,7 +8,7 @@ point a message at the user's line.
 
 import sys
 import weakref
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from types import FrameType
 from typing import TYPE_CHECKING
 
@@ -40,24 +40,46 @@ _INDEX_KWARGS = frozenset(
 )
 
 
-def any_tracked(args: tuple, kwargs: dict) -> bool:
-    """Whether an argument tracks gradients: the off-grad fast path, so exact class checks first and no calls."""
-    for value in args:
-        cls = value.__class__
-        if cls is _Tensor:
-            if value.requires_grad:
-                return True
-        elif cls is list or cls is tuple:
-            for item in value:
-                if isinstance(item, _Tensor) and item.requires_grad:
+def _tracked_tensor(value) -> bool:
+    return isinstance(value, _Tensor) and value.requires_grad
+
+
+def tracked_check(names: tuple[str, ...], in_lists: bool = True) -> Callable[[tuple, dict], bool]:
+    """
+    The test of one method's calls for an argument that tracks gradients, given the names of its parameters (self
+    excluded): `check(args, kwargs)`.
+
+    Index arguments (integers, which cannot track gradients) are skipped by position as well as by name, so that the
+    check of a call costs one look at each value argument: it runs at every control call, off-grad too, and Genesis
+    passes the solver its indices positionally. With `in_lists=False`, only tensors themselves count (not tensors in
+    a list: Genesis rebuilds those), which is what `detached_args` detaches.
+    """
+    values = tuple((i, name) for i, name in enumerate(names) if name not in _INDEX_KWARGS)
+    other = _tracks if in_lists else _tracked_tensor
+    if len(values) == 1:
+        # One value argument (a target, a gain, a mass): no loop.
+        ((i_value, value_name),) = values
+
+        def check_one(args: tuple, kwargs: dict) -> bool:
+            value = args[i_value] if len(args) > i_value else kwargs.get(value_name)
+            if value.__class__ is _Tensor:
+                return value.requires_grad
+            return value is not None and other(value)
+
+        return check_one
+
+    def check(args: tuple, kwargs: dict) -> bool:
+        n_args = len(args)
+        for i, name in values:
+            value = args[i] if i < n_args else kwargs.get(name)
+            if value.__class__ is _Tensor:
+                if value.requires_grad:
                     return True
-        elif isinstance(value, _Tensor) and value.requires_grad:
-            return True
-    if kwargs:
-        for name, value in kwargs.items():
-            if name not in _INDEX_KWARGS and _tracks(value):
+            elif value is not None and other(value):
                 return True
-    return False
+        return False
+
+    return check
 
 
 def _storage_span(value) -> tuple[int, int] | None:
@@ -106,11 +128,6 @@ def _detached_source(value, frame: FrameType | None, epoch: int):
             kind = "a detached copy" if isinstance(value, torch.Tensor) else "a numpy view"
             return f"{kind} of the tracked tensor `{name}`", local
     return None
-
-
-def may_be_detached(frame: FrameType, sim: "Simulator") -> bool:
-    """Whether an untracked input given at `frame`'s line could be a detached copy `_detached_source` would name."""
-    return bool(breaks._detached) or breaks._scanned_sites.get((frame.f_code, frame.f_lineno)) != sim._grad_epoch
 
 
 def _step_of(sim: "Simulator") -> int:
@@ -203,19 +220,6 @@ def arguments(names: tuple[str, ...], args: tuple, kwargs: dict):
     """(name, value) of each argument of a call, self excluded; positional names come from the signature."""
     yield from zip(names, args, strict=False)
     yield from kwargs.items()
-
-
-def tracked_tensor_in(args: tuple, kwargs: dict) -> bool:
-    """Whether a tensor argument itself (not in a list: Genesis rebuilds those) tracks gradients: what `detached_args`
-    detaches, checked on Genesis's own calls at every step, so without `any_tracked`'s scan of index lists."""
-    for value in args:
-        if isinstance(value, _Tensor) and value.requires_grad:
-            return True
-    if kwargs:
-        for value in kwargs.values():
-            if isinstance(value, _Tensor) and value.requires_grad:
-                return True
-    return False
 
 
 def detached_args(args: tuple, kwargs: dict) -> tuple[tuple, dict]:

@@ -18,9 +18,10 @@ import torch
 from . import breaks, callers, catalog, input_checks, patching, records, tape_guards
 from .callers import Origin
 from .catalog import ENTITY, SOLVER, Method, Status
-from .input_checks import any_tracked, arguments, detached_args, tracked_tensor_in
+from .input_checks import arguments, detached_args, tracked_check
 
 _origin = callers.get
+_scanned_sites = breaks._scanned_sites
 _tracked_epochs = records.tracked_epochs
 _set_origin = callers.set_origin
 _reset_origin = callers.reset
@@ -33,6 +34,7 @@ _TAPED = frozenset((*catalog.CONTROLS, *catalog.STATE_SETTERS))
 def _entity_input(row: Method, stock: Callable) -> Callable:
     sig = signature(stock)
     names = tuple(sig.parameters)[1:]
+    tracked_in = tracked_check(names)
     name = row.name
     unsupported = row.status is Status.UNSUPPORTED_INPUT
     category = "dropping" if unsupported else "taped"
@@ -42,7 +44,7 @@ def _entity_input(row: Method, stock: Callable) -> Callable:
     def replacement(self, *args, **kwargs):
         solver = self._solver
         if not solver._requires_grad:
-            if not any_tracked(args, kwargs):
+            if not tracked_in(args, kwargs):
                 return stock(self, *args, **kwargs)
             if breaks.checking and _origin() is None:
                 owner = type(self).__name__
@@ -63,45 +65,58 @@ def _entity_input(row: Method, stock: Callable) -> Callable:
             # Genesis replaying its tape at the step (once per taped call and step), or calling for itself: the stock
             # method, whose solver calls are Genesis's too.
             return stock(self, *args, **kwargs)
+        tracked = tracked_in(args, kwargs)
         token = _set_origin(_ENTITY)
         try:
-            tracked = any_tracked(args, kwargs)
-            if unsupported and tracked:
-                # The gradient is dropped anyway, and some of Genesis's kernels crash on a tensor that tracks gradients
-                # (`set_dofs_armature`, a segfault in a differentiable scene): they get the value alone.
-                if breaks.checking and origin is None:
+            if unsupported:
+                if tracked:
+                    # The gradient is dropped anyway, and some of Genesis's kernels crash on a tensor that tracks
+                    # gradients (`set_dofs_armature`, a segfault in a differentiable scene): they get the value alone.
+                    if breaks.checking and origin is None:
+                        frame = sys._getframe(1)
+                        input_checks.check_inputs(
+                            type(self).__name__, name, category, solver, arguments(names, args, kwargs), frame, True
+                        )
+                    args, kwargs = detached_args(args, kwargs)
+                return stock(self, *args, **kwargs)
+            # Genesis replays its tape with taping off, or calls for itself: nothing to check.
+            if origin is _ENTITY or origin is _GENESIS or not self._update_tgt_while_set:
+                return stock(self, *args, **kwargs)
+            if tracked:
+                # The plugin's own calls (a routed solver call) were checked where the user made them: recorded only.
+                if breaks.checking:
+                    frame = sys._getframe(1)
                     input_checks.check_inputs(
                         type(self).__name__,
                         name,
                         category,
                         solver,
                         arguments(names, args, kwargs),
-                        sys._getframe(1),
-                        True,
+                        frame,
+                        origin is None,
                     )
-                args, kwargs = detached_args(args, kwargs)
-                return stock(self, *args, **kwargs)
-            # Genesis replays its tape with taping off, or calls for itself: nothing to check.
-            if origin is _ENTITY or origin is _GENESIS or not self._update_tgt_while_set or unsupported:
-                return stock(self, *args, **kwargs)
-            if breaks.checking:
-                # The plugin's own calls (a routed solver call) were checked where the user made them: recorded only.
-                # An untracked input needs looking at only while a detach is on record or its line was not scanned
-                # in this rollout (the steady state of a policy loop skips the check).
-                frame = sys._getframe(1)
-                if tracked or (origin is None and input_checks.may_be_detached(frame, solver._sim)):
-                    owner = type(self).__name__
-                    input_checks.check_inputs(
-                        owner, name, category, solver, arguments(names, args, kwargs), frame, origin is None
-                    )
-            if tracked:
                 records.note_tracked(solver._sim)
+                if taped:
+                    bound = sig.bind(self, *args, **kwargs).arguments
+                    tape_guards.refuse_duplicates(name, bound.get("dofs_idx_local"), bound.get("envs_idx"))
+            elif origin is None and breaks.checking:
+                # An untracked input needs looking at only while a detach is on record or its line was not scanned
+                # in this rollout (the steady state of a policy loop skips the check): what `_detached_source` could
+                # name, tested here, once per control call.
+                frame = sys._getframe(1)
+                if breaks._detached or _scanned_sites.get((frame.f_code, frame.f_lineno)) != solver._sim._grad_epoch:
+                    input_checks.check_inputs(
+                        type(self).__name__, name, category, solver, arguments(names, args, kwargs), frame, True
+                    )
             if not taped:
                 return stock(self, *args, **kwargs)
-            if tracked:
-                bound = sig.bind(self, *args, **kwargs).arguments
-                tape_guards.refuse_duplicates(name, bound.get("dofs_idx_local"), bound.get("envs_idx"))
-            return tape_guards.untaped_on_error(self, stock, args, kwargs)
+            # `@tracked` tapes the call, then runs it: a call that raises is taken off the tape again.
+            pending = dict(self._tgt)
+            try:
+                return stock(self, *args, **kwargs)
+            except BaseException:
+                self._tgt = pending
+                raise
         finally:
             _reset_origin(token)
 
@@ -110,6 +125,7 @@ def _entity_input(row: Method, stock: Callable) -> Callable:
 
 def _solver_input(row: Method, stock: Callable, impl: Callable | None) -> Callable:
     names = tuple(signature(stock).parameters)[1:]
+    tracked_in, tensor_in = tracked_check(names), tracked_check(names, in_lists=False)
     name = row.name
     unsupported = row.status is Status.UNSUPPORTED_INPUT
     category = "dropping" if unsupported else "solver"
@@ -119,7 +135,7 @@ def _solver_input(row: Method, stock: Callable, impl: Callable | None) -> Callab
     @wraps(stock)
     def replacement(self, *args, **kwargs):
         if not self._requires_grad:
-            if not any_tracked(args, kwargs):
+            if not tracked_in(args, kwargs):
                 return stock(self, *args, **kwargs)
             if breaks.checking and _origin() is None:
                 frame = sys._getframe(1)
@@ -138,7 +154,7 @@ def _solver_input(row: Method, stock: Callable, impl: Callable | None) -> Callab
             # The value alone. The tape (Genesis's `@tracked`) holds the tracked tensor; the stock zero-copy writers
             # would write it as is into a cached view of the field, which then tracks gradients, and the next plain
             # write to that view fails ("a leaf Variable that requires grad is being used in an in-place operation").
-            if tracked_tensor_in(args, kwargs):
+            if tensor_in(args, kwargs):
                 args, kwargs = detached_args(args, kwargs)
             return stock(self, *args, **kwargs)
         if breaks.checking and origin is None:
@@ -157,16 +173,12 @@ def _refused_input(row: Method, stock: Callable, unsupported: Callable) -> Calla
     from . import params
 
     call = row.call
+    tracked_in = tracked_check(tuple(signature(stock).parameters)[1:])
 
     @wraps(stock)
     def replacement(self, *args, **kwargs):
         solver = self._solver if row.owner == ENTITY else self
-        if (
-            solver._requires_grad
-            and torch.is_grad_enabled()
-            and _origin() is not _GENESIS
-            and any_tracked(args, kwargs)
-        ):
+        if solver._requires_grad and torch.is_grad_enabled() and _origin() is not _GENESIS and tracked_in(args, kwargs):
             params.refuse_tracked(call, row.note, args, kwargs)
         return unsupported(self, *args, **kwargs)
 
@@ -180,6 +192,11 @@ def _differentiable_read(row: Method, stock: Callable, impl: Callable, different
     def replacement(self, *args, **kwargs):
         if not self._requires_grad:
             return stock(self, *args, **kwargs)
+        sim = self._sim
+        if _tracked_epochs.get(id(sim)) != sim._grad_epoch:  # records.has_tracked_inputs, inline (every call)
+            # Nothing of this rollout tracks gradients: the state depends on nothing to differentiate, so the stock
+            # value is exact and no graph is built (nor is a read under no_grad reported: it cuts nothing).
+            return stock(self, *args, **kwargs)
         origin = _origin()
         if origin is _GENESIS:
             # Genesis's own reads (sensors, viewer, recorders) keep stock values in its buffers.
@@ -190,10 +207,7 @@ def _differentiable_read(row: Method, stock: Callable, impl: Callable, different
                 if differentiable_for is None or differentiable_for(self, *args, **kwargs):
                     input_checks.report_read_under_no_grad(self, name)
             return out
-        sim = self._sim
-        if _tracked_epochs.get(id(sim)) != sim._grad_epoch or not self.is_active:  # records.has_tracked_inputs, inline
-            # Nothing of this rollout tracks gradients: the state depends on nothing to differentiate, so the stock
-            # value is exact and no graph is built.
+        if not self.is_active:
             return stock(self, *args, **kwargs)
         out = impl(self, *args, **kwargs)
         if breaks.checking and origin is None:

@@ -5,7 +5,8 @@ gets a clear error at the point of misuse, and leaves nothing behind.
 - A tracked input given twice to the same dof or environment is refused: the field keeps the last duplicate, but the
   gradient read back from it cannot be split between the duplicates (all of it went to the first one).
 - A taped call that raises (a target of the wrong length, say) is taken off the pending tape again: stock Genesis tapes
-  it before running it, so every later `scene.step()`, even after `scene.reset()`, raised the same error again.
+  it before running it, so every later `scene.step()`, even after `scene.reset()`, raised the same error again. (Done
+  by the entity methods' replacement, `replacements.py`, around the stock call.)
 - A taped input modified in place between its step and the backward pass is detected the way torch detects it (the
   tensor's version counter), since the reverse pass replays the step from the input's current value.
 - A reverse pass that raises (a NaN gradient, say) leaves nothing behind: stock Genesis left the solver in backward
@@ -19,8 +20,8 @@ gets a clear error at the point of misuse, and leaves nothing behind.
 import genesis as gs
 import torch
 
-from . import patching, records
-from .genesis_api import RigidEntity, Simulator, StepNode
+from . import callers, patching, records
+from .genesis_api import Simulator, StepNode
 
 
 def refuse_duplicates(method: str, dofs_idx, envs_idx) -> None:
@@ -43,16 +44,6 @@ def refuse_duplicates(method: str, dofs_idx, envs_idx) -> None:
                 f"tracks gradients: the {what} is driven by the last duplicate, but its gradient cannot be split "
                 f"between the duplicates. Pass each {what} once."
             )
-
-
-def untaped_on_error(entity: RigidEntity, stock, args: tuple, kwargs: dict):
-    """Run a taped entity method: `@tracked` tapes the call, then runs it, so a call that raises is taken off again."""
-    pending = dict(entity._tgt)
-    try:
-        return stock(entity, *args, **kwargs)
-    except BaseException:
-        entity._tgt = pending
-        raise
 
 
 def _step_forward(stock):
@@ -86,6 +77,9 @@ def _step_backward(ctx, token_grad):
             f"the reverse pass would replay the step with another value. Pass a tensor that stays unchanged until "
             f"backward (e.g. `x.clone()`), or modify a copy. ({error})"
         )
+    # The reverse pass is Genesis's own work: the steps it replays from a checkpoint (`Simulator.load_ckpt`) read the
+    # state for Genesis (sensors) and re-apply the tape, like a forward `scene.step()`.
+    token = callers.set_origin(callers.Origin.GENESIS)
     try:
         return patching.original(StepNode, "backward")(ctx, token_grad)
     except BaseException:
@@ -97,6 +91,8 @@ def _step_backward(ctx, token_grad):
             if hasattr(solver, "_is_backward"):
                 solver._is_backward = False
         raise
+    finally:
+        callers.reset(token)
 
 
 def note_no_grad_step(sim: Simulator) -> None:
