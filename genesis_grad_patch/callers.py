@@ -11,7 +11,6 @@ import enum
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from functools import wraps
 
 
 class Origin(enum.Enum):
@@ -44,6 +43,18 @@ def calling_as(origin: Origin) -> Iterator[None]:
         _origin.reset(token)
 
 
+# The wrapper, with the signature of the method it wraps (`signatures.front`: no packing of the arguments per step).
+_RUNS_GENESIS = """\
+    if _gp_get() is _gp_genesis or not _gp_differentiable({self}):
+        return _gp_inner({self}, {call})
+    _gp_token = _gp_set(_gp_genesis)
+    try:
+        return _gp_inner({self}, {call})
+    finally:
+        _gp_reset(_gp_token)
+"""
+
+
 def runs_genesis(inner: Callable, differentiable: Callable | None = None) -> Callable:
     """
     Wrap a Genesis method that reads state for Genesis's own use, so that the getters it calls take the stock path.
@@ -56,18 +67,15 @@ def runs_genesis(inner: Callable, differentiable: Callable | None = None) -> Cal
     `requires_grad` reads stock values whoever calls, and skips setting it (an `operator.attrgetter` of the flag: called
     at every step, it runs no Python frame). Inside Genesis's own work the variable is set already.
     """
-    genesis = Origin.GENESIS
-    get, set_, reset_ = _origin.get, _origin.set, _origin.reset
+    from . import signatures
+
     differentiable = differentiable or (lambda _: True)
-
-    @wraps(inner)
-    def wrapper(self, *args, **kwargs):
-        if get() is genesis or not differentiable(self):
-            return inner(self, *args, **kwargs)
-        token = set_(genesis)
-        try:
-            return inner(self, *args, **kwargs)
-        finally:
-            reset_(token)
-
-    return wrapper
+    namespace = {
+        "_gp_inner": inner,
+        "_gp_differentiable": differentiable,
+        "_gp_genesis": Origin.GENESIS,
+        "_gp_get": _origin.get,
+        "_gp_set": _origin.set,
+        "_gp_reset": _origin.reset,
+    }
+    return signatures.front(inner, _RUNS_GENESIS, namespace)

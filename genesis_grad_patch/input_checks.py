@@ -23,7 +23,8 @@ if TYPE_CHECKING:
     from .genesis_api import Simulator
 
 
-def _tracks(value) -> bool:
+def tracks(value) -> bool:
+    """Whether a value tracks gradients: a tensor that does, or a list or tuple holding one."""
     if isinstance(value, torch.Tensor):
         return value.requires_grad
     if isinstance(value, (list, tuple)):
@@ -34,13 +35,14 @@ def _tracks(value) -> bool:
 _Tensor = torch.Tensor
 
 
-# Keyword arguments that index (dofs, links, geoms, environments): integers, which cannot track gradients.
-_INDEX_KWARGS = frozenset(
+# Arguments that index (dofs, links, geoms, environments): integers, which cannot track gradients.
+INDEX_ARGUMENTS = frozenset(
     ("dofs_idx_local", "dofs_idx", "links_idx_local", "links_idx", "qs_idx_local", "qs_idx", "geoms_idx", "envs_idx")
 )
 
 
-def _tracked_tensor(value) -> bool:
+def tracked_tensor(value) -> bool:
+    """Whether a value is a tensor that tracks gradients (what `detached_args` detaches)."""
     return isinstance(value, _Tensor) and value.requires_grad
 
 
@@ -54,8 +56,8 @@ def tracked_check(names: tuple[str, ...], in_lists: bool = True) -> Callable[[tu
     passes the solver its indices positionally. With `in_lists=False`, only tensors themselves count (not tensors in
     a list: Genesis rebuilds those), which is what `detached_args` detaches.
     """
-    values = tuple((i, name) for i, name in enumerate(names) if name not in _INDEX_KWARGS)
-    other = _tracks if in_lists else _tracked_tensor
+    values = tuple((i, name) for i, name in enumerate(names) if name not in INDEX_ARGUMENTS)
+    other = tracks if in_lists else tracked_tensor
     if len(values) == 1:
         # One value argument (a target, a gain, a mass): no loop.
         ((i_value, value_name),) = values
@@ -171,7 +173,7 @@ def check_inputs(owner: str, name: str, category: str, solver, arguments: Iterab
     """
     sim = solver._sim
     for arg, value in arguments:
-        if _tracks(value):
+        if tracks(value):
             found = _tracked_input_break(name, arg, value, category, solver._requires_grad)
             if found is None:
                 if category != "solver":

@@ -4,8 +4,9 @@ One replacement per Genesis method, built from the catalog.
 Each public method of the catalog gets a single function in place of the stock one. It decides from the call's origin
 (`callers.py`) and one flag of the solver what to do, calls strict mode's services when strict mode is on
 (`input_checks`), and calls the implementation of the method's concern (`control`, `params`, `getters`), or the stock
-method. The off-grad path (a scene built without `requires_grad`, no input tracking gradients) costs one attribute
-test and one call.
+method. The common cases are decided first, in a front with the stock method's own signature (`signatures.py`): a scene
+built without `requires_grad` and no input tracking gradients, Genesis's own calls, reads of a rollout that tracks
+nothing. They cost a few attribute tests and the stock call; the other calls go on to the full replacement below.
 """
 
 import sys
@@ -15,7 +16,7 @@ from inspect import signature
 
 import torch
 
-from . import breaks, callers, catalog, input_checks, patching, records, tape_guards
+from . import breaks, callers, catalog, input_checks, patching, records, signatures, tape_guards
 from .callers import Origin
 from .catalog import ENTITY, SOLVER, Method, Status
 from .input_checks import arguments, detached_args, tracked_check
@@ -26,9 +27,58 @@ _tracked_epochs = records.tracked_epochs
 _set_origin = callers.set_origin
 _reset_origin = callers.reset
 _ENTITY, _GENESIS = Origin.ENTITY, Origin.GENESIS
+# Where a full replacement finds the frame of the call: above the front that called it.
+_CALLER = 2
 
 # Entity methods Genesis tapes (`@tracked`): a call that raises must be taken off the tape again (tape_guards).
 _TAPED = frozenset((*catalog.CONTROLS, *catalog.STATE_SETTERS))
+
+# The fronts (see `signatures.front`): `_gp_slow` is the full replacement, `_gp_stock` the stock method.
+_ENTITY_FRONT = """\
+    if {self}._solver._requires_grad:
+        if _gp_replay and _gp_origin() is _gp_GENESIS:
+            return _gp_stock({self}, {call})
+    elif {untracked}:
+        return _gp_stock({self}, {call})
+    return _gp_slow({self}, {call})
+"""
+_SOLVER_FRONT = """\
+    if {self}._requires_grad:
+        _gp_from = _gp_origin()
+        if (_gp_from is _gp_ENTITY or _gp_from is _gp_GENESIS) and not _gp_parameter and {untracked_tensors}:
+            return _gp_stock({self}, {call})
+    elif {untracked}:
+        return _gp_stock({self}, {call})
+    return _gp_slow({self}, {call})
+"""
+_READ_FRONT = """\
+    if {self}._requires_grad:
+        _gp_sim = {self}._sim
+        if _gp_epochs.get(id(_gp_sim)) == _gp_sim._grad_epoch:
+            return _gp_slow({self}, {call})
+    return _gp_stock({self}, {call})
+"""
+_UNSUPPORTED_READ_FRONT = """\
+    if _gp_breaks.checking and SOLVER._requires_grad and _gp_origin() is None and _gp_grad_enabled():
+        return _gp_slow({self}, {call})
+    return _gp_stock({self}, {call})
+"""
+
+
+def _fronted(stock: Callable, slow: Callable, body: str, **names) -> Callable:
+    """The front of `slow` with `stock`'s signature (`body` is one of the `_*_FRONT` above)."""
+    namespace = {
+        "_gp_stock": stock,
+        "_gp_slow": slow,
+        "_gp_origin": _origin,
+        "_gp_ENTITY": _ENTITY,
+        "_gp_GENESIS": _GENESIS,
+        "_gp_epochs": _tracked_epochs,
+        "_gp_breaks": breaks,
+        "_gp_grad_enabled": torch.is_grad_enabled,
+        **{f"_gp_{key}": value for key, value in names.items()},
+    }
+    return signatures.front(stock, body, namespace)
 
 
 def _entity_input(row: Method, stock: Callable) -> Callable:
@@ -48,7 +98,7 @@ def _entity_input(row: Method, stock: Callable) -> Callable:
                 return stock(self, *args, **kwargs)
             if breaks.checking and _origin() is None:
                 owner = type(self).__name__
-                frame = sys._getframe(1)
+                frame = sys._getframe(_CALLER)
                 input_checks.check_inputs(owner, name, category, solver, arguments(names, args, kwargs), frame, True)
             # The value alone: no gradient can reach it, and a tracked tensor reaching a Genesis setter kernel compiles
             # a variant with gradient pointers under the same kernel-cache key, on which the next untracked call
@@ -73,7 +123,7 @@ def _entity_input(row: Method, stock: Callable) -> Callable:
                     # The gradient is dropped anyway, and some of Genesis's kernels crash on a tensor that tracks
                     # gradients (`set_dofs_armature`, a segfault in a differentiable scene): they get the value alone.
                     if breaks.checking and origin is None:
-                        frame = sys._getframe(1)
+                        frame = sys._getframe(_CALLER)
                         input_checks.check_inputs(
                             type(self).__name__, name, category, solver, arguments(names, args, kwargs), frame, True
                         )
@@ -85,7 +135,7 @@ def _entity_input(row: Method, stock: Callable) -> Callable:
             if tracked:
                 # The plugin's own calls (a routed solver call) were checked where the user made them: recorded only.
                 if breaks.checking:
-                    frame = sys._getframe(1)
+                    frame = sys._getframe(_CALLER)
                     input_checks.check_inputs(
                         type(self).__name__,
                         name,
@@ -103,7 +153,7 @@ def _entity_input(row: Method, stock: Callable) -> Callable:
                 # An untracked input needs looking at only while a detach is on record or its line was not scanned
                 # in this rollout (the steady state of a policy loop skips the check): what `_detached_source` could
                 # name, tested here, once per control call.
-                frame = sys._getframe(1)
+                frame = sys._getframe(_CALLER)
                 if breaks._detached or _scanned_sites.get((frame.f_code, frame.f_lineno)) != solver._sim._grad_epoch:
                     input_checks.check_inputs(
                         type(self).__name__, name, category, solver, arguments(names, args, kwargs), frame, True
@@ -120,7 +170,7 @@ def _entity_input(row: Method, stock: Callable) -> Callable:
         finally:
             _reset_origin(token)
 
-    return replacement
+    return _fronted(stock, replacement, _ENTITY_FRONT, replay=not unsupported)
 
 
 def _solver_input(row: Method, stock: Callable, impl: Callable | None) -> Callable:
@@ -138,7 +188,7 @@ def _solver_input(row: Method, stock: Callable, impl: Callable | None) -> Callab
             if not tracked_in(args, kwargs):
                 return stock(self, *args, **kwargs)
             if breaks.checking and _origin() is None:
-                frame = sys._getframe(1)
+                frame = sys._getframe(_CALLER)
                 input_checks.check_inputs(
                     type(self).__name__, name, category, self, arguments(names, args, kwargs), frame, True
                 )
@@ -159,13 +209,13 @@ def _solver_input(row: Method, stock: Callable, impl: Callable | None) -> Callab
             return stock(self, *args, **kwargs)
         if breaks.checking and origin is None:
             input_checks.check_inputs(
-                type(self).__name__, name, category, self, arguments(names, args, kwargs), sys._getframe(1), True
+                type(self).__name__, name, category, self, arguments(names, args, kwargs), sys._getframe(_CALLER), True
             )
         if unsupported:
             args, kwargs = detached_args(args, kwargs)
         return impl(self, *args, **kwargs)
 
-    return replacement
+    return _fronted(stock, replacement, _SOLVER_FRONT, parameter=parameter)
 
 
 def _refused_input(row: Method, stock: Callable, unsupported: Callable) -> Callable:
@@ -214,7 +264,7 @@ def _differentiable_read(row: Method, stock: Callable, impl: Callable, different
             input_checks.note_read(self, name, out)
         return out
 
-    return replacement
+    return _fronted(stock, replacement, _READ_FRONT)
 
 
 def _unsupported_read(row: Method, stock: Callable) -> Callable:
@@ -235,7 +285,8 @@ def _unsupported_read(row: Method, stock: Callable) -> Callable:
         finally:
             _reset_origin(token)
 
-    return replacement
+    solver = "{self}._solver" if entity_level else "{self}"
+    return _fronted(stock, replacement, _UNSUPPORTED_READ_FRONT.replace("SOLVER", solver))
 
 
 def install(strict: bool = False) -> None:
