@@ -12,6 +12,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 
+from . import signatures
+
 
 class Origin(enum.Enum):
     """Who a call to a replaced method comes from; `None` (the default) is the user."""
@@ -45,7 +47,7 @@ def calling_as(origin: Origin) -> Iterator[None]:
 
 # The wrapper, with the signature of the method it wraps (`signatures.front`: no packing of the arguments per step).
 _RUNS_GENESIS = """\
-    if _gp_get() is _gp_genesis or not _gp_differentiable({self}):
+    if not _gp_differentiable({self}) or _gp_get() is _gp_genesis:
         return _gp_inner({self}, {call})
     _gp_token = _gp_set(_gp_genesis)
     try:
@@ -65,10 +67,9 @@ def runs_genesis(inner: Callable, differentiable: Callable | None = None) -> Cal
 
     `differentiable(self)`, if given, tells whether the origin matters for this call: the step of a scene built without
     `requires_grad` reads stock values whoever calls, and skips setting it (an `operator.attrgetter` of the flag: called
-    at every step, it runs no Python frame). Inside Genesis's own work the variable is set already.
+    at every step, it runs no Python frame). Inside Genesis's own work the variable is set already. The wrapper has the
+    signature of `inner` (`signatures.front`).
     """
-    from . import signatures
-
     differentiable = differentiable or (lambda _: True)
     namespace = {
         "_gp_inner": inner,
