@@ -36,8 +36,12 @@ _TAPED = frozenset((*catalog.CONTROLS, *catalog.STATE_SETTERS))
 # The fronts (see `signatures.front`): `_gp_slow` is the full replacement, `_gp_stock` the stock method.
 _ENTITY_FRONT = """\
     if {self}._solver._requires_grad:
-        if _gp_replay and _gp_origin() is _gp_GENESIS:
-            return _gp_stock({self}, {call})
+        if _gp_replay:
+            _gp_from = _gp_origin()
+            if _gp_from is _gp_GENESIS:
+                return _gp_stock({self}, {call})
+            if {untracked}:
+                return _gp_run({self}, _gp_from, {call})
     elif {untracked}:
         return _gp_stock({self}, {call})
     return _gp_slow({self}, {call})
@@ -90,8 +94,42 @@ def _entity_input(row: Method, stock: Callable) -> Callable:
     category = "dropping" if unsupported else "taped"
     taped = name in _TAPED
 
+    def run(self, origin: Origin | None, *args, **kwargs):
+        """
+        A call in a differentiable scene, not unsupported nor Genesis's replay, whose tracked inputs (if any) were
+        checked and recorded already: the stock method with the entity origin, taken off the tape again if it raises.
+
+        The front calls it directly for an untracked input (the steady state of a policy loop): an input of the user's
+        needs looking at only while a detach is on record or its line was not scanned in this rollout (what
+        `_detached_source` could name).
+        """
+        token = _set_origin(_ENTITY)
+        try:
+            # Genesis replays its tape with taping off, or calls for itself: nothing to check.
+            if origin is _ENTITY or origin is _GENESIS or not self._update_tgt_while_set:
+                return stock(self, *args, **kwargs)
+            if origin is None and breaks.checking:
+                frame = sys._getframe(_CALLER)
+                sim = self._solver._sim
+                if breaks._detached or _scanned_sites.get((frame.f_code, frame.f_lineno)) != sim._grad_epoch:
+                    input_checks.check_inputs(
+                        type(self).__name__, name, category, self._solver, arguments(names, args, kwargs), frame, True
+                    )
+            if not taped:
+                return stock(self, *args, **kwargs)
+            # `@tracked` tapes the call, then runs it: a call that raises is taken off the tape again.
+            pending = dict(self._tgt)
+            try:
+                return stock(self, *args, **kwargs)
+            except BaseException:
+                self._tgt = pending
+                raise
+        finally:
+            _reset_origin(token)
+
     @wraps(stock)
     def replacement(self, *args, **kwargs):
+        """The other calls: a tracked input (any scene), or an unsupported method in a differentiable scene."""
         solver = self._solver
         if not solver._requires_grad:
             if not tracked_in(args, kwargs):
@@ -116,61 +154,36 @@ def _entity_input(row: Method, stock: Callable) -> Callable:
             # method, whose solver calls are Genesis's too.
             return stock(self, *args, **kwargs)
         tracked = tracked_in(args, kwargs)
-        token = _set_origin(_ENTITY)
-        try:
-            if unsupported:
-                if tracked:
-                    # The gradient is dropped anyway, and some of Genesis's kernels crash on a tensor that tracks
-                    # gradients (`set_dofs_armature`, a segfault in a differentiable scene): they get the value alone.
-                    if breaks.checking and origin is None:
-                        frame = sys._getframe(_CALLER)
-                        input_checks.check_inputs(
-                            type(self).__name__, name, category, solver, arguments(names, args, kwargs), frame, True
-                        )
-                    args, kwargs = detached_args(args, kwargs)
-                return stock(self, *args, **kwargs)
-            # Genesis replays its tape with taping off, or calls for itself: nothing to check.
-            if origin is _ENTITY or origin is _GENESIS or not self._update_tgt_while_set:
-                return stock(self, *args, **kwargs)
+        if unsupported:
             if tracked:
-                # The plugin's own calls (a routed solver call) were checked where the user made them: recorded only.
-                if breaks.checking:
+                # The gradient is dropped anyway, and some of Genesis's kernels crash on a tensor that tracks gradients
+                # (`set_dofs_armature`, a segfault in a differentiable scene): they get the value alone.
+                if breaks.checking and origin is None:
                     frame = sys._getframe(_CALLER)
-                    input_checks.check_inputs(
-                        type(self).__name__,
-                        name,
-                        category,
-                        solver,
-                        arguments(names, args, kwargs),
-                        frame,
-                        origin is None,
-                    )
-                records.note_tracked(solver._sim)
-                if taped:
-                    bound = sig.bind(self, *args, **kwargs).arguments
-                    tape_guards.refuse_duplicates(name, bound.get("dofs_idx_local"), bound.get("envs_idx"))
-            elif origin is None and breaks.checking:
-                # An untracked input needs looking at only while a detach is on record or its line was not scanned
-                # in this rollout (the steady state of a policy loop skips the check): what `_detached_source` could
-                # name, tested here, once per control call.
-                frame = sys._getframe(_CALLER)
-                if breaks._detached or _scanned_sites.get((frame.f_code, frame.f_lineno)) != solver._sim._grad_epoch:
                     input_checks.check_inputs(
                         type(self).__name__, name, category, solver, arguments(names, args, kwargs), frame, True
                     )
-            if not taped:
-                return stock(self, *args, **kwargs)
-            # `@tracked` tapes the call, then runs it: a call that raises is taken off the tape again.
-            pending = dict(self._tgt)
+                args, kwargs = detached_args(args, kwargs)
+            token = _set_origin(_ENTITY)
             try:
                 return stock(self, *args, **kwargs)
-            except BaseException:
-                self._tgt = pending
-                raise
-        finally:
-            _reset_origin(token)
+            finally:
+                _reset_origin(token)
+        if not tracked or origin is _ENTITY or origin is _GENESIS or not self._update_tgt_while_set:
+            return run(self, origin, *args, **kwargs)
+        # The plugin's own calls (a routed solver call) were checked where the user made them: recorded only.
+        if breaks.checking:
+            frame = sys._getframe(_CALLER)
+            input_checks.check_inputs(
+                type(self).__name__, name, category, solver, arguments(names, args, kwargs), frame, origin is None
+            )
+        records.note_tracked(solver._sim)
+        if taped:
+            bound = sig.bind(self, *args, **kwargs).arguments
+            tape_guards.refuse_duplicates(name, bound.get("dofs_idx_local"), bound.get("envs_idx"))
+        return run(self, Origin.PLUGIN, *args, **kwargs)
 
-    return _fronted(stock, replacement, _ENTITY_FRONT, replay=not unsupported)
+    return _fronted(stock, replacement, _ENTITY_FRONT, replay=not unsupported, run=run)
 
 
 def _solver_input(row: Method, stock: Callable, impl: Callable | None) -> Callable:
