@@ -11,7 +11,10 @@ and the doctor gives the parameters behind it that reason.
 Only these few methods are wrapped, not every torch function: a `TorchFunctionMode` doing the same cost 16.8% of a
 100-step unbatched rollout with a small MLP policy and two getters per step (77 -> 90 ms), the wrapped methods 0.4%
 (measured side by side on the 2-core CPU machine). The wrappers do nothing more than the stock method unless strict mode
-is on and the tensor tracks gradients.
+is on and the tensor tracks gradients. The constructors are wrapped from the first recorded cut on: before it there is
+nothing a tensor could be rebuilt from, and Genesis calls `torch.tensor` at every step (its index masks), so a rollout
+without cuts does not pay for the watch. (A constructor looked up before that, `from torch import tensor` run after the
+plugin's import, is not watched; `torch.tensor(...)` always is.)
 """
 
 import sys
@@ -42,6 +45,21 @@ _strong_keys: deque[int] = deque()
 _MAX_SCANNED = 64
 
 
+# Whether strict mode's patches are in (`install`), and whether the constructors are wrapped yet (`record`).
+_installed = False
+_watching_rebuilds = False
+
+
+def record(key: int, entry: tuple) -> None:
+    """Record a value cut from a tracked tensor (`breaks._detached[key] = entry`), watching rebuilds from now on."""
+    global _watching_rebuilds
+    breaks._detached[key] = entry
+    if _installed and not _watching_rebuilds:
+        _watching_rebuilds = True
+        for name in REBUILDING:
+            patching.patch(torch, name, _rebuilding(name), group="strict")
+
+
 def _register(out, source: torch.Tensor, how: str) -> None:
     frame = breaks.user_frame(sys._getframe(2))
     location = breaks.Location.of(frame)
@@ -53,7 +71,7 @@ def _register(out, source: torch.Tensor, how: str) -> None:
         _strong_keys.append(key)
         if len(_strong_keys) > _MAX_STRONG:
             breaks._detached.pop(_strong_keys.popleft(), None)
-    breaks._detached[key] = (ref, location, breaks._sources((source,))[0], f"{how} of a tracked tensor at {location}")
+    record(key, (ref, location, breaks._sources((source,))[0], f"{how} of a tracked tensor at {location}"))
 
 
 def registered(value) -> tuple | None:
@@ -133,14 +151,16 @@ def _rebuilding(name: str):
 
 
 def install() -> None:
+    global _installed
     for name in DETACHING:
         patching.patch(torch.Tensor, name, _detaching(name), group="strict")
     patching.patch(torch.Tensor, "data", _data_property(), group="strict")
-    for name in REBUILDING:
-        patching.patch(torch, name, _rebuilding(name), group="strict")
+    _installed = True
 
 
 def clear() -> None:
-    """Forget every recorded detach (used by `uninstall`)."""
+    """Forget every recorded detach (used by `uninstall`, after strict mode's patches are reverted)."""
+    global _installed, _watching_rebuilds
+    _installed = _watching_rebuilds = False
     breaks._detached.clear()
     _strong_keys.clear()

@@ -15,9 +15,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from . import breaks, catalog, records
+from . import breaks, catalog, detach_watch, records
 from .breaks import BreakKind, Location, report, user_frame
-from .detach_watch import registered
 
 if TYPE_CHECKING:
     from .genesis_api import Simulator
@@ -103,7 +102,7 @@ def _detached_source(value, frame: FrameType | None, epoch: int):
     "As far as can be seen at the call": the output of `gs.from_torch(..., detach=True)`, or memory shared with a
     tracked tensor among the caller's local variables (`x.detach()`, `x.data`, `x.detach().numpy()` all share it).
     """
-    entry = registered(value)
+    entry = detach_watch.registered(value)
     if entry is not None:
         return (entry[3] if len(entry) > 3 else f"gs.from_torch(..., detach=True) at {entry[1]}"), entry[2]
     if frame is None or not isinstance(value, (torch.Tensor, np.ndarray)):
@@ -356,10 +355,9 @@ def note_from_torch(tensor, out: torch.Tensor) -> None:
     user = user_frame(sys._getframe(2))
     location = Location.of(user)
     key = id(out)
-    breaks._detached[key] = (
-        weakref.ref(out, lambda _, key=key: breaks._detached.pop(key, None)),
-        location,
-        breaks._sources((tensor,))[0],
+    detach_watch.record(
+        key,
+        (weakref.ref(out, lambda _, key=key: breaks._detached.pop(key, None)), location, breaks._sources((tensor,))[0]),
     )
     report(
         BreakKind.CUT_AT_DETACH,

@@ -428,6 +428,30 @@ def test_common_detaches_are_caught_in_raise_mode(grad_arm, cut, how):
         scene.step()
 
 
+def test_constructors_are_watched_from_the_first_cut(grad_arm):
+    """The rebuild watch (`torch.tensor` & co., which Genesis calls at every step) is installed at the first recorded
+    cut only, still names a rebuild after it, and goes with strict mode."""
+    scene, arm = grad_arm
+    stock_tensor = patching.original(torch, "tensor")
+    ggp.uninstall(("strict",))
+    ggp.install()
+    try:
+        assert torch.tensor is stock_tensor, "watched before any cut"
+        scene.reset()
+        arm.control_dofs_position(torch.tensor([0.1, 0.2], dtype=torch.float64))
+        scene.step()
+        assert torch.tensor is stock_tensor, "a rollout without cuts installed the watch"
+        x = torch.tensor([0.1, 0.2], dtype=torch.float64, requires_grad=True)
+        value = (x * 2)[0].item()
+        assert torch.tensor is not stock_tensor
+        with ggp.set_mode("raise"), pytest.raises(GradientBreakError, match=re.escape("rebuilt from `.item()`")):
+            arm.control_dofs_position(torch.tensor([value, 0.0], dtype=torch.float64))
+    finally:
+        ggp.uninstall(("strict",))
+        assert torch.tensor is stock_tensor
+        ggp.install()
+
+
 def test_doctor_names_the_detach_of_a_parameter_output(grad_arm):
     """Old main: the doctor said the parameters were "used neither by the loss nor by any input of the rollout"."""
     scene, arm = grad_arm
