@@ -45,18 +45,16 @@ def tracked_tensor(value) -> bool:
     return isinstance(value, _Tensor) and value.requires_grad
 
 
-def tracked_check(names: tuple[str, ...], in_lists: bool = True) -> Callable[[tuple, dict], bool]:
+def tracked_check(names: tuple[str, ...]) -> Callable[[tuple, dict], bool]:
     """
     The test of one method's calls for an argument that tracks gradients, given the names of its parameters (self
     excluded): `check(args, kwargs)`.
 
     Index arguments (integers, which cannot track gradients) are skipped by position as well as by name, so that the
-    check of a call costs one look at each value argument: it runs at every control call, off-grad too, and Genesis
-    passes the solver its indices positionally. With `in_lists=False`, only tensors themselves count (not tensors in
-    a list: Genesis rebuilds those), which is what `detached_args` detaches.
+    check of a call costs one look at each value argument (Genesis passes the solver its indices positionally). The
+    fronts (`signatures.py`) inline the same test.
     """
     values = tuple((i, name) for i, name in enumerate(names) if name not in INDEX_ARGUMENTS)
-    other = tracks if in_lists else tracked_tensor
     if len(values) == 1:
         # One value argument (a target, a gain, a mass): no loop.
         ((i_value, value_name),) = values
@@ -65,7 +63,7 @@ def tracked_check(names: tuple[str, ...], in_lists: bool = True) -> Callable[[tu
             value = args[i_value] if len(args) > i_value else kwargs.get(value_name)
             if value.__class__ is _Tensor:
                 return value.requires_grad
-            return value is not None and other(value)
+            return value is not None and tracks(value)
 
         return check_one
 
@@ -76,7 +74,7 @@ def tracked_check(names: tuple[str, ...], in_lists: bool = True) -> Callable[[tu
             if value.__class__ is _Tensor:
                 if value.requires_grad:
                     return True
-            elif value is not None and other(value):
+            elif value is not None and tracks(value):
                 return True
         return False
 

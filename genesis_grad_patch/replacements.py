@@ -129,11 +129,11 @@ def _entity_input(row: Method, stock: Callable) -> Callable:
 
     @wraps(stock)
     def replacement(self, *args, **kwargs):
-        """The other calls: a tracked input (any scene), or an unsupported method in a differentiable scene."""
+        """The calls the front does not take: a tracked input (any scene), or an unsupported method in a differentiable
+        scene."""
         solver = self._solver
         if not solver._requires_grad:
-            if not tracked_in(args, kwargs):
-                return stock(self, *args, **kwargs)
+            # An input tracks gradients (the front took the others).
             if breaks.checking and _origin() is None:
                 owner = type(self).__name__
                 frame = sys._getframe(_CALLER)
@@ -188,7 +188,6 @@ def _entity_input(row: Method, stock: Callable) -> Callable:
 
 def _solver_input(row: Method, stock: Callable, impl: Callable | None) -> Callable:
     names = tuple(signature(stock).parameters)[1:]
-    tracked_in, tensor_in = tracked_check(names), tracked_check(names, in_lists=False)
     name = row.name
     unsupported = row.status is Status.UNSUPPORTED_INPUT
     category = "dropping" if unsupported else "solver"
@@ -197,9 +196,10 @@ def _solver_input(row: Method, stock: Callable, impl: Callable | None) -> Callab
 
     @wraps(stock)
     def replacement(self, *args, **kwargs):
+        """The calls the front does not take: a tracked input (any scene), the user's or the plugin's call in a
+        differentiable scene, or a parameter."""
         if not self._requires_grad:
-            if not tracked_in(args, kwargs):
-                return stock(self, *args, **kwargs)
+            # An input tracks gradients (the front took the others).
             if breaks.checking and _origin() is None:
                 frame = sys._getframe(_CALLER)
                 input_checks.check_inputs(
@@ -214,11 +214,11 @@ def _solver_input(row: Method, stock: Callable, impl: Callable | None) -> Callab
             # except that parameters are taped whoever sets them.
             if parameter:
                 return impl(self, *args, **kwargs)
-            # The value alone. The tape (Genesis's `@tracked`) holds the tracked tensor; the stock zero-copy writers
-            # would write it as is into a cached view of the field, which then tracks gradients, and the next plain
-            # write to that view fails ("a leaf Variable that requires grad is being used in an in-place operation").
-            if tensor_in(args, kwargs):
-                args, kwargs = detached_args(args, kwargs)
+            # A tensor tracks gradients (the front took the others): the value alone. The tape (Genesis's `@tracked`)
+            # holds the tracked tensor; the stock zero-copy writers would write it as is into a cached view of the
+            # field, which then tracks gradients, and the next plain write to that view fails ("a leaf Variable that
+            # requires grad is being used in an in-place operation").
+            args, kwargs = detached_args(args, kwargs)
             return stock(self, *args, **kwargs)
         if breaks.checking and origin is None:
             input_checks.check_inputs(
@@ -253,13 +253,9 @@ def _differentiable_read(row: Method, stock: Callable, impl: Callable, different
 
     @wraps(stock)
     def replacement(self, *args, **kwargs):
-        if not self._requires_grad:
-            return stock(self, *args, **kwargs)
-        sim = self._sim
-        if _tracked_epochs.get(id(sim)) != sim._grad_epoch:  # records.has_tracked_inputs, inline (every call)
-            # Nothing of this rollout tracks gradients: the state depends on nothing to differentiate, so the stock
-            # value is exact and no graph is built (nor is a read under no_grad reported: it cuts nothing).
-            return stock(self, *args, **kwargs)
+        """A read in a differentiable scene during a rollout with a tracked input (the front takes the others: off-grad,
+        or nothing of the rollout tracks gradients, so the state depends on nothing to differentiate, the stock value is
+        exact and no graph is built, nor is a read under no_grad reported: it cuts nothing)."""
         origin = _origin()
         if origin is _GENESIS:
             # Genesis's own reads (sensors, viewer, recorders) keep stock values in its buffers.
@@ -287,9 +283,8 @@ def _unsupported_read(row: Method, stock: Callable) -> Callable:
 
     @wraps(stock)
     def replacement(self, *args, **kwargs):
+        """The user's read in grad mode in a differentiable scene, strict mode on (the front takes the others)."""
         solver = self._solver if entity_level else self
-        if not breaks.checking or not solver._requires_grad or _origin() is not None or not torch.is_grad_enabled():
-            return stock(self, *args, **kwargs)
         input_checks.report_non_differentiable_read(solver, f"{type(self).__name__}.{name}", cause)
         # The solver getter the entity getter calls is Genesis's call, not the user's.
         token = _set_origin(_ENTITY)
