@@ -81,9 +81,9 @@ def front(stock: Callable, body: str, namespace: dict) -> Callable:
             defaults[f"_gp_default_{i}"] = p.default
             signature.append(f"{p.name}=_gp_default_{i}")
         call.append(f"{p.name}={p.name}" if keyword_only else p.name)
-    if params[0].kind is kind.POSITIONAL_ONLY or any(p.kind is kind.POSITIONAL_ONLY for p in params[1:]):
-        last = max(i for i, p in enumerate(params) if p.kind is kind.POSITIONAL_ONLY)
-        signature.insert(last + 1, "/")
+    positional_only = [i for i, p in enumerate(params) if p.kind is kind.POSITIONAL_ONLY]
+    if positional_only:
+        signature.insert(positional_only[-1] + 1, "/")
     values = [p.name for p in params[1:] if p.name not in INDEX_ARGUMENTS and p.kind in _NAMED]
     packed = [p for p in params[1:] if p.kind not in _NAMED]
     code = body.format(
