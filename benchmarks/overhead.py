@@ -7,7 +7,10 @@ process):
 
 - ``report``: the report's own set-up, unbatched, float32: one car on the ground (the steering car, free base, wheel
   contacts), PD steering targets and `get_qpos` + `get_vel` every step, targets not tracked;
-- ``batched``: 4 environments, float64, the planar car, PD targets and `get_qpos` + `get_dofs_velocity` every step.
+- ``batched``: 4 environments, float64, the planar car, PD targets and `get_qpos` + `get_dofs_velocity` every step;
+- ``contacts``: 4 environments, float64, pybullet's racecar URDF on a plane (cylinder wheel contacts, which the plugin
+  detects in closed form and stock Genesis through its plane-convex path), tracked steering forces and wheel velocity
+  targets: forward and backward of the same rollout, plugin against stock.
 
 Targets: off-grad forward (targets and two getters every step) <= 1.01, grad-mode forward with the getters <= 1.05,
 backward of a PD-target rollout against the stock backward of the same rollout driven by `control_dofs_force` <= 1.05
@@ -15,7 +18,7 @@ backward of a PD-target rollout against the stock backward of the same rollout d
 on the batched scene also the replay record (forward + backward of a decimated rollout, tracked targets every 5th step
 and held in between, against stock re-sending them every step, which stock replays exactly) <= 1.05.
 
-Usage: python benchmarks/overhead.py [--scene report|batched] [--steps 100] [--repeats 9]
+Usage: python benchmarks/overhead.py [--scene report|batched|contacts] [--steps 100] [--repeats 9]
 """
 
 import argparse
@@ -37,6 +40,7 @@ SCENES = {
     # name: (precision, n_envs, car, steering dofs, second getter)
     "report": ("32", 0, STEERING_CAR, None, "get_vel"),
     "batched": ("64", 4, PLANAR_CAR, [3, 4], "get_dofs_velocity"),
+    "contacts": ("64", 4, None, None, None),
 }
 
 
@@ -88,7 +92,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=9)
     args = parser.parse_args()
     if args.scene is None:
-        for scene in ("report", "batched"):
+        for scene in ("report", "batched", "contacts"):
             cmd = [
                 sys.executable,
                 __file__,
@@ -104,7 +108,69 @@ def main() -> None:
     run_scene(args.scene, args.steps, args.repeats)
 
 
+def run_contacts(steps: int, repeats: int) -> None:
+    """The racecar's wheel contacts: forward, and backward, of one tracked rollout, plugin against stock."""
+    import pybullet_data
+
+    gs.init(backend=gs.cpu, precision="64", logging_level="warning")
+    scene = gs.Scene(sim_options=gs.options.SimOptions(dt=0.01, requires_grad=True), show_viewer=False)
+    scene.add_entity(gs.morphs.Plane())
+    urdf = str(Path(pybullet_data.getDataPath()) / "racecar" / "racecar.urdf")
+    car = scene.add_entity(gs.morphs.URDF(file=urdf, pos=(0.0, 0.0, 0.05)))
+    n_envs = 4
+    scene.build(n_envs=n_envs)
+    steer = [car.get_joint(n).dofs_idx_local[0] for n in ("left_steering_hinge_joint", "right_steering_hinge_joint")]
+    wheels = [car.get_joint(n).dofs_idx_local[0] for n in ("left_rear_wheel_joint", "right_rear_wheel_joint")]
+    car.set_dofs_kv(torch.tensor([5.0, 5.0]), wheels)
+    speed = torch.full((n_envs, 2), 10.0, dtype=torch.float64)
+    forces = 0.1 * torch.ones((steps, n_envs, 2), dtype=torch.float64)
+
+    def rollout():
+        x = forces.clone().requires_grad_()
+        scene.reset()
+        for t in range(steps):
+            car.control_dofs_force(x[t], dofs_idx_local=steer)
+            car.control_dofs_velocity(speed, dofs_idx_local=wheels)
+            scene.step()
+        return car.get_pos().sum() if ggp.is_installed() else scene.sim.rigid_solver.get_state().qpos.sum()
+
+    def backward_side_by_side() -> tuple[float, float]:
+        stock_bw, plugin_bw = [], []
+        for i in range(repeats + 1):
+            ggp.uninstall()
+            rollout().backward()
+            loss = rollout()
+            t_stock = timed(loss.backward)
+            ggp.install()
+            rollout().backward()
+            loss = rollout()
+            t_plugin = timed(loss.backward)
+            if i:
+                stock_bw.append(t_stock)
+                plugin_bw.append(t_plugin)
+        return statistics.median(stock_bw), statistics.median(plugin_bw)
+
+    rows = [
+        ("grad-mode forward, wheel contacts (closed form vs stock)", *side_by_side(rollout, rollout, repeats), 1.05),
+        ("backward, wheel contacts (closed form vs stock)", *backward_side_by_side(), 1.05),
+    ]
+    print_rows("contacts", steps, n_envs, repeats, "64", rows)
+
+
+def print_rows(name: str, steps: int, n_envs: int, repeats: int, precision: str, rows: list) -> None:
+    print(f"\nscene={name} steps={steps} n_envs={n_envs} repeats={repeats} backend=cpu precision={precision}")
+    print("| workload | stock (ms) | plugin (ms) | ratio | target |")
+    print("|---|---|---|---|---|")
+    for label, stock, plugin, target in rows:
+        ratio = plugin / stock
+        flag = "ok" if ratio <= target else "over"
+        print(f"| {label} | {1e3 * stock:.1f} | {1e3 * plugin:.1f} | {ratio:.3f} | <= {target} ({flag}) |")
+
+
 def run_scene(name: str, steps: int, repeats: int) -> None:
+    if name == "contacts":
+        run_contacts(steps, repeats)
+        return
     precision, n_envs, car_file, steer, second_getter = SCENES[name]
     gs.init(backend=gs.cpu, precision=precision, logging_level="warning")
     plain_scene, plain_car = build(False, n_envs, car_file)
@@ -218,13 +284,7 @@ def run_scene(name: str, steps: int, repeats: int) -> None:
             )
         )
 
-    print(f"\nscene={name} steps={steps} n_envs={n_envs} repeats={repeats} backend=cpu precision={precision}")
-    print("| workload | stock (ms) | plugin (ms) | ratio | target |")
-    print("|---|---|---|---|---|")
-    for label, stock, plugin, target in rows:
-        ratio = plugin / stock
-        flag = "ok" if ratio <= target else "over"
-        print(f"| {label} | {1e3 * stock:.1f} | {1e3 * plugin:.1f} | {ratio:.3f} | <= {target} ({flag}) |")
+    print_rows(name, steps, n_envs, repeats, precision, rows)
 
 
 if __name__ == "__main__":

@@ -77,6 +77,7 @@ def install(strict: bool = True) -> None:
             compat,
             contact_friction,
             control,
+            curved_contacts,
             getters,
             params,
             replacements,
@@ -88,15 +89,17 @@ def install(strict: bool = True) -> None:
         control.install()
         params.install()
         contact_friction.install()
+        curved_contacts.install()
         replay.install()
         tape_guards.install()
         getters.install()
         compat.install()
         backward_checks.install()
     if strict and not patching.is_patched("strict"):
-        from . import backward_checks, detach_watch, replacements
+        from . import accuracy, backward_checks, detach_watch, replacements
 
         replacements.install(strict=True)
+        accuracy.install()
         backward_checks.install(strict=True)
         detach_watch.install()
         breaks.set_enabled(True)
@@ -127,8 +130,9 @@ def uninstall(groups: tuple[str, ...] = GROUPS) -> None:
     if "strict" in groups:
         _uninstall_strict()
     if "core" in groups and patching.is_patched("core"):
-        from . import getters, records, replay
+        from . import curved_contacts, getters, records, replay
 
+        curved_contacts.restore()
         getters.uninstall()
         replay.clear()
         records.clear()

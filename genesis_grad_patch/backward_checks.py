@@ -8,7 +8,7 @@ from collections.abc import Callable
 from functools import wraps
 from types import FrameType
 
-from . import breaks, patching, records
+from . import accuracy, breaks, patching, records
 from .breaks import GradientBreakError, Location, user_frame
 from .genesis_api import Simulator
 
@@ -59,6 +59,8 @@ def _reverse_step(inner: Callable) -> Callable:
             # Where the first backward of this rollout was called (read by the message above), once per rollout rather
             # than once per reversed step: finding the user's line walks the stack.
             record.backward_at = (epoch, Location.of(user_frame(frame)))
+            # What makes this rollout's gradient approximate, said before the reverse pass uses it.
+            accuracy.report(self, frame)
         return inner(self, step, epoch)
 
     return reverse_step

@@ -38,6 +38,9 @@ class BreakKind(str, enum.Enum):
     NON_DIFFERENTIABLE_GETTER = "non_differentiable_getter"
     DROPPED_INPUT = "dropped_input"
     APPROXIMATE_GRADIENT = "approximate_gradient"
+    APPROXIMATE_CONTACT = "approximate_contact"
+    UNCONVERGED_SOLVE = "unconverged_solve"
+    CUT_AT_RESET = "cut_at_reset"
 
     def __str__(self) -> str:
         return self.value
@@ -313,12 +316,27 @@ def _live_rollouts() -> tuple:
     return tuple(rollouts)
 
 
-def report(kind: BreakKind, call: str, frame: FrameType | None, cause: str, fix: str, sim=None, step=None, sources=()):
-    """Record a break, then warn or raise at the user's line according to the mode."""
+def report(
+    kind: BreakKind,
+    call: str,
+    frame: FrameType | None,
+    cause: str,
+    fix: str,
+    sim=None,
+    step=None,
+    sources=(),
+    warn: bool = True,
+    record: bool = True,
+):
+    """Record a break (unless `record` is False), then warn or raise at the user's line according to the mode (unless
+    `warn` is False)."""
     location = Location.of(frame)
     code = f" `{location.source}`" if location.source else ""
     message = f"Gradient break at {location}{code}: {cause} {fix}"
-    _record(kind, call, location, cause, fix, message, sim, step, _sources(sources))
+    if record:
+        _record(kind, call, location, cause, fix, message, sim, step, _sources(sources))
+    if not warn:
+        return
     if _mode == "raise":
         raise GradientBreakError(message)
     if frame is None:

@@ -225,7 +225,12 @@ ROWS: tuple[Method, ...] = (
     Method(SOLVER, "process_input_grad", Status.MACHINERY, "params", "hands the parameter gradients to the inputs"),
     Method(SOLVER, "save_ckpt", Status.MACHINERY, "replay", "records the controls and parameters of each step"),
     Method(SOLVER, "load_ckpt", Status.MACHINERY, "replay", "restores them before a step is replayed"),
-    Method(SOLVER, "reset_grad", Status.MACHINERY, "replay", "restores the parameters the rollout ended with"),
+    Method(SOLVER, "reset_grad", Status.MACHINERY, "replay", "restores the parameters; drops the pending tape"),
+    Method(SOLVER, "_func_constraint_force", Status.MACHINERY, "accuracy", "observes approximate contacts and solves"),
+    Method(
+        "Collider", "detection", Status.MACHINERY, "curved_contacts", "cylinder/capsule-plane contacts in closed form"
+    ),
+    Method("Collider", "backward_narrowphase", Status.MACHINERY, "curved_contacts", "their reverse, before the rest"),
     Method("array_class", "get_dofs_info", Status.MACHINERY, "params", "dof parameters with gradient storage"),
     Method(
         "array_class", "get_links_info", Status.MACHINERY, "params", "link inertial parameters with gradient storage"

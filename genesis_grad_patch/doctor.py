@@ -16,7 +16,7 @@ from typing import Any
 import genesis as gs
 import torch
 
-from . import breaks, patching
+from . import accuracy, breaks, patching
 from .breaks import BreakKind
 from .doctor_report import (
     AFTER_LAST_READ,
@@ -230,6 +230,8 @@ def doctor(loss: torch.Tensor, params_or_module=None) -> DoctorReport:
     loose: dict[int, breaks.BreakEvent] = {}  # breaks tied to no scene (gs.from_torch), cutting the parameters off
     event_leaves: dict[int, set[int]] = {}
     for rollout in candidates:
+        if rollout.epoch == rollout.sim._grad_epoch:
+            accuracy.report(rollout.sim, warn=False)
         rollout_events = breaks.events(rollout.sim, rollout.epoch)
         for event in rollout_events:
             if event.seq not in event_leaves:

@@ -18,6 +18,8 @@ from genesis.engine.solvers.base_solver import StateChange, Subscriber
 from genesis.engine.solvers.kinematic_solver import _offset_world_shift as offset_world_shift
 from genesis.engine.solvers.kinematic_solver import _select_links_offset as select_links_offset
 from genesis.engine.solvers.rigid import rigid_solver
+from genesis.engine.solvers.rigid.collider import contact
+from genesis.engine.solvers.rigid.collider.collider import Collider
 from genesis.engine.solvers.rigid.rigid_solver import RigidSolver
 from genesis.grad.bridge import StepNode
 from genesis.utils.array_class import ArrayItem, DataKind
@@ -26,6 +28,7 @@ from quadrants.lang._fast_caching import args_hasher
 
 __all__ = [
     "ArrayItem",
+    "Collider",
     "DataKind",
     "PRIVATE_ATTRIBUTES",
     "RigidEntity",
@@ -39,6 +42,7 @@ __all__ = [
     "array_class",
     "audit",
     "broadcast_tensor",
+    "contact",
     "data_to_array",
     "geom",
     "indices_to_mask",
@@ -71,6 +75,8 @@ PRIVATE_ATTRIBUTES: dict[str, dict[str, str]] = {
         "_enable_joint_limit": "parameters refused where constraints read them",
         "_B": "the number of environments of the fields (1 when unbatched)",
         "_is_backward": "forward/backward kernel mode",
+        "_errno": "the error flags kernels raise (contacts appended by the plugin)",
+        "_func_constraint_force": "the constraint solve of a substep (observed for approximate gradients)",
         "_queried_states": "the states read at a step, handed their gradient by the reverse pass",
         "_subscribers": "state-change notifications (caches dropped)",
         "_sanitize_io_variables": "index and buffer sanitizer of the control writers",
@@ -89,7 +95,11 @@ PRIVATE_ATTRIBUTES: dict[str, dict[str, str]] = {
         "_get_global_idx": "local to global dof indices",
         "_dof_start": "the entity's first dof",
     },
-    "Collider": {"_n_possible_pairs": "whether a scene has any collision pair (parameters refused with contacts)"},
+    "Collider": {
+        "_n_possible_pairs": "whether a scene has any collision pair (parameters refused with contacts)",
+        "_solver": "the rigid solver",
+        "_collision_pair_idx": "the geom pairs that may collide (plane-curved pairs detected by the plugin)",
+    },
     "genesis": {"_scene_registry": "the live scenes (breaks tied to no scene)"},
 }
 

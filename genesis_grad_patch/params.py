@@ -50,7 +50,7 @@ from typing import NamedTuple
 import genesis as gs
 import torch
 
-from . import input_checks, patching, records
+from . import input_checks, patching, records, tape_guards
 from .control import _grad_like
 from .genesis_api import RigidSolver, args_hasher, array_class, indices_to_mask, qd_to_torch
 
@@ -469,6 +469,7 @@ def parameter_setter(method: str, stock):
         idx, envs_idx = arguments.get(_index_arg(method)), arguments.get("envs_idx")
         if tracked:
             _refuse_unsupported(self, method, idx)
+            tape_guards.refuse_duplicates(method, idx, envs_idx, _index_arg(method)[: -len("s_idx")])
             records.note_tracked(self.sim)
             if method in GEOM_PARAMETERS:
                 friction_tracked.add(self)
@@ -530,9 +531,10 @@ def note_reverse(solver: RigidSolver) -> None:
     _reversed.add(solver)
 
 
-def clear_grads(solver: RigidSolver) -> None:
-    """Drop the parameter gradients and the taped calls of the last rollout (at `scene.reset()`)."""
-    _pending.pop(solver, None)
+def clear_grads(solver: RigidSolver) -> list:
+    """Drop the parameter gradients and the taped calls of the last rollout (at `scene.reset()`). Returns the calls
+    made since the last step, which no step taped."""
+    pending = _pending.pop(solver, None) or []
     _taped.pop(solver, None)
     friction_tracked.discard(solver)
     # Genesis fills them only while reversing: a rollout that was not differentiated has none to clear.
@@ -545,6 +547,7 @@ def clear_grads(solver: RigidSolver) -> None:
         if solver.dyn_info.geoms.friction.has_grad():
             _field_grad(solver, "friction", "geoms").zero_()
             _field_grad(solver, "friction_ratio").zero_()
+    return pending
 
 
 def refuse_tracked(call: str, why: str, args: tuple, kwargs: dict) -> None:

@@ -32,6 +32,8 @@ class SolverRecord:
     dofs_map: Any = None
     #: Dof index tuple -> how a solver-level control call splits over the entities (control).
     control_split: dict = field(default_factory=dict)
+    #: What the steps of the current rollout left for `accuracy.report` (approximate contacts, unconverged solves).
+    accuracy: Any = None
 
 
 _sims: "weakref.WeakKeyDictionary[Any, SimRecord]" = weakref.WeakKeyDictionary()

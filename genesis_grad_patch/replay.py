@@ -214,7 +214,7 @@ def reset_grad(self: RigidSolver) -> None:
     record = _records.get(self)
     if record is not None:
         record.restart()
-    params.clear_grads(self)
+    tape_guards.drop_pending(self, params.clear_grads(self))
     patching.original(RigidSolver, "reset_grad")(self)
 
 

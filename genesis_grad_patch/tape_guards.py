@@ -17,21 +17,23 @@ gets a clear error at the point of misuse, and leaves nothing behind.
   state read says so and names the steps, instead of torch's "can't retain_grad on Tensor that has requires_grad=False".
 """
 
+import sys
+
 import genesis as gs
 import torch
 
-from . import callers, patching, records
+from . import breaks, callers, patching, records
 from .genesis_api import Simulator, StepNode
 
 
-def refuse_duplicates(method: str, dofs_idx, envs_idx) -> None:
+def refuse_duplicates(method: str, dofs_idx, envs_idx, unit: str = "dof") -> None:
     """
-    Refuse a tracked target given twice to the same dof or environment.
+    Refuse a tracked value given twice to the same dof (link, geom, ...) or environment.
 
     The field keeps the last duplicate's value, but the gradient read back from it cannot be split between the
-    duplicates: all of it went to the first entry (issue 10, item 1). Solver calls arrive here split into entity calls.
+    duplicates: all of it went to the first entry. Solver calls arrive here split into entity calls.
     """
-    for what, indices in (("dof", dofs_idx), ("environment", envs_idx)):
+    for what, indices in ((unit, dofs_idx), ("environment", envs_idx)):
         if indices is None or isinstance(indices, (int, slice, range)):
             continue
         flat = torch.as_tensor(indices).reshape(-1)
@@ -40,10 +42,40 @@ def refuse_duplicates(method: str, dofs_idx, envs_idx) -> None:
         unique, counts = flat.unique(return_counts=True)
         if (counts > 1).any():
             gs.raise_exception(
-                f"{method} got the same {what} index more than once ({unique[counts > 1].tolist()}) with a target that "
-                f"tracks gradients: the {what} is driven by the last duplicate, but its gradient cannot be split "
+                f"{method} got the same {what} index more than once ({unique[counts > 1].tolist()}) with a value that "
+                f"tracks gradients: the {what} takes the last duplicate, but its gradient cannot be split "
                 f"between the duplicates. Pass each {what} once."
             )
+
+
+def drop_pending(solver, pending_parameters: list) -> None:
+    """
+    Drop the calls taped for a step that never came (at `scene.reset()`), reporting the tracked ones.
+
+    Stock Genesis keeps the pending calls of its entities (`RigidEntity._tgt`) across `scene.reset()`: a velocity set
+    before the reset was applied again at the first step of the next rollout in grad mode, but not under `no_grad`.
+    `pending_parameters` are the parameter calls of the plugin (`params._Call`) that the reset drops with them: their
+    values stay in the model, but no rollout differentiates them any more.
+    """
+    dropped = [(call.method, call.value) for call in pending_parameters if call.value is not None]
+    for entity in solver.entities:
+        for key, kwargs in entity._tgt.items():
+            dropped += [(key[0], v) for v in kwargs.values() if isinstance(v, torch.Tensor) and v.requires_grad]
+        entity._tgt.clear()
+    if dropped and breaks.checking and torch.is_grad_enabled():
+        calls = ", ".join(sorted({method for method, _ in dropped}))
+        breaks.report(
+            breaks.BreakKind.CUT_AT_RESET,
+            "scene.reset",
+            breaks.user_frame(sys._getframe(1)),
+            f"`scene.reset()` dropped tracked values given to {calls} after the last step and before any step used "
+            "them: the next rollout's gradient does not reach them (a control or velocity is not applied at all, a "
+            "model parameter keeps its value without its gradient).",
+            "Call the setter after `scene.reset()`, before the first step of the rollout it belongs to.",
+            solver._sim,
+            0,
+            [value for _, value in dropped],
+        )
 
 
 def _step_forward(stock):
