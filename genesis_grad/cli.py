@@ -283,10 +283,20 @@ def _paths_from_args(args):
     return paths + P.random_references(getattr(args, "random", 0), "held_out" if args.command == "eval" else "train")
 
 
+def _add_wheels_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--wheels",
+        choices=("sphere", "cylinder"),
+        default="sphere",
+        help="the car's wheel shapes: spheres (one contact each, the default) or cylinders, as real cars have them",
+    )
+
+
 def _add_train_arguments(p: argparse.ArgumentParser, iterations: int) -> None:
     p.add_argument("--iterations", type=positive_int, default=iterations, help="training windows (gradient steps)")
     p.add_argument("--horizon", type=positive_int, default=100, help="steps per truncated BPTT window")
     p.add_argument("--n-envs", type=positive_int, default=16, help="parallel environments")
+    _add_wheels_argument(p)
     p.add_argument("--lr", type=positive_float, default=3e-3, help="Adam learning rate (default 3e-3)")
     p.add_argument("--seed", type=random_seed, default=0, help=f"random seed, 0 to {_SEED_LIMIT - 1} (default 0)")
     p.add_argument("--out", type=output_dir, default="out", help="output directory (checkpoints, plots, metrics)")
@@ -371,10 +381,10 @@ def _cmd_train(args) -> int:
     dist = distributed.join(nproc)
 
     from genesis_grad.steering.evaluate import evaluate_policy, plot_training_curve
-    from genesis_grad.steering.sim import SteeringSim
+    from genesis_grad.steering.sim import CAR_FILES, SteeringSim
 
     out = Path(args.out)
-    sim = SteeringSim(n_envs=args.n_envs // nproc, requires_grad=True)
+    sim = SteeringSim(n_envs=args.n_envs // nproc, requires_grad=True, car_file=CAR_FILES[args.wheels])
     t0 = time.time()
     policy, history = _train(args, sim, paths, out, dist=dist)
     if dist is not None and not dist.is_main:
@@ -407,6 +417,7 @@ def _eval_arguments(p: argparse.ArgumentParser) -> None:
         help="Stanley gains searched: full (45 sets, default) or small (3 sets, quick but a weak baseline)",
     )
     p.add_argument("--n-envs", type=positive_int, default=8, help="parallel environments")
+    _add_wheels_argument(p)
     p.add_argument("--out", type=output_dir, default="out", help="output directory (plots, metrics)")
 
 
@@ -415,7 +426,7 @@ def _cmd_eval(args) -> int:
     from genesis_grad.steering.baselines import DEFAULT_GRID, SMALL_GRID, evaluate_stanley, tune_stanley
     from genesis_grad.steering.evaluate import evaluate_policy, plot_errors, plot_trajectories
     from genesis_grad.steering.policy import load_policy
-    from genesis_grad.steering.sim import SteeringSim
+    from genesis_grad.steering.sim import CAR_FILES, SteeringSim
 
     if not args.policy and not args.stanley:
         print("nothing to evaluate: give --policy CKPT and/or --stanley", file=sys.stderr)
@@ -424,7 +435,7 @@ def _cmd_eval(args) -> int:
     paths = _paths_from_args(args)
     # Read the checkpoint before building the scene, so that an unusable one is reported at once.
     policy = load_policy(args.policy)[0] if args.policy else None
-    sim = SteeringSim(n_envs=args.n_envs, requires_grad=True)
+    sim = SteeringSim(n_envs=args.n_envs, requires_grad=True, car_file=CAR_FILES[args.wheels])
     rows, runs, results = [], {}, {}
     if policy is not None:
         metrics, records = evaluate_policy(sim, policy, paths)
@@ -472,14 +483,14 @@ def _cmd_demo(args) -> int:
         plot_trajectories,
     )
     from genesis_grad.steering.policy import SteeringMLP
-    from genesis_grad.steering.sim import SteeringSim
+    from genesis_grad.steering.sim import CAR_FILES, SteeringSim
 
     t_start = time.time()
     out = Path(args.out)
     train_paths = _paths_from_args(args)
     eval_paths = train_paths + ([P.make_path(args.held_out, speed=args.speed[0])] if args.held_out else [])
     print(f"[demo] building the car scene ({args.n_envs} envs; the first run compiles kernels, ~1-2 min)")
-    sim = SteeringSim(n_envs=args.n_envs, requires_grad=True)
+    sim = SteeringSim(n_envs=args.n_envs, requires_grad=True, car_file=CAR_FILES[args.wheels])
     print(f"[demo] scene ready after {time.time() - t_start:.0f} s")
 
     # The full grid (45 gain sets), as the benchmark tunes it: a baseline tuned on 3 gain sets made the MLP look better

@@ -162,16 +162,15 @@ def test_few_training_iterations_lower_the_loss(sim):
     assert after < 0.85 * before, (before, after)
 
 
-def test_closed_loop_gradient_through_contact_matches_finite_differences(sim):
-    """The policy gradient of a closed-loop window (four sphere-plane wheel contacts per car, the pose read back by the
-    getters into the next command) against central finite differences of the same rollout."""
-    _skip_unless_differentiable_targets()
+def _closed_loop_window(sim):
+    """A closed-loop window of a policy that steers noticeably (so the loss depends on the contact forces): the loss as
+    a function of the last layer's weight, that weight, and the policy with its sample references."""
     from genesis_grad.steering.policy import SteeringMLP
     from genesis_grad.steering.train import TrainConfig, sample_window_starts, window_loss
 
     torch.manual_seed(0)
     policy = SteeringMLP(hidden=(16,))
-    with torch.no_grad():  # a policy that steers noticeably, so the loss depends on the contact forces
+    with torch.no_grad():
         policy.net[-1].weight.mul_(10.0)
     cfg = TrainConfig(horizon=40, seed=3)
     paths = [P.sine(length=15.0), P.circle()]
@@ -184,6 +183,11 @@ def test_closed_loop_gradient_through_contact_matches_finite_differences(sim):
         traj = sim.rollout(reference, policy, start, cfg.horizon, preview_distances=policy.preview_distances)
         return window_loss(traj, cfg)
 
+    return loss_at, last, policy, reference, start, cfg
+
+
+def _assert_closed_loop_gradient(sim):
+    loss_at, last, policy, *_ = _closed_loop_window(sim)
     weight0 = last.weight.detach().clone()
     policy.zero_grad(set_to_none=True)
     loss_at(weight0).backward()
@@ -194,6 +198,23 @@ def test_closed_loop_gradient_through_contact_matches_finite_differences(sim):
     assert_grad_close(autograd, fd, rtol=1e-5)
     with torch.no_grad():
         last.weight.copy_(weight0)
+
+
+@pytest.mark.plugin_only
+def test_closed_loop_gradient_on_cylinder_wheels():
+    """The same window on the car with cylinder wheels (a rim point of each disk touches the ground, as on a URDF
+    car): the wheel contacts are detected in closed form, exact."""
+    from genesis_grad.steering.sim import CAR_FILES, SteeringSim
+
+    _assert_closed_loop_gradient(SteeringSim(n_envs=2, requires_grad=True, car_file=CAR_FILES["cylinder"]))
+
+
+def test_closed_loop_gradient_through_contact_matches_finite_differences(sim):
+    """The policy gradient of a closed-loop window (four sphere-plane wheel contacts per car, the pose read back by the
+    getters into the next command) against central finite differences of the same rollout."""
+    _skip_unless_differentiable_targets()
+    _assert_closed_loop_gradient(sim)
+    loss_at, last, policy, reference, start, cfg = _closed_loop_window(sim)
     if not UPSTREAM_MODE:
         # Stock Genesis breaks the chain: its zero-copy writer refuses the tracked steering target once the field view
         # was cached by the untracked FD rollouts, and otherwise the pose is read back detached.

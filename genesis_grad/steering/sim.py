@@ -25,6 +25,8 @@ from .error_state import compute_error_state_torch, nearest_reference_index
 from .paths import TorchReference
 
 CAR_XML = Path(__file__).parent / "assets" / "car.xml"
+# The car's wheel shapes: spheres (one contact point each), or cylinders (a rim point of each disk, as a URDF car).
+CAR_FILES = {"sphere": CAR_XML, "cylinder": Path(__file__).parent / "assets" / "car_cylinder_wheels.xml"}
 
 # Geometry of assets/car.xml, needed by the controllers and the state sampler.
 WHEEL_RADIUS = 0.08
