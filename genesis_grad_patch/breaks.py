@@ -41,6 +41,7 @@ class BreakKind(str, enum.Enum):
     APPROXIMATE_CONTACT = "approximate_contact"
     UNCONVERGED_SOLVE = "unconverged_solve"
     CUT_AT_RESET = "cut_at_reset"
+    READ_BEFORE_STEP = "read_before_step"
 
     def __str__(self) -> str:
         return self.value

@@ -27,7 +27,7 @@ from typing import NamedTuple
 import genesis as gs
 import torch
 
-from . import callers, control, input_checks, patching, records
+from . import callers, control, input_checks, params, patching, records
 from .genesis_api import (
     RigidSolver,
     Scene,
@@ -77,6 +77,11 @@ def read_state(solver: RigidSolver):
         _subscribed[solver] = subscriber
     state = _get_state_zerocopy(solver) if gs.use_zerocopy else solver.get_state()
     record.state_cache = (key, state)
+    if params.pending_configuration(solver) and state.qpos.requires_grad:
+        # Read between a tracked configuration setter and the step that tapes it: a backward before that step would
+        # leave the tracked value without its gradient. Checked when the gradient reaches the read (rare: a hook).
+        solver_ref = weakref.ref(solver)
+        state.qpos.register_hook(lambda grad: input_checks.report_read_before_step(solver_ref()))
     return state
 
 

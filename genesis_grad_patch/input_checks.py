@@ -341,6 +341,27 @@ def report_non_differentiable_read(solver, name: str, cause: str) -> None:
     )
 
 
+def report_read_before_step(solver) -> None:
+    """At backward: report a state read made after a tracked configuration setter whose call no step has taped yet."""
+    from . import params  # params imports this module
+
+    setters = params.pending_configuration(solver) if solver is not None else []
+    if not setters or not breaks.checking:
+        return
+    report(
+        BreakKind.READ_BEFORE_STEP,
+        "state getter",
+        user_frame(sys._getframe(1)),
+        f"backward reached a state read made after a tracked {', '.join(sorted(set(setters)))} and before any step: "
+        "the call is handed its gradient by the step that tapes it, so the tracked value gets none from this "
+        "backward.",
+        "Step once before calling `backward()` (the state read before the step then passes its gradient on), or use "
+        "the tracked value itself in the loss.",
+        solver._sim,
+        solver._sim.cur_step_global,
+    )
+
+
 def report_approximate_gradient(call: str, cause: str, fix: str, sim: "Simulator") -> None:
     """Report, at the user's line, a call after which the rollout's gradient is only approximate (see params.py)."""
     if not breaks.checking:

@@ -531,6 +531,12 @@ def note_reverse(solver: RigidSolver) -> None:
     _reversed.add(solver)
 
 
+def pending_configuration(solver: RigidSolver) -> list[str]:
+    """The tracked configuration setters called since the last step of `solver` (none taped yet)."""
+    calls = _pending.get(solver) if _pending.data else None
+    return [c.method for c in calls or () if c.value is not None and c.method in STATE_SETTERS]
+
+
 def clear_grads(solver: RigidSolver) -> list:
     """Drop the parameter gradients and the taped calls of the last rollout (at `scene.reset()`). Returns the calls
     made since the last step, which no step taped."""

@@ -100,3 +100,32 @@ def test_parameter_given_twice_is_refused(arm, call):
     with pytest.raises(gs.GenesisException, match="same dof index more than once"):
         call(arm_, value)
     scene.reset()
+
+
+@pytest.mark.plugin_only
+def test_state_read_before_the_first_step_is_reported_at_backward(arm):
+    """A tracked configuration read back and differentiated before any step taped it: reported, not a silent None."""
+    scene, arm_ = arm
+    scene.reset()
+    q0 = torch.tensor([0.2, -0.1], dtype=torch.float64, requires_grad=True)
+    arm_.set_qpos(q0)
+    loss = arm_.get_qpos().sum()
+    with pytest.warns(strict.GradientBreakWarning, match=r"before any step"):
+        loss.backward()
+    scene.reset()
+
+
+@pytest.mark.plugin_only
+def test_state_read_before_a_step_that_came_says_nothing(arm):
+    scene, arm_ = arm
+    scene.reset()
+    q0 = torch.tensor([0.2, -0.1], dtype=torch.float64, requires_grad=True)
+    arm_.set_qpos(q0)
+    loss = arm_.get_qpos().sum()
+    scene.step()
+    loss = loss + arm_.get_qpos().sum()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", strict.GradientBreakWarning)
+        loss.backward()
+    assert q0.grad is not None
+    scene.reset()
