@@ -82,8 +82,10 @@ class _Monitor:
     epoch: int = -1
     #: (step, 0-dim bool): the constraint solve of that step stopped at the iteration cap in some environment.
     unconverged: list = field(default_factory=list)
-    #: Flat (n_geoms * n_geoms) count of the contacts each approximate pair made.
+    #: Flat (i_a * n_geoms + i_b) approximate pairs in contact during the rollout, and a last entry for the others.
     contacts: torch.Tensor | None = None
+    #: (max_contacts, 1) slot indices, compared with the live contact counts.
+    slots: torch.Tensor | None = None
     #: The rollouts whose findings were recorded (doctor or backward) and warned of (backward).
     recorded: int = -1
     warned: int = -1
@@ -96,13 +98,22 @@ def _monitor(solver: RigidSolver) -> _Monitor:
         geoms = solver.geoms
         approximate = None
         if solver._enable_collision and geoms:
+            # Only the pairs Genesis may put in contact (its own filter: same link, adjacent links, ...): a scene whose
+            # approximate pairs never collide observes nothing per step.
+            may_collide = solver.collider._collision_pair_idx
             table = torch.zeros((len(geoms), len(geoms)), dtype=torch.bool)
             for a in geoms:
                 for b in geoms:
-                    table[a.idx, b.idx] = pair_error(a.type, b.type, a.is_convex, b.is_convex) is not None
+                    if a.idx < b.idx and may_collide[a.idx, b.idx] >= 0:
+                        error = pair_error(a.type, b.type, a.is_convex, b.is_convex)
+                        table[a.idx, b.idx] = table[b.idx, a.idx] = error is not None
             if table.any():
                 approximate = table.to(gs.device)
         monitor = record.accuracy = _Monitor(approximate, _views(solver) if gs.use_zerocopy else None)
+        max_contacts = solver.collider.collider_state.contact_data.geom_a.shape[0]
+        monitor.slots = torch.arange(max_contacts, device=gs.device)[:, None]
+        if approximate is not None:
+            monitor.contacts = torch.zeros(approximate.numel() + 1, dtype=torch.bool, device=gs.device)
     return monitor
 
 
@@ -123,24 +134,26 @@ def _views(solver: RigidSolver) -> dict:
 
 
 def _observe(solver: RigidSolver) -> None:
-    """Record, on the device, how this substep's constraint solve ended and which approximate pairs touched."""
+    """Record, on the device, how this substep's constraint solve ended and which approximate pairs touched (a few
+    torch operations: this runs at every substep of a tracked rollout)."""
     sim = solver._sim
     monitor = _monitor(solver)
     if monitor.epoch != sim._grad_epoch:
-        monitor.epoch, monitor.unconverged, monitor.contacts = sim._grad_epoch, [], None
+        monitor.epoch, monitor.unconverged = sim._grad_epoch, []
+        if monitor.contacts is not None:
+            monitor.contacts.zero_()
     views = monitor.views or {name: qd_to_torch(value) for name, value in _fields(solver).items()}
-    stopped = ((views["improved"] != 0) & (views["n_constraints"] > 0)).any()
+    # Still improving after the last iteration, with constraints to solve (their count is never negative).
+    stopped = torch.logical_and(views["improved"], views["n_constraints"]).any()
     monitor.unconverged.append((sim._cur_substep_global // sim._substeps, stopped))
     table = monitor.approximate
     if table is not None:
-        geom_a, geom_b = views["geom_a"].long(), views["geom_b"].long()  # (max_contacts, n_envs)
-        live = torch.arange(geom_a.shape[0], device=geom_a.device)[:, None] < views["n_contacts"][None, :]
         n = table.shape[0]
-        geom_a, geom_b = geom_a.clamp(0, n - 1), geom_b.clamp(0, n - 1)
-        hits = (table[geom_a, geom_b] & live).reshape(-1).long()
-        if monitor.contacts is None:
-            monitor.contacts = torch.zeros(n * n, dtype=torch.long, device=geom_a.device)
-        monitor.contacts.index_add_(0, (geom_a * n + geom_b).reshape(-1), hits)
+        # The flat pair index of every live contact of an approximate pair is marked, the others go to the last entry
+        # (stale slots are masked out; a negative index of a never-written slot wraps inside the table, masked too).
+        pair = views["geom_a"] * n + views["geom_b"]
+        hits = table.view(-1)[pair] & (monitor.slots < views["n_contacts"])
+        monitor.contacts[torch.where(hits, pair, n * n)] = True
 
 
 def _constraint_force(stock):
@@ -193,7 +206,7 @@ def findings(sim: Simulator) -> list[tuple[BreakKind, str, str, int | None]]:
             )
     if monitor.contacts is not None:
         n = monitor.approximate.shape[0]
-        for flat in monitor.contacts.cpu().nonzero().reshape(-1).tolist():
+        for flat in monitor.contacts[:-1].nonzero().reshape(-1).cpu().tolist():
             i_a, i_b = divmod(flat, n)
             geom_a, geom_b = solver.geoms[i_a], solver.geoms[i_b]
             error = pair_error(geom_a.type, geom_b.type, geom_a.is_convex, geom_b.is_convex)
