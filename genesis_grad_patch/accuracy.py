@@ -18,7 +18,7 @@ Two causes lie in Genesis's reverse pass itself, whatever the plugin does around
 
 Each step of a rollout that tracks inputs is observed on the device, without a host read: the solver's own flag
 (`constraint_state.improved` still set after the last iteration means it stopped at the cap) and, in scenes holding an
-approximate pair at all, which geometry pairs were in contact. The first reverse pass of the rollout reads the record
+approximate pair at all, which geometry pairs came within contact range (the broad phase's candidates). The first reverse pass of the rollout reads the record
 once and reports what it found (strict mode: a `GradientBreakWarning` of kind `APPROXIMATE_CONTACT` or
 `UNCONVERGED_SOLVE`, a `GradientBreakError` in "raise" mode), as does the doctor.
 """
@@ -50,8 +50,9 @@ APPROXIMATE_PAIRS: dict[tuple[int, int], str] = {
 # or through a closed-form forward the reverse does not reconstruct.
 _CURVED = (_T.SPHERE, _T.ELLIPSOID, _T.CYLINDER, _T.CAPSULE)
 _CURVED_ERROR = (
-    "exact only where flat faces meet (2e-8 measured for a lying capsule or an upright cylinder on a box): the reverse "
-    "reconstructs the contact from a polytope approximation of the curved surface"
+    "the differentiable detection misses some of them, a cylinder or a capsule resting on a box sinks into it where a "
+    "non-differentiable scene holds it, and the reverse reconstructs the others from a polytope approximation of the "
+    "curved surface"
 )
 _SDF_ERROR = "not differentiated: the reverse does not reconstruct signed-distance contacts"
 
@@ -84,7 +85,7 @@ class _Monitor:
     unconverged: list = field(default_factory=list)
     #: Flat (i_a * n_geoms + i_b) approximate pairs in contact during the rollout, and a last entry for the others.
     contacts: torch.Tensor | None = None
-    #: (max_contacts, 1) slot indices, compared with the live contact counts.
+    #: (max_pairs, 1) slot indices, compared with the live counts of candidate pairs.
     slots: torch.Tensor | None = None
     #: The rollouts whose findings were recorded (doctor or backward) and warned of (backward).
     recorded: int = -1
@@ -110,8 +111,8 @@ def _monitor(solver: RigidSolver) -> _Monitor:
             if table.any():
                 approximate = table.to(gs.device)
         monitor = record.accuracy = _Monitor(approximate, _views(solver) if gs.use_zerocopy else None)
-        max_contacts = solver.collider.collider_state.contact_data.geom_a.shape[0]
-        monitor.slots = torch.arange(max_contacts, device=gs.device)[:, None]
+        max_pairs = solver.collider.collider_state.broad_collision_pairs.shape[0]
+        monitor.slots = torch.arange(max_pairs, device=gs.device)[:, None]
         if approximate is not None:
             monitor.contacts = torch.zeros(approximate.numel() + 1, dtype=torch.bool, device=gs.device)
     return monitor
@@ -123,9 +124,8 @@ def _fields(solver: RigidSolver) -> dict:
     return {
         "improved": constraint_state.improved,
         "n_constraints": constraint_state.n_constraints,
-        "n_contacts": collider_state.n_contacts,
-        "geom_a": collider_state.contact_data.geom_a,
-        "geom_b": collider_state.contact_data.geom_b,
+        "n_pairs": collider_state.n_broad_pairs,
+        "pairs": collider_state.broad_collision_pairs,
     }
 
 
@@ -149,10 +149,13 @@ def _observe(solver: RigidSolver) -> None:
     table = monitor.approximate
     if table is not None:
         n = table.shape[0]
-        # The flat pair index of every live contact of an approximate pair is marked, the others go to the last entry
-        # (stale slots are masked out; a negative index of a never-written slot wraps inside the table, masked too).
-        pair = views["geom_a"] * n + views["geom_b"]
-        hits = table.view(-1)[pair] & (monitor.slots < views["n_contacts"])
+        # The candidate pairs of the broad phase (bounding boxes overlapping), not the contacts: Genesis's
+        # differentiable detection misses some contacts of curved shapes altogether. The flat index of every live
+        # candidate of an approximate pair is marked, the others go to the last entry (stale slots are masked out; a
+        # negative index of a never-written slot wraps inside the table, masked too).
+        candidates = views["pairs"]
+        pair = candidates[..., 0] * n + candidates[..., 1]
+        hits = table.view(-1)[pair] & (monitor.slots < views["n_pairs"])
         monitor.contacts[torch.where(hits, pair, n * n)] = True
 
 
@@ -213,8 +216,9 @@ def findings(sim: Simulator) -> list[tuple[BreakKind, str, str, int | None]]:
             found.append(
                 (
                     BreakKind.APPROXIMATE_CONTACT,
-                    f"the {_geom_name(solver, i_a)} touched the {_geom_name(solver, i_b)} during the rollout, and "
-                    f"Genesis's reverse of the contacts of this pair of shapes is approximate ({error}).",
+                    f"the {_geom_name(solver, i_a)} came within contact range of the {_geom_name(solver, i_b)} (their "
+                    "bounding boxes overlapped) during the rollout, and Genesis's differentiable contacts of this pair "
+                    f"of shapes are approximate ({error}).",
                     "Use shapes whose contacts are exact for the parts in contact (a box, a sphere or a convex mesh "
                     "on a plane; boxes and convex meshes on each other; two spheres), or treat this gradient as an "
                     "approximation.",

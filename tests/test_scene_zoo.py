@@ -1,0 +1,167 @@
+"""
+The contract for scenes: every gradient is exact (central differences), or the user is told.
+
+Hypothesis draws (fixed budget, derandomized) a free body of every primitive (box, sphere, capsule, cylinder,
+ellipsoid, a convex mesh from Genesis's own assets) resting, tilted onto an edge or lying on a plane, or a box or a
+cylinder on a box, pushed by a tracked force and torque for a few steps, then checks the gradient of its pose against
+finite differences. An example passes when the gradient is exact (1e-5 relative at the closest of three steps) or when
+the backward pass issued a `GradientBreakWarning` (an approximate contact or an unconverged solve).
+
+`GENESIS_GRAD_PATCH_ZOO_LOG=FILE` appends each example's outcome to FILE instead of asserting (to count the silently
+wrong scenes of a build).
+"""
+
+import os
+import warnings
+
+import genesis as gs
+import pytest
+import torch
+from helpers import central_fd
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from genesis_grad_patch import strict
+
+pytestmark = pytest.mark.plugin_only
+
+LOG = os.environ.get("GENESIS_GRAD_PATCH_ZOO_LOG")
+ELLIPSOID = """<mujoco><worldbody><body><freejoint/><geom type="ellipsoid" size="0.12 0.09 0.06"/></body></worldbody>
+</mujoco>"""
+CAPSULE = """<mujoco><worldbody><body><freejoint/><geom type="capsule" size="0.06 0.1"/></body></worldbody></mujoco>"""
+SHAPES = ("box", "sphere", "capsule", "cylinder", "mesh", "ellipsoid", "box_on_box", "cylinder_on_box")
+
+
+def _morph(name: str, tmp_path):
+    if name in ("ellipsoid", "capsule"):
+        path = tmp_path / f"{name}.xml"
+        path.write_text(ELLIPSOID if name == "ellipsoid" else CAPSULE)
+        return gs.morphs.MJCF(file=str(path))
+    if name.startswith("box"):
+        return gs.morphs.Box(size=(0.2, 0.16, 0.12))
+    if name.startswith("cylinder"):
+        return gs.morphs.Cylinder(radius=0.08, height=0.12)
+    if name == "sphere":
+        return gs.morphs.Sphere(radius=0.08)
+    return gs.morphs.Mesh(file="meshes/sphere.obj", scale=0.08)  # Genesis's own asset, convexified
+
+
+def _depth_below_center(name: str, rotation: torch.Tensor) -> float:
+    """How far the shape reaches below its centre in the world, at this orientation."""
+    up = rotation[2]  # the world z axis in the body frame, as a row of R
+    if name.startswith("box"):
+        return float((up.abs() * torch.tensor([0.1, 0.08, 0.06], dtype=up.dtype)).sum())
+    if name == "capsule":
+        return float(0.1 * up[2].abs() + 0.06)
+    if name.startswith("cylinder"):
+        return float(0.06 * up[2].abs() + 0.08 * (1.0 - up[2] ** 2).clamp(min=0.0).sqrt())
+    if name == "ellipsoid":
+        return float(((up * torch.tensor([0.12, 0.09, 0.06], dtype=up.dtype)) ** 2).sum().sqrt())
+    return 0.08  # sphere and sphere mesh
+
+
+@pytest.fixture(scope="module")
+def zoo(tmp_path_factory):
+    """One scene per shape, built on first use."""
+    tmp_path = tmp_path_factory.mktemp("zoo")
+    built = {}
+
+    def get(name: str):
+        if name not in built:
+            scene = gs.Scene(
+                sim_options=gs.options.SimOptions(dt=0.01, requires_grad=True),
+                rigid_options=gs.options.RigidOptions(tolerance=1e-12, iterations=200),
+                show_viewer=False,
+            )
+            scene.add_entity(gs.morphs.Plane())
+            if name.endswith("_on_box"):
+                scene.add_entity(gs.morphs.Box(size=(0.6, 0.6, 0.2), pos=(0.0, 0.0, 0.1), fixed=True))
+            body = scene.add_entity(_morph(name, tmp_path))
+            scene.build()
+            built[name] = (scene, body)
+        return built[name]
+
+    return get
+
+
+def _quat(roll: float, yaw: float) -> torch.Tensor:
+    half_r, half_y = torch.tensor(roll / 2), torch.tensor(yaw / 2)
+    q_roll = torch.stack([half_r.cos(), half_r.sin(), torch.tensor(0.0), torch.tensor(0.0)])
+    q_yaw = torch.stack([half_y.cos(), torch.tensor(0.0), torch.tensor(0.0), half_y.sin()])
+    return gs.utils.geom.transform_quat_by_quat(q_roll.double(), q_yaw.double())
+
+
+@settings(max_examples=30, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@given(
+    name=st.sampled_from(SHAPES),
+    pose=st.sampled_from(["resting", "tilted", "lying"]),
+    yaw=st.floats(-3.0, 3.0),
+    push=st.lists(st.floats(0.2, 2.0), min_size=2, max_size=2),
+    twist=st.lists(st.floats(0.005, 0.05), min_size=3, max_size=3),
+    signs=st.lists(st.sampled_from([-1.0, 1.0]), min_size=5, max_size=5),
+    steps=st.integers(3, 10),
+)
+def test_every_gradient_is_exact_or_reported(zoo, name, pose, yaw, push, twist, signs, steps):
+    scene, body = zoo(name)
+    roll = {"resting": 0.0, "tilted": 0.3, "lying": 1.5707963267948966}[pose]
+    quat = _quat(roll, yaw)
+    # Sunk by 1 mm into its support: in contact from the first step (a tilted body then settles onto its face).
+    support = 0.2 if name.endswith("_on_box") else 0.0
+    height = support + _depth_below_center(name, gs.utils.geom.quat_to_R(quat)) - 1e-3
+    pos = torch.tensor([0.0, 0.0, height], dtype=torch.float64)
+
+    def loss(f: torch.Tensor) -> torch.Tensor:
+        scene.reset()
+        body.set_pos(pos)
+        body.set_quat(quat)
+        for _ in range(steps):
+            body.control_dofs_force(f, dofs_idx_local=list(range(6)))
+            scene.step()
+        weights = torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)
+        return (body.get_pos() * weights).sum() + (body.get_quat() * torch.tensor([0.5, 0.3, 0.7, 0.2])).sum()
+
+    # Loads away from zero: a body at rest under no tangential load at all sits where the friction rows are degenerate
+    # (see test_body_at_rest_under_no_load).
+    f0 = torch.tensor([*push, 0.0, *twist], dtype=torch.float64) * torch.tensor([*signs[:2], 1.0, *signs[2:]])
+    f = f0.clone().requires_grad_()
+    value = loss(f)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        value.backward()
+    reported = [str(w.message) for w in caught if issubclass(w.category, strict.GradientBreakWarning)]
+    errors = []
+    for eps in (1e-3, 1e-4, 1e-5):
+        fd = central_fd(loss, f0, eps=eps)
+        errors.append(((f.grad - fd).abs().max() / max(fd.abs().max().item(), 1e-9)).item())
+    error = min(errors)
+    if LOG:
+        with open(LOG, "a") as log:
+            log.write(f"{name} {pose} steps={steps} error={error:.2e} reported={bool(reported)}\n")
+        return
+    assert error <= 1e-5 or reported, f"{name} {pose}: relative error {error:.2e}, nothing reported"
+
+
+@pytest.mark.xfail(strict=True, reason="Genesis's constraint adjoint at a degenerate friction state: not yet reported")
+def test_body_at_rest_under_no_load(zoo):
+    """A box at rest, square on the plane, pushed by a zero force: the loss is differentiable there (one-sided
+    differences agree to 1e-7), but every friction row carries exactly zero force, which the constraint adjoint reads
+    as inactive: 0.81 relative error, nothing said. Any load breaks the tie (the zoo above)."""
+    scene, body = zoo("box")
+    pos = torch.tensor([0.0, 0.0, 0.059], dtype=torch.float64)
+
+    def loss(f: torch.Tensor) -> torch.Tensor:
+        scene.reset()
+        body.set_pos(pos)
+        for _ in range(3):
+            body.control_dofs_force(f, dofs_idx_local=list(range(6)))
+            scene.step()
+        return (body.get_pos() * torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)).sum()
+
+    f = torch.zeros(6, dtype=torch.float64, requires_grad=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        loss(f).backward()
+    reported = [w for w in caught if issubclass(w.category, strict.GradientBreakWarning)]
+    fd = central_fd(loss, torch.zeros(6, dtype=torch.float64), eps=1e-4)
+    error = ((f.grad - fd).abs().max() / fd.abs().max()).item()
+    assert error <= 1e-5 or reported, f"relative error {error:.2e}, nothing reported"
