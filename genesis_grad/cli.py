@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, command in SUBCOMMANDS.items():
         command.add_arguments(sub.add_parser(name, help=command.help, description=command.help))
-    # `doctor` and `gradcheck` (issue 4) set their own handler as `func`.
+    # `doctor` and `gradcheck` set their own handler as `func`.
     from . import cli_diagnostics
 
     cli_diagnostics.register(sub)
@@ -551,7 +551,7 @@ def _cmd_demo(args) -> int:
     return 0
 
 
-# `genesis-grad sysid generate | fit` (issue 13's application) registers itself; imported last, after `register`.
+# `genesis-grad sysid generate | fit` registers itself; imported last, after `register`.
 from .sysid import cli as _sysid_cli  # noqa: E402, F401
 
 if __name__ == "__main__":

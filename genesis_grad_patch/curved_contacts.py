@@ -194,20 +194,18 @@ def kernel_plane_curved_contacts_diff(
 
 
 @qd.kernel(fastcache=True)
-def kernel_clear_contact_grads(first: qd.types.ndarray(), collider_state: array_class.ColliderState):
-    """Zero the upstream gradients of the appended contacts, once their own reverse has used them."""
+def kernel_clear_contact_grads(
+    first: qd.types.ndarray(), collider_state: array_class.ColliderState, with_friction: qd.template()
+):
+    """Zero the upstream gradients of the appended contacts, once their own reverse has used them (their friction's
+    too where the contact data has gradient storage for it)."""
     for i_c, i_b in qd.ndrange(collider_state.contact_data.pos.shape[0], collider_state.n_contacts.shape[0]):
         if i_c >= first[i_b] and i_c < collider_state.n_contacts[i_b]:
             collider_state.contact_data.pos.grad[i_c, i_b] = qd.Vector.zero(gs.qd_float, 3)
             collider_state.contact_data.normal.grad[i_c, i_b] = qd.Vector.zero(gs.qd_float, 3)
             collider_state.contact_data.penetration.grad[i_c, i_b] = 0.0
-
-
-@qd.kernel(fastcache=True)
-def kernel_clear_friction_grads(first: qd.types.ndarray(), collider_state: array_class.ColliderState):
-    for i_c, i_b in qd.ndrange(collider_state.contact_data.pos.shape[0], collider_state.n_contacts.shape[0]):
-        if i_c >= first[i_b] and i_c < collider_state.n_contacts[i_b]:
-            collider_state.contact_data.friction.grad[i_c, i_b] = 0.0
+            if qd.static(with_friction):
+                collider_state.contact_data.friction.grad[i_c, i_b] = 0.0
 
 
 @dataclass
@@ -300,9 +298,7 @@ def _backward_narrowphase(self: Collider) -> None:
             self.collider_info,
             solver._errno,
         )
-        kernel_clear_contact_grads(state.first, collider_state)
-        if collider_state.contact_data.friction.has_grad():
-            kernel_clear_friction_grads(state.first, collider_state)
+        kernel_clear_contact_grads(state.first, collider_state, collider_state.contact_data.friction.has_grad())
     patching.original(Collider, "backward_narrowphase")(self)
 
 

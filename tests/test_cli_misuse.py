@@ -1,5 +1,5 @@
 """
-Misuse of the ``genesis-grad`` CLI, of policy checkpoints and of reference CSVs (issue 10, items 12-16).
+Misuse of the ``genesis-grad`` CLI, of policy checkpoints and of reference CSVs.
 
 Every case must end in one clear line (a ``ValueError`` message, or one line on stderr and a non-zero exit status at
 the CLI), never a traceback, a hang or a silent wrong result. No test builds a scene: the ``SteeringSim`` the commands

@@ -1,5 +1,5 @@
 """
-Devices and broadcasting of the control and getter paths (review of issue 11, comments 3-5), in both modes.
+Devices and broadcasting of the control and getter paths, in both modes.
 
 - A per-environment input of shape (n_envs,), which the control writers accept through Genesis's `broadcast_tensor`,
   gets the gradient `broadcast_tensor`'s own rules give it (it crashed in backward with a raw `broadcast_shapes` error).

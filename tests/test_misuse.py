@@ -1,6 +1,6 @@
 """
-Misuse of the differentiable rollout: each gets a clear error at the point of misuse and leaves nothing behind
-(issue 10, items 1-7). Each test fails on the old main (noted per test). The plugin does it in `tape_guards.py`, the
+Misuse of the differentiable rollout: each gets a clear error at the point of misuse and leaves nothing behind. Each
+test fails without its guard (noted per test). The plugin does it in `tape_guards.py`, the
 upstream series in patch 0003; both run these tests (the reload test is the plugin's alone).
 """
 
@@ -64,7 +64,7 @@ def test_tracked_inputs_are_written_by_value(arms3):
 
 
 def test_duplicated_indices_with_tracked_target_are_refused(arm, arms3):
-    """Old main: the dof is driven by the last duplicate, the whole gradient goes to the first entry, silently."""
+    """Without the guard: the dof is driven by the last duplicate, the whole gradient goes to the first entry, silently."""
     scene, arm_ = arm
     x = torch.tensor([0.3, -0.2], dtype=torch.float64, requires_grad=True)
     scene.reset()
@@ -83,7 +83,7 @@ def test_duplicated_indices_with_tracked_target_are_refused(arm, arms3):
 
 
 def test_failed_backward_leaves_nothing_behind(arm):
-    """Old main (and stock): after "Nan grad in qpos or dofs_vel", the next clean rollout's gradient was all zeros."""
+    """Without the guard (and on stock Genesis): after "Nan grad in qpos or dofs_vel", the next clean rollout's gradient was all zeros."""
     scene, arm_ = arm
     x = torch.tensor([0.3, -0.2], dtype=torch.float64, requires_grad=True)
     (clean,) = torch.autograd.grad(_rollout(scene, arm_, x), x)
@@ -95,7 +95,7 @@ def test_failed_backward_leaves_nothing_behind(arm):
 
 
 def test_rejected_call_is_taken_off_the_tape(arm):
-    """Old main: the rejected call stayed taped, so every later step (even after a reset) raised the same error."""
+    """Without the guard: the rejected call stayed taped, so every later step (even after a reset) raised the same error."""
     scene, arm_ = arm
     scene.reset()
     with pytest.raises(gs.GenesisException):
@@ -109,7 +109,7 @@ def test_rejected_call_is_taken_off_the_tape(arm):
 
 
 def test_inplace_modified_target_is_detected(arm):
-    """Old main: the replay used the modified value and the gradient changed, with no error."""
+    """Without the guard: the replay used the modified value and the gradient changed, with no error."""
     scene, arm_ = arm
     x = torch.tensor([0.3, -0.2], dtype=torch.float64, requires_grad=True)
     target = x * 1.0
@@ -127,7 +127,7 @@ def test_inplace_modified_target_is_detected(arm):
 
 
 def test_no_grad_steps_are_named(arm):
-    """Old main: "can't retain_grad on Tensor that has requires_grad=False" from deep inside Genesis."""
+    """Without the guard: "can't retain_grad on Tensor that has requires_grad=False" from deep inside Genesis."""
     scene, arm_ = arm
     x = torch.tensor([0.3, -0.2], dtype=torch.float64, requires_grad=True)
     scene.reset()
@@ -168,7 +168,7 @@ RELOADED = ["control", "getters", "replay", "tape_guards", "compat", "strict", "
 @pytest.mark.plugin_only
 def test_reload_of_a_submodule_keeps_working():
     """
-    Old main: reloading `control` captured the patched `assign_indexed_tensor` as the stock one: RecursionError.
+    Without the guard: reloading `control` captured the patched `assign_indexed_tensor` as the stock one: RecursionError.
 
     Run apart: a reload makes new warning and error classes, which would no longer match the ones the other test
     modules imported.
@@ -199,7 +199,7 @@ def test_reload_of_a_submodule_keeps_working():
 
 
 def test_double_backward_is_refused():
-    """Old main (and stock): `torch.autograd.grad(..., create_graph=True)` segfaulted. Run apart: a crash is a crash."""
+    """Without the guard (and on stock Genesis): `torch.autograd.grad(..., create_graph=True)` segfaulted. Run apart: a crash is a crash."""
     result = _in_a_fresh_process(
         """
         x = torch.tensor([0.3, -0.2], dtype=torch.float64, requires_grad=True)

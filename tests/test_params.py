@@ -1,5 +1,5 @@
 """
-Differentiable model parameters (issue 13), against central finite differences: the dof parameters (kp, kv, damping,
+Differentiable model parameters, against central finite differences: the dof parameters (kp, kv, damping,
 armature, stiffness), the inertial properties of the links (mass, inertia, center of mass, `set_mass`) and the initial
 configuration; and the refusals of what is not differentiable. Both modes: the plugin and patch 0008; the strict-mode
 reports are plugin-only.
@@ -156,7 +156,7 @@ def test_initial_configuration_gradient_matches_fd(arm, method):
 @pytest.mark.plugin_only  # strict mode's report
 def test_configuration_set_between_steps(arm):
     """
-    Tracked: refused. Untracked: it cuts the gradient of the configuration it overwrote (old main: 0.66 relative
+    Tracked: refused. Untracked: it cuts the gradient of the configuration it overwrote (without the guard: 0.66 relative
     error, silently), and strict mode says the rest is approximate (1.2e-2: the link poses derived from it).
     """
     scene, arm = arm

@@ -4,7 +4,7 @@ The contract of replay fidelity, as a property: any control schedule gets FD-exa
 Per control tick (every `decimation` steps), zero to two calls of any kind (none, force, position, velocity,
 position+velocity), on random dof subsets, tracked or not, on an entity or on the solver, on random environment subsets
 of batched scenes; gains changed between steps; horizons of 1-40 steps; substeps 1 and 2. Every probed coordinate of
-the tracked inputs matches central finite differences (float64, 1e-6 relative). On the old main (before `replay.py`), 28 of the 40
+the tracked inputs matches central finite differences (float64, 1e-6 relative). Without `replay.py`, 28 of the 40
 schedules of this budget were wrong.
 
 `GENESIS_GRAD_PATCH_SCHEDULE_LOG=FILE` appends each example's relative error to FILE instead of asserting (to count

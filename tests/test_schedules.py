@@ -3,7 +3,7 @@ Control schedules a real controller uses: decimated, held, overridden targets, m
 
 In a differentiable scene the reverse pass rebuilds each step from its checkpoint and replays the calls taped at that
 step. A step without a call must then be replayed with the targets, modes and parameters it ran with, not with those
-of the last call of the rollout. Each test is one row of the table of issue 9 (measured on the old main: 2e-3 to 0.76
+of the last call of the rollout. Each test is one row of the README's replay table (measured without `replay.py`: 2e-3 to 0.76
 relative error), checked against central finite differences in float64.
 """
 
@@ -70,7 +70,7 @@ def _arg(values) -> torch.Tensor:
 
 
 def test_decimated_position_target(arm):
-    """A policy at 1/5 of the simulation rate: a tracked target every 5th step, held in between (old main: 2.1e-3)."""
+    """A policy at 1/5 of the simulation rate: a tracked target every 5th step, held in between (without the replay record: 2.1e-3)."""
     scene, arm = arm
 
     def apply(t, x):
@@ -81,7 +81,7 @@ def test_decimated_position_target(arm):
 
 
 def test_held_position_target_then_force(arm):
-    """A tracked target held 4 steps, then an untracked force takes the dofs over (old main: 0.64)."""
+    """A tracked target held 4 steps, then an untracked force takes the dofs over (without the replay record: 0.64)."""
     scene, arm = arm
 
     def apply(t, x):
@@ -94,7 +94,7 @@ def test_held_position_target_then_force(arm):
 
 
 def test_held_force_then_position_target(arm):
-    """A tracked force held 4 steps, then an untracked position target (old main and stock Genesis: 0.76)."""
+    """A tracked force held 4 steps, then an untracked position target (without the replay record, and stock Genesis: 0.76)."""
     scene, arm = arm
 
     def apply(t, x):
@@ -109,7 +109,7 @@ def test_held_force_then_position_target(arm):
 
 
 def test_velocity_then_position_target(arm):
-    """A tracked velocity target at step 0, a tracked position target at step 3 (old main: 8.7e-4)."""
+    """A tracked velocity target at step 0, a tracked position target at step 3 (without the replay record: 8.7e-4)."""
     scene, arm = arm
 
     def apply(t, x):
@@ -136,7 +136,7 @@ def test_decimated_env_subset_with_untracked_call(arms4):
 
 
 def test_gain_changed_mid_rollout(arm):
-    """A tracked initial velocity, then `set_dofs_kv` changes the gain at step 10 of 20 (old main and stock: 0.52)."""
+    """A tracked initial velocity, then `set_dofs_kv` changes the gain at step 10 of 20 (without the replay record, and stock: 0.52)."""
     scene, arm = arm
     kv = arm.get_dofs_kv().clone()
 

@@ -416,7 +416,7 @@ def _helper_that_detaches(x: torch.Tensor) -> torch.Tensor:
     ids=["detach", "item", "tolist", "tolist_rebuilt", "data", "detach_numpy", "helper"],
 )
 def test_common_detaches_are_caught_in_raise_mode(grad_arm, cut, how):
-    """Old main: only a detached named local or `gs.from_torch(detach=True)` was caught; these passed silently."""
+    """Without the detach watch: only a detached named local or `gs.from_torch(detach=True)` was caught; these passed silently."""
     scene, arm = grad_arm
     policy = torch.nn.Linear(2, 2).double()
     scene.reset()
@@ -453,7 +453,7 @@ def test_constructors_are_watched_from_the_first_cut(grad_arm):
 
 
 def test_doctor_names_the_detach_of_a_parameter_output(grad_arm):
-    """Old main: the doctor said the parameters were "used neither by the loss nor by any input of the rollout"."""
+    """Without the break record: the doctor said the parameters were "used neither by the loss nor by any input of the rollout"."""
     scene, arm = grad_arm
     policy = torch.nn.Linear(2, 2).double()
     scene.reset()

@@ -1,4 +1,4 @@
-"""System identification (issue 13's application): CSV validation, parameter selections, the generator, the loss,
+"""System identification: CSV validation, parameter selections, the generator, the loss,
 gradient steps, the gradient against finite differences, the Levenberg-Marquardt method (per-window Jacobian rows,
 step counts, convergence) and the CLI. Small: 2 windows of 25 steps on the Panda."""
 

@@ -1,6 +1,6 @@
 """
 System identification of robot model parameters (kp, kv, damping, armature per joint) from a recorded trajectory,
-by gradients through the Genesis rollout (issue 13's differentiable parameter setters) or gradient-free baselines on
+by gradients through the Genesis rollout (the plugin's differentiable parameter setters) or gradient-free baselines on
 the same simulator and loss (``genesis-grad sysid``).
 
 Modules, one per concern:

@@ -27,7 +27,7 @@ import numpy as np
 
 from .errors import ParameterError
 
-# The setters of issue 13 that take tensors tracking gradients, by kind: ``entity.set_dofs_<kind>``.
+# The plugin's parameter setters that take tensors tracking gradients, by kind: ``entity.set_dofs_<kind>``.
 KINDS = ("kp", "kv", "damping", "armature")
 
 

@@ -3,7 +3,7 @@ The identification loss: mean squared joint-position error of the multiple shoot
 log-space parameter vector ``z`` (see ``parameters``), with and without its gradient.
 
 ``loss(z)`` runs the windows forward without a graph; ``loss_and_grad(z)`` runs them with the selected parameters as
-tensors tracking gradients, through the stock setters made differentiable by issue 13, and back-propagates.
+tensors tracking gradients, through the stock setters made differentiable by the plugin, and back-propagates.
 ``window_vjp(z, vector)`` gives, in a scene with one parameter copy per window (``SysIdSim(per_env_params=True)``),
 the vector-Jacobian product of each window's residuals separately: ``v_b^T J_b`` for every window ``b`` from one
 reverse pass, the rows the Gauss-Newton method builds ``J^T J`` from (see ``optimize``). The counts: every simulated
@@ -21,12 +21,12 @@ from .trajectory import Trajectory
 
 
 class GradientUnavailable(RuntimeError):
-    """The model parameters do not receive gradients: the differentiable parameter setters (issue 13) are missing."""
+    """The model parameters do not receive gradients: the plugin's differentiable parameter setters are missing."""
 
     def __init__(self, detail: str):
         super().__init__(
             f"the model parameters got no gradient ({detail}): this install lacks differentiable parameter setters "
-            "(genesis_grad_patch.params, issue 13); use a gradient-free method (cma, nelder-mead)"
+            "(genesis_grad_patch.params); use a gradient-free method (cma, nelder-mead)"
         )
 
 

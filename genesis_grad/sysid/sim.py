@@ -4,7 +4,7 @@ recorded control targets from recorded states (multiple shooting windows, one wi
 
 The scene has gravity, but no collisions and no joint limits: identification data is free-space motion inside the
 limits (the generator keeps its targets inside them), and constraints would make the gradient of armature
-unavailable (issue 13 refuses a tracked armature where constraint rows read it).
+unavailable (the plugin refuses a tracked armature where constraint rows read it).
 
 Simulated steps are counted per environment: a window of ``W`` steps in a batch of ``B`` windows costs ``W * B``
 forward steps; ``SysIdProblem`` counts each reversed step as one backward step.
@@ -188,7 +188,7 @@ class SysIdSim:
         ----------
         params : dict
             kind -> (values, local dof indices): passed to ``robot.set_dofs_<kind>`` after ``scene.reset()`` and
-            before the first step (values may track gradients: issue 13). Parameters not given get the model's values.
+            before the first step (values may track gradients). Parameters not given get the model's values.
             Values are shared by every window (shape (n,)) or, with ``per_env_params``, one row per window (B, n).
         windows : Windows
 
