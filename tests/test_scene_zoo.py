@@ -7,6 +7,10 @@ cylinder on a box, pushed by a tracked force and torque for a few steps, then ch
 finite differences. An example passes when the gradient is exact (1e-5 relative at the closest of three steps) or when
 the backward pass issued a `GradientBreakWarning` (an approximate contact or an unconverged solve).
 
+A second generator draws articulated chains (hinge and slide joints, limits pressed by gravity and by targets beyond
+them, friction loss, damping, armature, a connect equality closing the loop), 1 or 2 envs, 1 or 2 substeps, tracked
+position targets under a random schedule (set, held, skipped) and an optionally tracked kp, with the same contract.
+
 `GENESIS_GRAD_PATCH_ZOO_LOG=FILE` appends each example's outcome to FILE instead of asserting (to count the silently
 wrong scenes of a build).
 """
@@ -165,3 +169,115 @@ def test_body_at_rest_under_no_load(zoo):
     fd = central_fd(loss, torch.zeros(6, dtype=torch.float64), eps=1e-4)
     error = ((f.grad - fd).abs().max() / fd.abs().max()).item()
     assert error <= 1e-5 or reported, f"relative error {error:.2e}, nothing reported"
+
+
+# Articulated chains: a fixed base, three links (the second joint a hinge or a slide), optional joint limits that the
+# targets reach beyond, friction loss, damping, armature, and an optional connect equality pinning the tip to the
+# world (a closed loop) or a weld to a free link. Built once per variant.
+CHAIN = """<mujoco><option gravity="0 0 -9.81"/><worldbody>
+<body name="l1" pos="0 0 1"><joint name="j1" type="hinge" axis="0 1 0" {limit1} {dof}/>
+<geom type="capsule" fromto="0 0 0 0.3 0 0" size="0.03" mass="1"/>
+<body name="l2" pos="0.3 0 0"><joint name="j2" type="{kind2}" axis="{axis2}" {limit2} {dof}/>
+<geom type="box" size="0.12 0.03 0.03" pos="0.12 0 0" mass="0.8"/>
+<body name="l3" pos="0.25 0 0"><joint name="j3" type="hinge" axis="0 1 0" {dof}/>
+<geom type="sphere" size="0.04" pos="0.1 0 0" mass="0.5"/><site name="tip" pos="0.2 0 0"/></body></body></body>
+</worldbody>{equality}</mujoco>"""
+CONNECT = '<equality><connect body1="l3" body2="world" anchor="0.2 0 0"/></equality>'
+
+
+@pytest.fixture(scope="module")
+def chains(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("chains")
+    built = {}
+
+    def get(slide: bool, limits: bool, lossy: bool, connect: bool, n_envs: int, substeps: int):
+        key = (slide, limits, lossy, connect, n_envs, substeps)
+        if key not in built:
+            dof = 'damping="0.3" armature="0.02"' + (' frictionloss="0.2"' if lossy else "")
+            xml = CHAIN.format(
+                limit1='limited="true" range="-0.35 0.35"' if limits else "",
+                kind2="slide" if slide else "hinge",
+                axis2="1 0 0" if slide else "0 1 0",
+                limit2=('limited="true" range="-0.04 0.04"' if slide else 'limited="true" range="-0.3 0.3"')
+                if limits
+                else "",
+                dof=dof,
+                equality=CONNECT if connect else "",
+            )
+            path = tmp_path / ("chain_" + "_".join(str(int(k)) for k in key) + ".xml")
+            path.write_text(xml)
+            scene = gs.Scene(
+                sim_options=gs.options.SimOptions(dt=0.01, substeps=substeps, requires_grad=True),
+                rigid_options=gs.options.RigidOptions(tolerance=1e-12, iterations=200, enable_self_collision=False),
+                show_viewer=False,
+            )
+            arm = scene.add_entity(gs.morphs.MJCF(file=str(path)))
+            scene.build(n_envs=n_envs)
+            arm.set_dofs_kp(torch.tensor([40.0, 60.0, 20.0], dtype=torch.float64))
+            arm.set_dofs_kv(torch.tensor([2.0, 3.0, 1.0], dtype=torch.float64))
+            built[key] = (scene, arm)
+        return built[key]
+
+    return get
+
+
+@settings(max_examples=12, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@given(
+    slide=st.booleans(),
+    limits=st.booleans(),
+    lossy=st.booleans(),
+    connect=st.booleans(),
+    n_envs=st.sampled_from([0, 2]),
+    substeps=st.sampled_from([1, 2]),
+    schedule=st.lists(st.sampled_from(["set", "hold", "skip"]), min_size=4, max_size=8),
+    reach=st.floats(0.2, 0.8),
+    track_kp=st.booleans(),
+)
+def test_every_chain_gradient_is_exact_or_reported(
+    chains, slide, limits, lossy, connect, n_envs, substeps, schedule, reach, track_kp
+):
+    """Position targets (beyond the limits when `reach` is large) at the steps `schedule` marks "set", the last target
+    held on "hold", and no control call on "skip"; optionally a tracked kp; loss on the joint positions and the tip."""
+    scene, arm = chains(slide, limits, lossy, connect, n_envs, substeps)
+    batch = (n_envs,) if n_envs else ()
+    base = torch.tensor([reach, 0.05 if slide else -reach, 0.5 * reach], dtype=torch.float64)
+    x0 = torch.cat([base.expand(*batch, 3).reshape(-1), torch.tensor([40.0], dtype=torch.float64)])
+
+    # Started 1 cm (or 1 cm of travel) inside the limits, which gravity and the targets then press against.
+    q_start = torch.tensor([0.34, 0.03 if slide else -0.29, 0.1], dtype=torch.float64).expand(*batch, 3)
+
+    def loss(x: torch.Tensor) -> torch.Tensor:
+        scene.reset()
+        arm.set_qpos(q_start)
+        target = x[:-1].reshape(*batch, 3)
+        if track_kp:
+            arm.set_dofs_kp(torch.stack([x[-1], x[-1] * 1.5, x[-1] * 0.5]))
+        held = None
+        for k, what in enumerate(schedule):
+            if what == "set":
+                held = target * (1.0 + 0.1 * k)
+            if held is not None and what != "skip":
+                arm.control_dofs_position(held)
+            scene.step()
+        tip = arm.get_links_pos()[..., -1, :]
+        return (arm.get_qpos() * torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)).sum() + (tip**2).sum()
+
+    x = x0.clone().requires_grad_()
+    value = loss(x)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        value.backward()
+    reported = [str(w.message) for w in caught if issubclass(w.category, strict.GradientBreakWarning)]
+    grad = x.grad if x.grad is not None else torch.zeros_like(x)
+    errors = []
+    for eps in (1e-4, 1e-5, 1e-6):
+        fd = central_fd(loss, x0, eps=eps)
+        errors.append(((grad - fd).abs().max() / max(fd.abs().max().item(), 1e-9)).item())
+    error = min(errors)
+    arm.set_dofs_kp(torch.tensor([40.0, 60.0, 20.0], dtype=torch.float64))
+    case = f"slide={slide} limits={limits} lossy={lossy} connect={connect} envs={n_envs} substeps={substeps} {schedule}"
+    if LOG:
+        with open(LOG, "a") as log:
+            log.write(f"chain {case} error={error:.2e} reported={bool(reported)}\n")
+        return
+    assert error <= 1e-5 or reported, f"{case}: relative error {error:.2e}, nothing reported"
