@@ -173,7 +173,7 @@ def test_body_at_rest_under_no_load(zoo):
 
 # Articulated chains: a fixed base, three links (the second joint a hinge or a slide), optional joint limits that the
 # targets reach beyond, friction loss, damping, armature, and an optional connect equality pinning the tip to the
-# world (a closed loop) or a weld to a free link. Built once per variant.
+# world (a closed loop). Built once per variant.
 CHAIN = """<mujoco><option gravity="0 0 -9.81"/><worldbody>
 <body name="l1" pos="0 0 1"><joint name="j1" type="hinge" axis="0 1 0" {limit1} {dof}/>
 <geom type="capsule" fromto="0 0 0 0.3 0 0" size="0.03" mass="1"/>
