@@ -15,6 +15,13 @@ is on and the tensor tracks gradients. The constructors are wrapped from the fir
 nothing a tensor could be rebuilt from, and Genesis calls `torch.tensor` at every step (its index masks), so a rollout
 without cuts does not pay for the watch. (A constructor looked up before that, `from torch import tensor` run after the
 plugin's import, is not watched; `torch.tensor(...)` always is.)
+
+Arithmetic on a cut value is a cut too (`x.detach() * 0.5`, `torch.stack([a.detach(), b])`): from the first recorded
+cut on, a `TorchFunctionMode` (on the thread that made the cut) records the untracked result of any torch operation
+taking a recorded value, with the original cut's description. It costs one Python call per torch operation while it is
+on, strict mode only (a 100-step arm rollout with an MLP policy, two getters a step, and its backward: +1.4%). A result
+that tracks gradients (a policy fed a detached observation) is no cut and is not recorded. Arithmetic in numpy or on
+Python numbers is not followed.
 """
 
 import sys
@@ -24,6 +31,7 @@ from functools import wraps
 
 import numpy as np
 import torch
+from torch.overrides import TorchFunctionMode
 
 from . import breaks, patching
 
@@ -50,14 +58,52 @@ _installed = False
 _watching_rebuilds = False
 
 
+class _CutPropagation(TorchFunctionMode):
+    """Records the untracked results of torch operations on recorded cuts, as the same cut."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if breaks._detached and isinstance(out, torch.Tensor) and not out.requires_grad:
+            entry = _first_recorded(args)
+            if entry is None and kwargs:
+                entry = _first_recorded(tuple(kwargs.values()))
+            if entry is not None:
+                _record_derived(out, entry)
+        return out
+
+
+def _first_recorded(args: tuple) -> tuple | None:
+    for arg in args:
+        if isinstance(arg, torch.Tensor):
+            entry = breaks._detached.get(id(arg))
+            if entry is not None and entry[0]() is arg:
+                return entry
+        elif isinstance(arg, (list, tuple)) and arg and isinstance(arg[0], torch.Tensor):
+            entry = _first_recorded(tuple(arg[:_MAX_SCANNED]))
+            if entry is not None:
+                return entry
+    return None
+
+
+def _record_derived(out: torch.Tensor, entry: tuple) -> None:
+    key = id(out)
+    if key not in breaks._detached:
+        breaks._detached[key] = (weakref.ref(out, lambda _, key=key: breaks._detached.pop(key, None)), *entry[1:])
+
+
+_propagation: _CutPropagation | None = None
+
+
 def record(key: int, entry: tuple) -> None:
     """Record a value cut from a tracked tensor (`breaks._detached[key] = entry`), watching rebuilds from now on."""
-    global _watching_rebuilds
+    global _watching_rebuilds, _propagation
     breaks._detached[key] = entry
     if _installed and not _watching_rebuilds:
         _watching_rebuilds = True
         for name in REBUILDING:
             patching.patch(torch, name, _rebuilding(name), group="strict")
+        _propagation = _CutPropagation()
+        _propagation.__enter__()
 
 
 def _register(out, source: torch.Tensor, how: str) -> None:
@@ -160,7 +206,13 @@ def install() -> None:
 
 def clear() -> None:
     """Forget every recorded detach (used by `uninstall`, after strict mode's patches are reverted)."""
-    global _installed, _watching_rebuilds
+    global _installed, _watching_rebuilds, _propagation
     _installed = _watching_rebuilds = False
+    if _propagation is not None:
+        # Popped from the torch function stack if it is still there (a mode entered later by the user stays).
+        stack = torch.overrides._get_current_function_mode_stack()
+        if stack and stack[-1] is _propagation:
+            _propagation.__exit__(None, None, None)
+        _propagation = None
     breaks._detached.clear()
     _strong_keys.clear()

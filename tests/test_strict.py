@@ -412,8 +412,25 @@ def _helper_that_detaches(x: torch.Tensor) -> torch.Tensor:
         (lambda a: a.data, "`.data`"),
         (lambda a: a.detach().numpy(), "`.detach()` then `.numpy()`"),
         (_helper_that_detaches, "`.detach()`"),
+        (lambda a: a.detach() * 0.5, "`.detach()`"),
+        (lambda a: a.detach() * 1.0, "`.detach()`"),
+        (
+            lambda a: torch.stack([a[0].detach(), torch.tensor(0.0, dtype=torch.float64)]).clamp(-1.0, 1.0),
+            "`.detach()`",
+        ),
     ],
-    ids=["detach", "item", "tolist", "tolist_rebuilt", "data", "detach_numpy", "helper"],
+    ids=[
+        "detach",
+        "item",
+        "tolist",
+        "tolist_rebuilt",
+        "data",
+        "detach_numpy",
+        "helper",
+        "scaled",
+        "times_one",
+        "stacked_clamped",
+    ],
 )
 def test_common_detaches_are_caught_in_raise_mode(grad_arm, cut, how):
     """Without the detach watch: only a detached named local or `gs.from_torch(detach=True)` was caught; these passed silently."""
@@ -425,6 +442,21 @@ def test_common_detaches_are_caught_in_raise_mode(grad_arm, cut, how):
         with pytest.raises(GradientBreakError, match=re.escape(how)):
             arm.control_dofs_position(cut(policy(obs + 0.1)))
         arm.control_dofs_position(torch.tensor([0.1, 0.2], dtype=torch.float64))  # a fresh target is no detach
+        scene.step()
+
+
+def test_arithmetic_on_a_detached_input_to_a_tracked_policy_is_no_cut(grad_arm):
+    """A detached observation fed to a policy (the usual way to cut the gradient through the observation) gives a
+    tracked target: not a cut, even though the observation is derived from a recorded detach."""
+    scene, arm = grad_arm
+    policy = torch.nn.Linear(2, 2).double()
+    scene.reset()
+    with ggp.set_mode("raise"):
+        obs = arm.get_qpos().detach() * 0.5 + 0.1
+        arm.control_dofs_position(policy(obs))
+        scene.step()
+        fresh = torch.zeros(2, dtype=torch.float64) + 0.1
+        arm.control_dofs_position(fresh)
         scene.step()
 
 
