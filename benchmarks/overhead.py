@@ -10,7 +10,8 @@ process):
 - ``batched``: 4 environments, float64, the planar car, PD targets and `get_qpos` + `get_dofs_velocity` every step;
 - ``contacts``: 4 environments, float64, pybullet's racecar URDF on a plane (cylinder wheel contacts, which the plugin
   detects in closed form and stock Genesis through its plane-convex path), tracked steering forces and wheel velocity
-  targets: forward and backward of the same rollout, plugin against stock.
+  targets: forward and backward of the same rollout, plugin against stock; and the contacts alone, the plugin on both
+  sides, its closed-form wheel contacts against Genesis's differentiable plane-convex contacts of the same pairs.
 
 Targets: off-grad forward (targets and two getters every step) <= 1.01, grad-mode forward with the getters <= 1.05,
 backward of a PD-target rollout against the stock backward of the same rollout driven by `control_dofs_force` <= 1.05
@@ -26,12 +27,14 @@ import statistics
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import genesis as gs
 import torch
 
 import genesis_grad_patch as ggp
+from genesis_grad_patch import curved_contacts
 
 ROOT = Path(__file__).parents[1]
 PLANAR_CAR = str(ROOT / "tests" / "assets" / "planar_car.xml")
@@ -150,10 +153,46 @@ def run_contacts(steps: int, repeats: int) -> None:
                 plugin_bw.append(t_plugin)
         return statistics.median(stock_bw), statistics.median(plugin_bw)
 
-    rows = [
-        ("grad-mode forward, wheel contacts (closed form vs stock)", *side_by_side(rollout, rollout, repeats), 1.05),
-        ("backward, wheel contacts (closed form vs stock)", *backward_side_by_side(), 1.05),
-    ]
+    collider = scene.sim.rigid_solver.collider
+
+    def use_closed_form(on: bool) -> None:
+        # The plugin's switch for the pairs: restored to Genesis's broad phase and marked as having none (off), or
+        # left to be taken out again at the next detection (on).
+        curved_contacts.restore()
+        if not on:
+            curved_contacts._colliders[collider] = None
+
+    def contacts_side_by_side() -> tuple[tuple[float, float], tuple[float, float]]:
+        times = {False: ([], []), True: ([], [])}
+        for i in range(repeats + 1):
+            for on in (False, True):
+                use_closed_form(on)
+                rollout().backward()
+                t0 = time.process_time()
+                loss = rollout()
+                t_forward = time.process_time() - t0
+                t_backward = timed(loss.backward)
+                if i:
+                    times[on][0].append(t_forward)
+                    times[on][1].append(t_backward)
+        use_closed_form(True)
+        forward = statistics.median(times[False][0]), statistics.median(times[True][0])
+        backward = statistics.median(times[False][1]), statistics.median(times[True][1])
+        return forward, backward
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ggp.GradientBreakWarning)  # the cylinder pairs, reported on Genesis's path
+        contacts_forward, contacts_backward = contacts_side_by_side()
+        rows = [
+            (
+                "grad-mode forward, wheel contacts (closed form vs stock)",
+                *side_by_side(rollout, rollout, repeats),
+                1.05,
+            ),
+            ("backward, wheel contacts (closed form vs stock)", *backward_side_by_side(), 1.05),
+            ("grad-mode forward, contacts alone (closed form vs Genesis's, plugin on both)", *contacts_forward, 1.05),
+            ("backward, contacts alone (closed form vs Genesis's, plugin on both)", *contacts_backward, 1.05),
+        ]
     print_rows("contacts", steps, n_envs, repeats, "64", rows)
 
 

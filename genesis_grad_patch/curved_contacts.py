@@ -29,8 +29,8 @@ import weakref
 from dataclasses import dataclass
 
 import genesis as gs
+import numpy as np
 import quadrants as qd
-import torch
 
 from . import patching
 from .genesis_api import Collider, array_class, contact
@@ -165,9 +165,12 @@ def kernel_plane_curved_contacts_diff(
     dyn_info: array_class.DynInfo,
     rigid_info: array_class.RigidInfo,
     collider_info: array_class.ColliderInfo,
+    rigid_config: qd.template(),
     errno: qd.Tensor,
 ):
     """The contacts `kernel_plane_curved_contacts` appended, as functions of the poses: only its `.grad` runs."""
+    # Serial where Genesis is (the CPU): a parallel loop over this little work costs more in thread dispatch (~60 us).
+    qd.loop_config(serialize=rigid_config.para_level < gs.PARA_LEVEL.ALL)
     for i_c, i_b in qd.ndrange(collider_state.contact_data.pos.shape[0], collider_state.n_contacts.shape[0]):
         if i_c >= first[i_b] and i_c < collider_state.n_contacts[i_b]:
             i_ga = collider_state.diff_contact_input.geom_a[i_b, i_c]
@@ -195,12 +198,16 @@ def kernel_plane_curved_contacts_diff(
 
 @qd.kernel(fastcache=True)
 def kernel_clear_contact_grads(
-    first: qd.types.ndarray(), collider_state: array_class.ColliderState, with_friction: qd.template()
+    first: qd.types.ndarray(),
+    collider_state: array_class.ColliderState,
+    rigid_config: qd.template(),
+    with_friction: qd.template(),
 ):
     """Zero the upstream gradients of the appended contacts, once their own reverse has used them (their friction's
     too where the contact data has gradient storage for it)."""
-    for i_c, i_b in qd.ndrange(collider_state.contact_data.pos.shape[0], collider_state.n_contacts.shape[0]):
-        if i_c >= first[i_b] and i_c < collider_state.n_contacts[i_b]:
+    qd.loop_config(serialize=rigid_config.para_level < gs.PARA_LEVEL.ALL)
+    for i_b in range(collider_state.n_contacts.shape[0]):
+        for i_c in range(first[i_b], collider_state.n_contacts[i_b]):
             collider_state.contact_data.pos.grad[i_c, i_b] = qd.Vector.zero(gs.qd_float, 3)
             collider_state.contact_data.normal.grad[i_c, i_b] = qd.Vector.zero(gs.qd_float, 3)
             collider_state.contact_data.penetration.grad[i_c, i_b] = 0.0
@@ -212,9 +219,12 @@ def kernel_clear_contact_grads(
 class _Pairs:
     """The plane-curved pairs of a differentiable scene, taken out of Genesis's broad phase."""
 
-    pairs: torch.Tensor  # (n, 3) int32: plane geom, curved geom, collision pair index
-    first: torch.Tensor  # (n_envs,) int32: the first slot of the appended contacts, per environment
-    feature: torch.Tensor  # (max_contacts, n_envs) int32: which contact of its pair each appended slot holds
+    # Quadrants ndarrays, not torch tensors: a kernel launch converts each torch argument anew (65 us for these
+    # three, four times as much as the rest of the launch).
+    found: list[tuple[int, int, int]]  # plane geom, curved geom, collision pair index
+    pairs: qd.Ndarray  # (n, 3) int32: `found`
+    first: qd.Ndarray  # (n_envs,) int32: the first slot of the appended contacts, per environment
+    feature: qd.Ndarray  # (max_contacts, n_envs) int32: which contact of its pair each appended slot holds
 
 
 # Collider -> _Pairs, or None for a collider with no such pair (or not differentiable).
@@ -249,10 +259,13 @@ def _pairs_of(collider: Collider) -> "_Pairs | None":
         for i_plane, i_body, _ in found:
             device_table[min(i_plane, i_body), max(i_plane, i_body)] = -1
         max_contacts = collider.collider_state.contact_data.pos.shape[0]
+        pairs = qd.ndarray(dtype=qd.i32, shape=(len(found), 3))
+        pairs.from_numpy(np.array(found, dtype=np.int32))
         state = _Pairs(
-            pairs=torch.tensor(found, dtype=torch.int32, device=gs.device),
-            first=torch.zeros(solver._B, dtype=torch.int32, device=gs.device),
-            feature=torch.zeros((max_contacts, solver._B), dtype=torch.int32, device=gs.device),
+            found=found,
+            pairs=pairs,
+            first=qd.ndarray(dtype=qd.i32, shape=(solver._B,)),
+            feature=qd.ndarray(dtype=qd.i32, shape=(max_contacts, solver._B)),
         )
     _colliders[collider] = state
     return state
@@ -296,9 +309,12 @@ def _backward_narrowphase(self: Collider) -> None:
             solver.dyn_info,
             solver.rigid_info,
             self.collider_info,
+            solver.rigid_config,
             solver._errno,
         )
-        kernel_clear_contact_grads(state.first, collider_state, collider_state.contact_data.friction.has_grad())
+        kernel_clear_contact_grads(
+            state.first, collider_state, solver.rigid_config, collider_state.contact_data.friction.has_grad()
+        )
     patching.original(Collider, "backward_narrowphase")(self)
 
 
@@ -307,7 +323,7 @@ def restore() -> None:
     for collider, state in list(_colliders.items()):
         if state is not None:
             device_table = collider.collider_info.collision_pair_idx
-            for i_plane, i_body, i_pair in state.pairs.tolist():
+            for i_plane, i_body, i_pair in state.found:
                 device_table[min(i_plane, i_body), max(i_plane, i_body)] = i_pair
     _colliders.clear()
 
