@@ -2,8 +2,8 @@
 The catalog: every Genesis method the plugin touches, with its gradient status and what replaces it.
 
 One row per method. The replacements (`replacements.py`) are built from it, strict mode's checks and the doctor's
-reasons read it, and so do the README's table (`python -m genesis_grad_patch.catalog`) and the error messages that
-list what is supported: supporting one more method is one row here plus its implementation.
+reasons read it, and so do the table in docs/differentiable.md (`python -m genesis_grad_patch.catalog`) and the error
+messages that list what is supported: supporting one more method is one row here plus its implementation.
 
 Statuses of the public methods:
 
@@ -289,7 +289,7 @@ def supported_reads_text() -> str:
 
 
 def markdown_table() -> str:
-    """The README's table of the public methods and their gradient status."""
+    """The table of the public methods and their gradient status, as docs/differentiable.md shows it."""
     lines = ["| method | entity | solver |", "|---|---|---|"]
     public = [r for r in ROWS if r.status is not Status.MACHINERY and r.owner in (ENTITY, SOLVER)]
     for name in dict.fromkeys(r.name for r in public):

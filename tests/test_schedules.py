@@ -3,7 +3,7 @@ Control schedules a real controller uses: decimated, held, overridden targets, m
 
 In a differentiable scene the reverse pass rebuilds each step from its checkpoint and replays the calls taped at that
 step. A step without a call must then be replayed with the targets, modes and parameters it ran with, not with those
-of the last call of the rollout. Each test is one row of the README's replay table (measured without `replay.py`: 2e-3 to 0.76
+of the last call of the rollout. Each test is one row of the replay table in docs/how-it-works.md (measured without `replay.py`: 2e-3 to 0.76
 relative error), checked against central finite differences in float64.
 """
 

@@ -8,7 +8,7 @@ Inputs, each scaled to O(1) by fixed constants (no learned normalization, so a c
 - ``speed``: the lateral dynamics depend on it (the same error needs less steering when driving faster);
 - ``steer``: the current wheel angle, which lags the command by the servo's ~0.1 s time constant;
 - the reference curvature at ``preview_distances`` ahead (``()`` for none): meant to let the policy turn in before an
-  error builds up. Measured (``benchmarks/steering_ablation.py``, README, before the speed preview below was added),
+  error builds up. Measured (``benchmarks/steering_ablation.py``, docs/steering.md, before the speed preview below was added),
   it does not pay off on the built-in paths: without it the MLP tracks as well or slightly better, as the error
   state, speed and wheel angle already suffice;
 - the reference speed at the same ``preview_distances`` ahead: the references' speed profiles vary along the path

@@ -15,7 +15,7 @@ that of the policy; over many steps the product can explode (an aggressive polic
    heading, then lateral position, ~0.5 s) and to see a curve coming through the preview, and short enough that
    the Jacobian product stays well conditioned. Restarting from states sampled around the whole path, with offsets,
    instead of continuing the previous window, gives independent windows (decorrelated mini-batches) and covers the
-   recovery states a policy must handle. Measured (``gradient_norm_vs_horizon``, README): with the untrained policy
+   recovery states a policy must handle. Measured (``gradient_norm_vs_horizon``, docs/steering.md): with the untrained policy
    the gradient of a late error grows like ~h^3 with the window (polynomial, not geometric); with a trained one it
    stays flat. The closed-loop gradient through the wheel contacts matches central finite differences to ~1e-9.
 2. Per-step loss discounting (``gamma``): step t weighs gamma^t (normalized). Late steps are reached through the

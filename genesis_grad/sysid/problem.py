@@ -8,7 +8,7 @@ tensors tracking gradients, through the stock setters made differentiable by the
 the vector-Jacobian product of each window's residuals separately: ``v_b^T J_b`` for every window ``b`` from one
 reverse pass, the rows the Gauss-Newton method builds ``J^T J`` from (see ``optimize``). The counts: every simulated
 environment-step is one forward step, every reversed one a backward step (a backward step of the Panda costs about 4
-forward steps of wall-clock on CPU, see the README).
+forward steps of wall-clock on CPU, see docs/sysid.md).
 """
 
 from __future__ import annotations
