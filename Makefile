@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml constraints.txt
 
 # Short end-to-end steering run: Stanley, MLP before/after, plots (2 cores: 4.5 min from an empty kernel cache, 3 warm).
 demo: $(STAMP)
-	$(VENV)/bin/genesis-grad demo --out out/demo
+	$(VENV)/bin/genesis-grad demo --out out/demo --overwrite
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests

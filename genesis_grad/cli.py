@@ -12,6 +12,7 @@ import argparse
 import importlib.util
 import json
 import math
+import os
 import sys
 import time
 import warnings
@@ -197,13 +198,40 @@ def existing_file(text: str) -> str:
 
 
 def output_dir(text: str) -> Path:
-    """argparse type: an output directory, created later; refused when empty or when it names an existing file."""
+    """argparse type: an output directory, created later; refused when empty, when it names an existing file, or when
+    it could not be created (a file on the way, a folder not writable): at parse time, not after the scene is built."""
     if not text.strip():
         raise argparse.ArgumentTypeError("needs a directory name")
     path = Path(text)
     if path.exists() and not path.is_dir():
         raise argparse.ArgumentTypeError(f"exists and is not a directory: {text!r}")
+    ancestor = path.absolute()
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise argparse.ArgumentTypeError(f"cannot be created: {str(ancestor)!r} is not a directory")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise argparse.ArgumentTypeError(f"cannot be written: {str(ancestor)!r} is not writable")
     return path
+
+
+def refuse_existing_run(command: str, out: Path, overwrite: bool) -> int:
+    """Exit status 2 with one line when `out` holds another run's checkpoints and `--overwrite` was not given; with it,
+    the old checkpoints are removed so that the directory holds one run only. 0 when the run may go on."""
+    checkpoints = out / "checkpoints"
+    found = sorted(checkpoints.glob("policy_*.pt")) if checkpoints.is_dir() else []
+    if not found:
+        return 0
+    if not overwrite:
+        print(
+            f"genesis-grad {command}: error: {str(out)!r} holds another run ({len(found)} checkpoint(s) in "
+            f"{str(checkpoints)!r}); choose another --out, or pass --overwrite to replace it",
+            file=sys.stderr,
+        )
+        return 2
+    for path in found:
+        path.unlink()
+    return 0
 
 
 def tensorboard_dir(text: str) -> Path:
@@ -293,13 +321,25 @@ def _add_wheels_argument(p: argparse.ArgumentParser) -> None:
 
 
 def _add_train_arguments(p: argparse.ArgumentParser, iterations: int) -> None:
-    p.add_argument("--iterations", type=positive_int, default=iterations, help="training windows (gradient steps)")
-    p.add_argument("--horizon", type=positive_int, default=100, help="steps per truncated BPTT window")
-    p.add_argument("--n-envs", type=positive_int, default=16, help="parallel environments")
+    p.add_argument(
+        "--iterations",
+        type=positive_int,
+        default=iterations,
+        help="training windows (gradient steps; default %(default)s)",
+    )
+    p.add_argument(
+        "--horizon", type=positive_int, default=100, help="steps per truncated BPTT window (default %(default)s)"
+    )
+    p.add_argument("--n-envs", type=positive_int, default=16, help="parallel environments (default %(default)s)")
     _add_wheels_argument(p)
     p.add_argument("--lr", type=positive_float, default=3e-3, help="Adam learning rate (default 3e-3)")
     p.add_argument("--seed", type=random_seed, default=0, help=f"random seed, 0 to {_SEED_LIMIT - 1} (default 0)")
-    p.add_argument("--out", type=output_dir, default="out", help="output directory (checkpoints, plots, metrics)")
+    p.add_argument(
+        "--out", type=output_dir, default="out", help="output directory (checkpoints, plots, metrics; default out)"
+    )
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace the run already in --out (refused without this flag)"
+    )
     p.add_argument("--no-progress", action="store_true", help="disable the tqdm progress bar")
     p.add_argument(
         "--tensorboard",
@@ -373,6 +413,8 @@ def _cmd_train(args) -> int:
     if error:
         print(f"genesis-grad train: error: {error}", file=sys.stderr)
         return 2
+    if not distributed.is_rank() and (status := refuse_existing_run("train", Path(args.out), args.overwrite)):
+        return status
     # Read once, before any rank starts: a bad CSV is one line and status 2, a warning is printed once.
     paths = getattr(args, "loaded_paths", None) or _paths_from_args(args)
     if nproc > 1 and not distributed.is_rank():
@@ -416,7 +458,7 @@ def _eval_arguments(p: argparse.ArgumentParser) -> None:
         default="full",
         help="Stanley gains searched: full (45 sets, default) or small (3 sets, quick but a weak baseline)",
     )
-    p.add_argument("--n-envs", type=positive_int, default=8, help="parallel environments")
+    p.add_argument("--n-envs", type=positive_int, default=8, help="parallel environments (default %(default)s)")
     _add_wheels_argument(p)
     p.add_argument("--out", type=output_dir, default="out", help="output directory (plots, metrics)")
 
@@ -487,6 +529,8 @@ def _cmd_demo(args) -> int:
 
     t_start = time.time()
     out = Path(args.out)
+    if status := refuse_existing_run("demo", out, args.overwrite):
+        return status
     train_paths = _paths_from_args(args)
     eval_paths = train_paths + ([P.make_path(args.held_out, speed=args.speed[0])] if args.held_out else [])
     print(f"[demo] building the car scene ({args.n_envs} envs; the first run compiles kernels, ~1-2 min)")

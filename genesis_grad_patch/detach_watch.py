@@ -63,13 +63,32 @@ class _CutPropagation(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        if breaks._detached and isinstance(out, torch.Tensor) and not out.requires_grad:
-            entry = _first_recorded(args)
-            if entry is None and kwargs:
+        # Integer and boolean results (indices, masks: a nearest-point search on a detached position) carry no value
+        # of the cut tensor to a control; nor do operations that take only the dtype, device or shape of an argument.
+        if (
+            breaks._detached
+            and isinstance(out, torch.Tensor)
+            and not out.requires_grad
+            and out.is_floating_point()
+            and func not in _METADATA_ONLY
+        ):
+            entry = _first_recorded(args[:1] if func in _SELF_ONLY else args)
+            if entry is None and kwargs and func not in _SELF_ONLY:
                 entry = _first_recorded(tuple(kwargs.values()))
             if entry is not None:
                 _record_derived(out, entry)
         return out
+
+
+# Operations whose tensor arguments other than the first give a dtype, a device or a shape, not values.
+_SELF_ONLY = frozenset(
+    getattr(torch.Tensor, name) for name in ("to", "type_as", "expand_as", "view_as", "reshape_as", "new_tensor")
+)
+# Operations whose result holds no value of any argument.
+_METADATA_ONLY = frozenset(
+    [getattr(torch, name) for name in ("zeros_like", "ones_like", "empty_like", "full_like", "rand_like", "randn_like")]
+    + [getattr(torch.Tensor, name) for name in ("new_zeros", "new_ones", "new_empty", "new_full")]
+)
 
 
 def _first_recorded(args: tuple) -> tuple | None:

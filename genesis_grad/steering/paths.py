@@ -36,6 +36,17 @@ DEFAULT_DS = 0.05
 _MIN_STEP = 1e-9
 _COS_TOLERANCE = 1e-9
 YAW_TOLERANCE_DEG = 30.0
+# The steering car's minimum turning radius (m): WHEELBASE / tan(STEER_LIMIT) = 0.6 / tan(0.5) in sim.py (a test keeps
+# them equal). Within a quarter of its circle it turns by 90 degrees at most: a path turning by more than that within
+# so short a stretch (a hairpin of two right angles, a circle tighter than the car's) cannot be followed.
+MIN_TURN_RADIUS = 1.1
+MAX_TURN_DEG = 90.0
+# Coordinates beyond this (m) are refused: no track is this large, and squared distances of larger ones overflow.
+MAX_COORDINATE = 1e6
+# Reference speeds below this (m/s) are refused: an evaluation lasts the path's duration at its reference speed.
+MIN_SPEED = 0.05
+# A vertex whose direction changes by more than this (rad) is a corner: kept exactly when the path is resampled.
+_CORNER_RAD = 0.05
 
 
 def wrap_angle(angle):
@@ -237,6 +248,9 @@ def load_reference_csv(path: str | Path, name: str | None = None) -> ReferencePa
     reader = csv.DictReader(io.StringIO(text, newline=""))
     try:
         header = [h.strip() for h in (reader.fieldnames or [])]
+        repeated = sorted({h for h in header if header.count(h) > 1 and h})
+        if repeated:
+            raise ReferenceFileError(f"{path}: column(s) {repeated} appear more than once in the header.")
         missing = [key for key in REFERENCE_KEYS if key not in header]
         if missing:
             raise ReferenceFileError(
@@ -260,6 +274,10 @@ def load_reference_csv(path: str | Path, name: str | None = None) -> ReferencePa
                 ) from None
             if not math.isfinite(value):
                 raise ReferenceFileError(f"{path}: row {i + 1}, column '{key}' is {raw_value!r} (NaN or infinite).")
+            if key in ("pos_x", "pos_y") and abs(value) > MAX_COORDINATE:
+                raise ReferenceFileError(
+                    f"{path}: row {i + 1}, column '{key}': {value:g} m is beyond {MAX_COORDINATE:g} m (not metres?)."
+                )
             columns[key][i] = value
 
     # A speed of zero makes the car stop on the path: the run never reaches the end, and the evaluation time, which is
@@ -270,6 +288,12 @@ def load_reference_csv(path: str | Path, name: str | None = None) -> ReferencePa
         kind = "negative" if speed[i] < 0.0 else "zero"
         raise ReferenceFileError(
             f"{path}: row {i + 1}: {kind} speed {speed[i]:g} m/s; reference speeds must be positive."
+        )
+    if (speed < MIN_SPEED).any():
+        i = int(np.argmax(speed < MIN_SPEED))
+        raise ReferenceFileError(
+            f"{path}: row {i + 1}: speed {speed[i]:g} m/s is below {MIN_SPEED:g} m/s (an evaluation lasts the path's "
+            "duration at its reference speed)."
         )
 
     dx, dy = np.diff(columns["pos_x"]), np.diff(columns["pos_y"])
@@ -292,8 +316,61 @@ def load_reference_csv(path: str | Path, name: str | None = None) -> ReferencePa
             f"{path}: arc length is not strictly increasing: row {i + 3} goes backwards: the path turns by "
             f"{turn:.0f} degrees at row {i + 2} (more than 90 degrees reverses the direction of travel)."
         )
+    _refuse_sharp_turns(path, dx, dy, seg)
     _warn_on_yaw_mismatch(path, columns["yaw"], np.arctan2(dy, dx))
-    return ReferencePath(**columns, name=name or path.stem)
+    return ReferencePath(**_resampled(columns, seg, dx, dy), name=name or path.stem)
+
+
+def _turns(dx: np.ndarray, dy: np.ndarray) -> np.ndarray:
+    """The signed change of direction (rad) at each interior point of a polyline."""
+    return np.arctan2(dx[:-1] * dy[1:] - dy[:-1] * dx[1:], dx[:-1] * dx[1:] + dy[:-1] * dy[1:])
+
+
+def _refuse_sharp_turns(path: Path, dx: np.ndarray, dy: np.ndarray, seg: np.ndarray) -> None:
+    """Refuse a path whose direction changes by more than `MAX_TURN_DEG` within a quarter of the car's turning
+    circle, wherever it is and however finely it is sampled (the check is in metres, not in rows)."""
+    if len(seg) < 2:
+        return
+    window = 0.5 * math.pi * MIN_TURN_RADIUS
+    s_turn = np.cumsum(seg)[:-1]  # arc length at each interior point
+    cumulative = np.concatenate([[0.0], np.cumsum(_turns(dx, dy))])
+    # For each interior point i, the net turn over the points in [s_i, s_i + window].
+    end = np.searchsorted(s_turn, s_turn + window, side="right")
+    net = cumulative[end] - cumulative[np.arange(len(s_turn))]
+    worst = int(np.argmax(np.abs(net)))
+    if abs(net[worst]) > math.radians(MAX_TURN_DEG + 0.5):
+        first, last = worst + 2, int(end[worst]) + 1  # 1-based rows of the first and last turning points
+        raise ReferenceFileError(
+            f"{path}: rows {first}-{last}: the path turns by {math.degrees(abs(net[worst])):.0f} degrees within "
+            f"{s_turn[last - 2] - s_turn[first - 2]:.3g} m, sharper than the car can follow (at most {MAX_TURN_DEG:.0f} "
+            f"degrees within {window:.2f} m, its minimum turning radius being {MIN_TURN_RADIUS} m); space the turns "
+            "further apart or round them."
+        )
+
+
+def _resampled(columns: dict, seg: np.ndarray, dx: np.ndarray, dy: np.ndarray, ds: float = DEFAULT_DS) -> dict:
+    """
+    The path at a spacing of about `ds`, its corners kept exactly: the nearest-point search and the preview count
+    samples, so a path's metrics must not depend on how finely its file was written. A file already sampled at about
+    `ds` is returned as it is.
+    """
+    if ((seg > 0.5 * ds) & (seg < 1.5 * ds)).all():
+        return columns
+    s = np.concatenate([[0.0], np.cumsum(seg)])
+    corners = np.flatnonzero(np.abs(_turns(dx, dy)) > _CORNER_RAD) + 1
+    knots = np.unique(np.concatenate([[0], corners, [len(s) - 1]]))
+    pieces = [
+        np.linspace(s[a], s[b], max(int(round((s[b] - s[a]) / ds)), 1) + 1)[:-1]
+        for a, b in zip(knots[:-1], knots[1:], strict=True)
+    ]
+    s_new = np.concatenate([*pieces, [s[-1]]])
+    out = {key: np.interp(s_new, s, columns[key]) for key in ("pos_x", "pos_y", "speed")}
+    # The yaw of the file's nearest point, as the search would have found it on the file's own points: a polyline's
+    # yaw is the heading of a whole segment, which interpolating between its corners would turn halfway.
+    after = np.clip(np.searchsorted(s, s_new), 1, len(s) - 1)
+    nearest = np.where(s_new - s[after - 1] <= s[after] - s_new, after - 1, after)
+    out["yaw"] = columns["yaw"][nearest]
+    return out
 
 
 def _yaw_disagreement(yaw: np.ndarray, seg_heading: np.ndarray) -> np.ndarray:

@@ -100,7 +100,12 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 def _add_arguments(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="sysid_command", metavar="ACTION", required=True)
-    g = sub.add_parser("generate", help="simulate a trajectory CSV with hidden ground-truth parameters")
+    g = sub.add_parser(
+        "generate",
+        help="simulate a trajectory CSV with hidden ground-truth parameters",
+        description="Simulate a trajectory CSV of a robot driven by random joint targets, with ground-truth "
+        "parameters kept apart in <out>.truth.json, for `sysid fit` to identify.",
+    )
     _add_common(g)
     g.add_argument(
         "--params-true",
@@ -132,6 +137,9 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
         type=csv_output,
         default="traj.csv",
         help="trajectory CSV (default traj.csv); the truth goes to <out>.truth.json",
+    )
+    g.add_argument(
+        "--overwrite", action="store_true", help="replace an existing --out CSV and its truth file (refused otherwise)"
     )
 
     f = sub.add_parser("fit", help="identify the parameters from a trajectory CSV")
@@ -188,6 +196,14 @@ def _generate(args) -> int:
     from .sim import SysIdSim
     from .trajectory import save_trajectory_csv
 
+    existing = [p for p in (Path(args.out), Path(args.out).with_suffix(".truth.json")) if p.exists()]
+    if existing and not args.overwrite:
+        names = " and ".join(repr(str(p)) for p in existing)
+        print(
+            f"genesis-grad sysid generate: error: {names} exist(s); choose another --out, or pass --overwrite",
+            file=sys.stderr,
+        )
+        return 2
     robot = args.robot or _default_robot()
     sim = SysIdSim(robot, dt=args.dt, n_envs=1, requires_grad=False)
     spec = parse_selection(args.identify, sim.dof_names)
