@@ -338,13 +338,16 @@ def _refuse_sharp_turns(path: Path, dx: np.ndarray, dy: np.ndarray, seg: np.ndar
     end = np.searchsorted(s_turn, s_turn + window, side="right")
     net = cumulative[end] - cumulative[np.arange(len(s_turn))]
     worst = int(np.argmax(np.abs(net)))
-    if abs(net[worst]) > math.radians(MAX_TURN_DEG + 0.5):
-        first, last = worst + 2, int(end[worst]) + 1  # 1-based rows of the first and last turning points
+    limit = math.radians(MAX_TURN_DEG + 0.5)
+    if abs(net[worst]) > limit:
+        # The shortest stretch from there that turns too far: its first and last turning points (1-based rows).
+        partial = cumulative[worst + 1 : end[worst] + 1] - cumulative[worst]
+        last = worst + int(np.argmax(np.abs(partial) > limit))
         raise ReferenceFileError(
-            f"{path}: rows {first}-{last}: the path turns by {math.degrees(abs(net[worst])):.0f} degrees within "
-            f"{s_turn[last - 2] - s_turn[first - 2]:.3g} m, sharper than the car can follow (at most {MAX_TURN_DEG:.0f} "
-            f"degrees within {window:.2f} m, its minimum turning radius being {MIN_TURN_RADIUS} m); space the turns "
-            "further apart or round them."
+            f"{path}: rows {worst + 2}-{last + 2}: the path turns by {math.degrees(abs(partial[last - worst])):.0f} "
+            f"degrees within {s_turn[last] - s_turn[worst]:.3g} m, sharper than the car can follow (at most "
+            f"{MAX_TURN_DEG:.0f} degrees within {window:.2f} m, its minimum turning radius being {MIN_TURN_RADIUS} m); "
+            "space the turns further apart or round them."
         )
 
 
