@@ -34,6 +34,7 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 from . import breaks, patching
+from .genesis_api import torch_function_modes
 
 # Tensor methods whose result is cut from the graph, and how a user would read the cut.
 DETACHING = {
@@ -229,7 +230,7 @@ def clear() -> None:
     _installed = _watching_rebuilds = False
     if _propagation is not None:
         # Popped from the torch function stack if it is still there (a mode entered later by the user stays).
-        stack = torch.overrides._get_current_function_mode_stack()
+        stack = torch_function_modes()
         if stack and stack[-1] is _propagation:
             _propagation.__exit__(None, None, None)
         _propagation = None

@@ -26,6 +26,9 @@ from genesis.utils.array_class import ArrayItem, DataKind
 from genesis.utils.misc import broadcast_tensor, data_to_array, indices_to_mask, qd_to_torch
 from quadrants.lang._fast_caching import args_hasher
 
+# Torch's private view of the torch-function mode stack: strict mode's cut propagation leaves it only from its top.
+from torch.overrides import _get_current_function_mode_stack as torch_function_modes
+
 __all__ = [
     "ArrayItem",
     "Collider",
@@ -49,6 +52,7 @@ __all__ = [
     "link_ref_frame",
     "offset_world_shift",
     "qd_to_torch",
+    "torch_function_modes",
     "rigid_solver",
     "select_links_offset",
 ]
