@@ -477,3 +477,24 @@ def test_sysid_generate_refuses_to_replace_a_truth_file(tmp_path, capsys):
     assert run_cli(["sysid", "generate", "--out", str(tmp_path / "notes.csv")]) == 2
     assert "notes.truth.json' exist(s); choose another --out, or pass --overwrite" in one_stderr_line(capsys)
     assert (tmp_path / "notes.truth.json").read_text() == "{}"
+
+
+def test_a_truncated_checkpoint_is_called_truncated(tmp_path):
+    """Before: "cannot read the policy checkpoint: Invalid argument"."""
+    path = tmp_path / "policy.pt"
+    save_policy(SteeringMLP(), path, iteration=1)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="truncated or corrupted file"):
+        load_policy(path)
+
+
+def test_a_steering_limit_beyond_90_degrees_is_refused(tmp_path):
+    """Before: `steer_limit=1e300` in a checkpoint's config was accepted."""
+    path = tmp_path / "policy.pt"
+    save_policy(SteeringMLP(), path, iteration=1)
+    record = torch.load(path, weights_only=True)
+    record["config"]["steer_limit"] = 1e300
+    torch.save(record, path)
+    with pytest.raises(ValueError, match=r"invalid value\(s\) \{'steer_limit': 1e\+300\}"):
+        load_policy(path)

@@ -20,6 +20,7 @@ layout is refused by ``load_policy`` rather than fed inputs it was not trained o
 
 from __future__ import annotations
 
+import errno
 import math
 import pickle
 import re
@@ -188,7 +189,8 @@ _CONFIG_CHECKS = {
     "hidden": lambda v: (
         isinstance(v, list | tuple) and all(isinstance(h, int) and not isinstance(h, bool) and h > 0 for h in v)
     ),
-    "steer_limit": lambda v: isinstance(v, int | float) and math.isfinite(v) and v > 0.0,
+    # A wheel angle, in radians: beyond 90 degrees a steering limit means nothing.
+    "steer_limit": lambda v: isinstance(v, int | float) and 0.0 < v <= 0.5 * math.pi,
 }
 
 
@@ -299,7 +301,13 @@ def _load_record(path: Path):
             "(as written by genesis-grad train / save_policy)."
         ) from None
     except OSError as exc:
-        raise CheckpointError(f"{path}: cannot read the policy checkpoint: {exc.strerror or exc}.") from None
+        # The file opened (it is checked above): an error while reading its archive is a cut-off or damaged file, which
+        # torch reports as a bare "Invalid argument".
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.ENOENT, errno.EISDIR):
+            raise CheckpointError(f"{path}: cannot read the policy checkpoint: {exc.strerror or exc}.") from None
+        raise CheckpointError(
+            f"{path}: truncated or corrupted file, not a readable PyTorch checkpoint ({exc.strerror or exc})."
+        ) from None
     except (EOFError, RuntimeError, KeyError, ValueError, IndexError, TypeError) as exc:
         # What torch.load raises on a truncated zip archive (RuntimeError), a cut-off pickle (EOFError), or a text
         # or otherwise foreign file read as a legacy checkpoint (KeyError, ValueError, ...).
