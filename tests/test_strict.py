@@ -507,4 +507,6 @@ def test_documented_table_is_the_catalog():
 
     page = (Path(__file__).parents[1] / "docs" / "differentiable.md").read_text()
     table = page.split("<!-- catalog:begin -->\n")[1].split("\n<!-- catalog:end -->")[0]
-    assert table == catalog.markdown_table(), "docs/differentiable.md is stale: paste `python -m genesis_grad_patch.catalog`"
+    assert table == catalog.markdown_table(), (
+        "docs/differentiable.md is stale: paste `python -m genesis_grad_patch.catalog`"
+    )
