@@ -4,8 +4,10 @@ The contract for scenes: every gradient is exact (central differences), or the u
 Hypothesis draws (fixed budget, derandomized) a free body of every primitive (box, sphere, capsule, cylinder,
 ellipsoid, a convex mesh from Genesis's own assets) resting, tilted onto an edge or lying on a plane, or a box or a
 cylinder on a box, pushed by a tracked force and torque for a few steps, then checks the gradient of its pose against
-finite differences. An example passes when the gradient is exact (1e-5 relative at the closest of three steps) or when
-the backward pass issued a `GradientBreakWarning` (an approximate contact or an unconverged solve).
+finite differences. An example passes when the gradient is exact (1e-5 relative at the closest of four step sizes,
+1e-3 to 1e-6: a contact made or broken within 1e-5 of the input bends the loss there, and only the smallest step then
+sees the derivative) or when the backward pass issued a `GradientBreakWarning` (an approximate contact or an
+unconverged solve).
 
 A second generator draws articulated chains (hinge and slide joints, limits pressed by gravity and by targets beyond
 them, friction loss, damping, armature, a connect equality closing the loop), 1 or 2 envs, 1 or 2 substeps, tracked
@@ -62,6 +64,23 @@ def _depth_below_center(name: str, rotation: torch.Tensor) -> float:
     if name == "ellipsoid":
         return float(((up * torch.tensor([0.12, 0.09, 0.06], dtype=up.dtype)) ** 2).sum().sqrt())
     return 0.08  # sphere and sphere mesh
+
+
+def _error_or_reports(loss, x0: torch.Tensor, steps: tuple[float, ...]) -> tuple[float, list[str]]:
+    """The relative error of the gradient of `loss` at `x0` against central differences (the closest of the step
+    sizes: contact solves leave ~1e-10 of noise in the loss), and the gradient breaks its backward pass reported."""
+    x = x0.clone().requires_grad_()
+    value = loss(x)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        value.backward()
+    reported = [str(w.message) for w in caught if issubclass(w.category, strict.GradientBreakWarning)]
+    grad = x.grad if x.grad is not None else torch.zeros_like(x)
+    errors = []
+    for eps in steps:
+        fd = central_fd(loss, x0, eps=eps)
+        errors.append(((grad - fd).abs().max() / max(fd.abs().max().item(), 1e-9)).item())
+    return min(errors), reported
 
 
 @pytest.fixture(scope="module")
@@ -127,17 +146,7 @@ def test_every_gradient_is_exact_or_reported(zoo, name, pose, yaw, push, twist, 
     # Loads away from zero: a body at rest under no tangential load at all sits where the friction rows are degenerate
     # (see test_body_at_rest_under_no_load).
     f0 = torch.tensor([*push, 0.0, *twist], dtype=torch.float64) * torch.tensor([*signs[:2], 1.0, *signs[2:]])
-    f = f0.clone().requires_grad_()
-    value = loss(f)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        value.backward()
-    reported = [str(w.message) for w in caught if issubclass(w.category, strict.GradientBreakWarning)]
-    errors = []
-    for eps in (1e-3, 1e-4, 1e-5):
-        fd = central_fd(loss, f0, eps=eps)
-        errors.append(((f.grad - fd).abs().max() / max(fd.abs().max().item(), 1e-9)).item())
-    error = min(errors)
+    error, reported = _error_or_reports(loss, f0, (1e-3, 1e-4, 1e-5, 1e-6))
     if LOG:
         with open(LOG, "a") as log:
             log.write(f"{name} {pose} steps={steps} error={error:.2e} reported={bool(reported)}\n")
@@ -262,18 +271,7 @@ def test_every_chain_gradient_is_exact_or_reported(
         tip = arm.get_links_pos()[..., -1, :]
         return (arm.get_qpos() * torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)).sum() + (tip**2).sum()
 
-    x = x0.clone().requires_grad_()
-    value = loss(x)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        value.backward()
-    reported = [str(w.message) for w in caught if issubclass(w.category, strict.GradientBreakWarning)]
-    grad = x.grad if x.grad is not None else torch.zeros_like(x)
-    errors = []
-    for eps in (1e-4, 1e-5, 1e-6):
-        fd = central_fd(loss, x0, eps=eps)
-        errors.append(((grad - fd).abs().max() / max(fd.abs().max().item(), 1e-9)).item())
-    error = min(errors)
+    error, reported = _error_or_reports(loss, x0, (1e-4, 1e-5, 1e-6))
     arm.set_dofs_kp(torch.tensor([40.0, 60.0, 20.0], dtype=torch.float64))
     case = f"slide={slide} limits={limits} lossy={lossy} connect={connect} envs={n_envs} substeps={substeps} {schedule}"
     if LOG:
