@@ -17,3 +17,7 @@ class TrajectoryFileError(InputFileError):
 
 class ParameterError(InputFileError):
     """A parameter file, parameter value or parameter selection (``KINDS@DOFS``) that cannot be used."""
+
+
+class NotIdentifiable(InputFileError):
+    """A trajectory along which some selected parameters do not change the simulated motion at all."""

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .errors import NotIdentifiable
 from .problem import SysIdProblem
 
 METHODS = ("lm", "adam", "lbfgs", "cma", "nelder-mead")
@@ -69,6 +70,13 @@ class FitResult:
     history: dict = field(default_factory=dict)
     stop_reason: str = ""
     z_history: list = field(default_factory=list, repr=False)
+
+    @property
+    def converged(self) -> bool:
+        """Whether the method stopped on its own criterion, not on the budget it was given (iterations, steps): the
+        tracker's reasons, CMA-ES's `maxiter`, scipy's "Maximum number of ..."."""
+        reason = self.stop_reason
+        return not (reason in ("iterations", "step budget") or "maxiter" in reason or "Maximum number" in reason)
 
     def steps_to(self, target: float) -> tuple[int | None, float | None]:
         """(simulated steps, wall-clock) at which the best loss first reached ``target``, or (None, None)."""
@@ -230,6 +238,8 @@ def _levenberg_marquardt(
         for _ in range(max(probes, math.ceil(p / B)) if it == 0 else probes):
             sketches.append(tracker.window_vjp(z, rng.choice((-1.0, 1.0), size=(B, W, n_dofs)))[1])
         H = sum(R.T @ R for R in sketches) / len(sketches)
+        if it == 0:
+            _refuse_flat_directions(tracker.problem, np.diag(H))
         scale = np.maximum(np.diag(H), 1e-30 * max(np.diag(H).max(), 1e-300))  # Marquardt's scaling
         while True:
             delta = solve(H + lam * np.diag(scale), -g, assume_a="pos")
@@ -251,6 +261,17 @@ def _levenberg_marquardt(
             if lam > 1e16:  # no decrease along any damped direction: converged to the precision of the loss
                 tracker.stop_reason = "lm: no further decrease"
                 return
+
+
+def _refuse_flat_directions(problem, curvature: np.ndarray) -> None:
+    """A parameter whose change moves no simulated joint at all (a trajectory that never moves, a joint held still)
+    gives a singular system: say which, in one line, instead of the linear algebra's error."""
+    flat = [label for label, c in zip(problem.spec.labels, curvature, strict=True) if not c > 0.0]
+    if flat:
+        raise NotIdentifiable(
+            f"not identifiable from this trajectory: {', '.join(flat)} do(es) not change the simulated motion at all "
+            "(the joints do not move, or not in a way these parameters act on); record a trajectory that excites them"
+        )
 
 
 def _adam(tracker: Tracker, z0: np.ndarray, iterations: int, lr: float, b: float) -> None:

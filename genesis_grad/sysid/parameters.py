@@ -205,6 +205,9 @@ def load_params(source: str | Path, dof_names: Sequence[str], base: Mapping[str,
         data = json.loads(raw)
     except json.JSONDecodeError as exc:
         raise ParameterError(f"{where}: not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    except RecursionError:
+        # Python's parser recurses once per nesting level: a few thousand levels exhaust the interpreter's stack.
+        raise ParameterError(f"{where}: JSON nested too deeply to be a parameter file") from None
     if isinstance(data, dict) and isinstance(data.get("params"), dict) and "identified" in data["params"]:
         data = data["params"]["identified"]
     if not isinstance(data, dict):
