@@ -469,7 +469,10 @@ def parameter_setter(method: str, stock):
         idx, envs_idx = arguments.get(_index_arg(method)), arguments.get("envs_idx")
         if tracked:
             _refuse_unsupported(self, method, idx)
-            tape_guards.refuse_duplicates(method, idx, envs_idx, _index_arg(method)[: -len("s_idx")])
+            index_arg = _index_arg(method)
+            count = getattr(self, "n_" + index_arg[: -len("_idx")])  # n_dofs, n_links, n_geoms, n_qs
+            tape_guards.refuse_bad_indices(method, idx, envs_idx, index_arg[: -len("s_idx")], count, self.n_envs)
+            tape_guards.refuse_unusable_values(method, (value,))
             records.note_tracked(self.sim)
             if method in GEOM_PARAMETERS:
                 friction_tracked.add(self)

@@ -26,25 +26,58 @@ from . import breaks, callers, patching, records
 from .genesis_api import Simulator, StepNode
 
 
-def refuse_duplicates(method: str, dofs_idx, envs_idx, unit: str = "dof") -> None:
+def refuse_bad_indices(method: str, idx, envs_idx, unit: str, count: int, n_envs: int) -> None:
     """
-    Refuse a tracked value given twice to the same dof (link, geom, ...) or environment.
+    Refuse, for a tracked value, an index out of range or given twice, of the dofs (links, geoms, ...) or environments.
 
-    The field keeps the last duplicate's value, but the gradient read back from it cannot be split between the
-    duplicates: all of it went to the first entry. Solver calls arrive here split into entity calls.
+    Genesis 1.4.5 writes an out-of-range index wherever the kernel's address arithmetic takes it (another entity's
+    dof, or memory past the field), and its gradient is read back from there. A duplicate is kept at its last value,
+    but the gradient read back cannot be split between the duplicates: all of it went to the first entry. Solver calls
+    arrive here split into entity calls.
     """
-    for what, indices in ((unit, dofs_idx), ("environment", envs_idx)):
-        if indices is None or isinstance(indices, (int, slice, range)):
+    for what, indices, n in ((unit, idx, count), ("environment", envs_idx, n_envs)):
+        if indices is None or isinstance(indices, slice):
             continue
-        flat = torch.as_tensor(indices).reshape(-1)
-        if flat.dtype == torch.bool:
+        flat = torch.as_tensor(indices if not isinstance(indices, range) else list(indices)).reshape(-1)
+        if flat.dtype == torch.bool or flat.numel() == 0:
             continue
+        low, high = int(flat.min()), int(flat.max())
+        if n == 0:
+            gs.raise_exception(f"{method} got `envs_idx` in a scene built without `n_envs`: pass no `envs_idx`.")
+        if low < 0 or high >= n:
+            gs.raise_exception(
+                f"{method} got {what} index {low if low < 0 else high} with a value that tracks gradients, out of "
+                f"range: there {'is' if n == 1 else 'are'} {n} {what}{'' if n == 1 else 's'} (indices 0 to {n - 1})."
+            )
         unique, counts = flat.unique(return_counts=True)
         if (counts > 1).any():
             gs.raise_exception(
                 f"{method} got the same {what} index more than once ({unique[counts > 1].tolist()}) with a value that "
                 f"tracks gradients: the {what} takes the last duplicate, but its gradient cannot be split "
                 f"between the duplicates. Pass each {what} once."
+            )
+
+
+# Setters whose tracked values must be positive: a non-positive mass or inertia is no model, whatever its gradient.
+_POSITIVE = {"set_links_mass": "mass", "set_mass": "mass"}
+
+
+def refuse_unusable_values(method: str, values) -> None:
+    """Refuse a tracked value Genesis would use in part or not at all: complex (Genesis keeps the real part and the
+    gradient of the imaginary one is lost), or a non-positive mass (an unphysical model)."""
+    for value in values:
+        if not (isinstance(value, torch.Tensor) and value.requires_grad):
+            continue
+        if value.is_complex():
+            gs.raise_exception(
+                f"{method} got a complex tensor that tracks gradients: Genesis keeps its real part only. Pass a real "
+                "tensor (`.real`, or the quantity you mean)."
+            )
+        if method in _POSITIVE and bool((value.detach() <= 0.0).any()):
+            gs.raise_exception(
+                f"{method} got a {_POSITIVE[method]} <= 0 ({value.detach().min().item():g}) in a value that tracks "
+                "gradients: the model is unphysical and its gradient meaningless. Keep it positive (e.g. optimize its "
+                "logarithm and pass `log_mass.exp()`)."
             )
 
 

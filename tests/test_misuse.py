@@ -213,3 +213,40 @@ def test_double_backward_is_refused():
         """
     )
     assert "REFUSED: Double backward through a Genesis step is not supported" in result.stdout
+
+
+@pytest.mark.plugin_only
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda a, B: a.control_dofs_position(_tracked(B, 1), dofs_idx_local=[5]), "dof index 5 .* there are 2 dofs"),
+        (lambda a, B: a.control_dofs_position(_tracked(1, 2), envs_idx=[7]), "environment index 7 .* 3 environments"),
+        (lambda a, B: a.set_dofs_kp(_tracked(1), dofs_idx_local=[-3]), "dof index -3 .* there are 2 dofs"),
+        (lambda a, B: a.set_dofs_kp(_tracked(1, 2), envs_idx=[7]), "environment index 7 .* 3 environments"),
+        (lambda a, B: a.set_links_mass(_tracked(1), links_idx_local=[9]), "link index 9 .* there are 3 links"),
+    ],
+    ids=["control_dof", "control_env", "kp_negative_dof", "kp_env", "mass_link"],
+)
+def test_out_of_range_index_with_a_tracked_value_is_refused(arms3, call, match):
+    """Before: accepted (an out-of-range write into the fields, its gradient read back from there), or an IndexError."""
+    scene, arm_ = arms3
+    scene.reset()
+    with pytest.raises(gs.GenesisException, match=match):
+        call(arm_, 3)
+    scene.reset()
+
+
+@pytest.mark.plugin_only
+def test_complex_target_and_non_positive_mass_are_refused(arm):
+    """Before: accepted (the imaginary part dropped; a finite gradient of an unphysical model)."""
+    scene, arm_ = arm
+    scene.reset()
+    with pytest.raises(gs.GenesisException, match="complex tensor that tracks gradients"):
+        arm_.control_dofs_position(torch.zeros(2, dtype=torch.complex128, requires_grad=True))
+    with pytest.raises(gs.GenesisException, match=r"mass <= 0 \(-1\)"):
+        arm_.set_links_mass(torch.tensor([-1.0], dtype=torch.float64, requires_grad=True), links_idx_local=[1])
+    scene.reset()
+
+
+def _tracked(*shape) -> torch.Tensor:
+    return torch.ones(shape, dtype=torch.float64, requires_grad=True)
