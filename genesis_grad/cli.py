@@ -360,6 +360,7 @@ def _train(args, sim, paths, out: Path, dist=None):
     torch.manual_seed(args.seed)
     policy = SteeringMLP()
     cfg = TrainConfig(horizon=args.horizon, lr=args.lr, seed=args.seed)
+    resume = getattr(args, "resume_state", None)
     if dist is not None:
         dist.broadcast_parameters(policy)
     logger = contextlib.nullcontext()
@@ -378,8 +379,41 @@ def _train(args, sim, paths, out: Path, dist=None):
             progress=not args.no_progress,
             dist=dist,
             on_window=logger if args.tensorboard else None,
+            resume=resume,
+            run_config=run_config(args),
         )
     return policy, history
+
+
+# The flags that make a training run what it is: `--resume` goes on only with the same ones.
+_RUN_FLAGS = ("iterations", "horizon", "n_envs", "wheels", "lr", "seed", "paths", "reference", "speed", "random")
+
+
+def run_config(args) -> dict:
+    """The run-defining flags of a `train` command, as plain data (stored with the training state)."""
+    return {name: json.loads(json.dumps(getattr(args, name, None), default=str)) for name in _RUN_FLAGS}
+
+
+def _resume_state(args) -> tuple[dict | None, str | None]:
+    """The saved training state of the run in --out, or the one-line reason it cannot be resumed."""
+    from genesis_grad.steering.policy import CheckpointError
+    from genesis_grad.steering.train import TRAINING_STATE, load_training_state
+
+    path = Path(args.out) / "checkpoints" / TRAINING_STATE
+    if not path.is_file():
+        return None, f"nothing to resume in {str(args.out)!r}: no {TRAINING_STATE} in its checkpoints"
+    try:
+        state = load_training_state(path)
+    except Exception as exc:  # a torn or foreign file: said in one line, as a bad checkpoint is
+        return None, str(CheckpointError(f"{path}: unreadable training state ({str(exc).splitlines()[0]})"))
+    differ = {k: v for k, v in run_config(args).items() if state.get("run_config", {}).get(k) != v}
+    if differ:
+        saved = state.get("run_config", {})
+        changes = ", ".join(f"--{k.replace('_', '-')} {saved.get(k)!r} -> {v!r}" for k, v in differ.items())
+        return None, f"--resume needs the flags of the run it continues: {changes}"
+    if state["iteration"] >= args.iterations:
+        return None, f"the run in {str(args.out)!r} is complete ({state['iteration']} windows): nothing to resume"
+    return state, None
 
 
 def _print_table(rows) -> None:
@@ -395,6 +429,12 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
     _add_path_arguments(p, "lane_change,sine,circle")
     _add_random_argument(p, "train")
     _add_train_arguments(p, iterations=200)
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="go on with the run in --out where it stopped (Ctrl-C, or killed), exactly as if it had not: the same "
+        "command otherwise",
+    )
     p.add_argument(
         "--nproc",
         type=positive_int,
@@ -413,7 +453,15 @@ def _cmd_train(args) -> int:
     if error:
         print(f"genesis-grad train: error: {error}", file=sys.stderr)
         return 2
-    if not distributed.is_rank() and (status := refuse_existing_run("train", Path(args.out), args.overwrite)):
+    if args.resume:
+        if nproc > 1:
+            print("genesis-grad train: error: --resume runs in one process: drop --nproc", file=sys.stderr)
+            return 2
+        args.resume_state, error = _resume_state(args)
+        if error:
+            print(f"genesis-grad train: error: {error}", file=sys.stderr)
+            return 2
+    elif not distributed.is_rank() and (status := refuse_existing_run("train", Path(args.out), args.overwrite)):
         return status
     # Read once, before any rank starts: a bad CSV is one line and status 2, a warning is printed once.
     paths = getattr(args, "loaded_paths", None) or _paths_from_args(args)
@@ -424,11 +472,20 @@ def _cmd_train(args) -> int:
 
     from genesis_grad.steering.evaluate import evaluate_policy, plot_training_curve
     from genesis_grad.steering.sim import CAR_FILES, SteeringSim
+    from genesis_grad.steering.train import TrainingInterrupted
 
     out = Path(args.out)
     sim = SteeringSim(n_envs=args.n_envs // nproc, requires_grad=True, car_file=CAR_FILES[args.wheels])
     t0 = time.time()
-    policy, history = _train(args, sim, paths, out, dist=dist)
+    try:
+        policy, history = _train(args, sim, paths, out, dist=dist)
+    except TrainingInterrupted as stop:
+        print(
+            f"genesis-grad train: interrupted after window {stop.iterations} of {args.iterations}; "
+            f"{out / 'checkpoints' / 'policy_last.pt'} holds its policy. Go on with the same command and --resume",
+            file=sys.stderr,
+        )
+        return 130
     if dist is not None and not dist.is_main:
         return distributed.leave(dist)
     print(f"trained {args.iterations} windows, {history.env_steps[-1]} env-steps, {time.time() - t0:.0f} s")

@@ -498,3 +498,56 @@ def test_a_steering_limit_beyond_90_degrees_is_refused(tmp_path):
     torch.save(record, path)
     with pytest.raises(ValueError, match=r"invalid value\(s\) \{'steer_limit': 1e\+300\}"):
         load_policy(path)
+
+
+# ------------------------------------------------------------------ Ctrl-C and --resume
+
+
+def test_ctrl_c_then_resume_gives_the_uninterrupted_run(tmp_path):
+    """SIGINT during `train` stops cleanly after the last whole window (exit 130, the policy written, how to go on in
+    one line), and `--resume` ends exactly where the uninterrupted run ends. Before: a `KeyboardInterrupt` traceback,
+    no `policy_last.pt`, no way to go on."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    cmd = [sys.executable, "-m", "genesis_grad", "train", "--iterations", "6", "--horizon", "10", "--n-envs", "2"]
+    cmd += ["--no-progress"]
+    whole = subprocess.run([*cmd, "--out", str(tmp_path / "whole")], capture_output=True, text=True, timeout=600)
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    run = subprocess.Popen([*cmd, "--out", str(tmp_path / "cut")], stderr=subprocess.PIPE, text=True)
+    state = tmp_path / "cut" / "checkpoints" / "training_state.pt"
+    deadline = time.time() + 600
+    while time.time() < deadline and run.poll() is None:
+        try:
+            if torch.load(state, weights_only=True)["iteration"] >= 2:
+                break
+        except (FileNotFoundError, RuntimeError, EOFError):
+            pass
+        time.sleep(0.05)
+    run.send_signal(signal.SIGINT)
+    _, err = run.communicate(timeout=600)
+    assert run.returncode == 130, err[-2000:]
+    assert "Traceback" not in err and "Go on with the same command and --resume" in err.strip().splitlines()[-1]
+    assert (tmp_path / "cut" / "checkpoints" / "policy_last.pt").is_file()
+    resumed = subprocess.run([*cmd, "--out", str(tmp_path / "cut"), "--resume"], capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    a = load_policy(tmp_path / "whole" / "checkpoints" / "policy_last.pt")[0].state_dict()
+    b = load_policy(tmp_path / "cut" / "checkpoints" / "policy_last.pt")[0].state_dict()
+    assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-12
+
+
+def test_resume_refuses_other_flags_or_nothing_to_resume(tmp_path, capsys):
+    from genesis_grad.cli import build_parser, run_config
+
+    out = tmp_path / "run"
+    assert run_cli(["train", "--out", str(out), "--resume"]) == 2
+    assert "nothing to resume in" in one_stderr_line(capsys)
+    (out / "checkpoints").mkdir(parents=True)
+    args = build_parser().parse_args(["train", "--out", str(out)])
+    torch.save({"iteration": 3, "run_config": run_config(args)}, out / "checkpoints" / "training_state.pt")
+    assert run_cli(["train", "--out", str(out), "--resume", "--lr", "0.01"]) == 2
+    assert "--resume needs the flags of the run it continues: --lr 0.003 -> 0.01" in one_stderr_line(capsys)
+    with pytest.raises(SceneBuilt):  # the same flags: the command goes on to build the scene
+        run_cli(["train", "--out", str(out), "--resume"])

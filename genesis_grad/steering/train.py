@@ -230,6 +230,7 @@ def run_training_loop(
     progress: bool = True,
     desc: str = "train",
     world: int = 1,
+    start: tuple[int, int] = (0, 0),
 ) -> int:
     """
     The loop shared by the gradient trainer and the ES baseline: budget, evaluations, records and progress bar.
@@ -242,6 +243,9 @@ def run_training_loop(
 
     With ``world`` data-parallel processes, each simulating its share of a global batch, the counts (budget, history)
     are global: this process's env-steps times ``world``; ``env_steps_per_iteration`` is the global one.
+
+    ``start`` = (iterations, training env-steps) already done by the run this one resumes: the counts, the budget and
+    the schedules go on from there.
     """
     if iterations is None and env_step_budget is None:
         raise ValueError("Give `iterations` or `env_step_budget`.")
@@ -251,15 +255,16 @@ def run_training_loop(
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=total, desc=desc, unit="env-step", dynamic_ncols=True)
-    next_eval = 0
-    t0 = time.time()
-    it = 0
+        bar = tqdm(total=total, initial=start[1], desc=desc, unit="env-step", dynamic_ncols=True)
+    next_eval = start[1]
+    # A resumed run's wall-clock goes on from where the interrupted one's stopped.
+    t0 = time.time() - (history.wall_clock[-1] if start[0] and history.wall_clock else 0.0)
+    it = start[0]
     # Env-steps simulated by the evaluations, which are not training steps and are excluded from the count.
     eval_steps, eval_time = 0, 0.0
 
     def used() -> int:
-        return (sim.env_steps - steps0 - eval_steps) * world
+        return start[1] + (sim.env_steps - steps0 - eval_steps) * world
 
     def run_eval() -> None:
         nonlocal eval_steps, eval_time
@@ -307,6 +312,8 @@ def train_gradient(
     progress: bool = True,
     dist: Distributed | None = None,
     on_window: Callable[[dict], None] | None = None,
+    resume: dict | None = None,
+    run_config: dict | None = None,
 ) -> GradientHistory:
     """
     Train ``policy`` in place by back-propagation through the differentiable scene ``sim``.
@@ -324,6 +331,12 @@ def train_gradient(
     the main rank shows progress, calls ``eval_fn`` (give it there only) and writes checkpoints. ``on_window(record)``
     is called on the main rank after each window with ``iteration``, ``env_steps``, ``loss``, ``lateral_rms``,
     ``grad_norm`` and ``env_steps_per_s`` (logging, e.g. TensorBoard).
+
+    With ``checkpoint_dir``, the whole training state (policy, optimizer, the window sampler's generator, counts and
+    history, and ``run_config``, the caller's description of the run) is written to ``TRAINING_STATE`` there after
+    every window; ``resume=load_training_state(...)`` continues such a run exactly where its last window ended (an
+    interrupted run: the window under way when it stopped is run again). On ``KeyboardInterrupt`` the last window's
+    policy is written as ``policy_last.pt`` and ``TrainingInterrupted`` raised.
     """
     if not sim.requires_grad:
         raise ValueError("train_gradient needs a scene built with requires_grad=True.")
@@ -333,6 +346,13 @@ def train_gradient(
     gen = torch.Generator().manual_seed(cfg.seed)
     optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.lr)
     history = GradientHistory(config=cfg.as_dict())
+    start = (0, 0)
+    if resume is not None:
+        policy.load_state_dict(resume["policy"])
+        optimizer.load_state_dict(resume["optimizer"])
+        gen.set_state(resume["generator"])
+        history = GradientHistory(**resume["history"])
+        start = (resume["iteration"], resume["env_steps"])
     # Data-parallel hook: the global batch is `world` times this scene's; only the main rank writes anything.
     world, is_main = (dist.world_size, dist.is_main) if dist is not None else (1, True)
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None and is_main else None
@@ -391,26 +411,66 @@ def train_gradient(
                     "env_steps_per_s": sim.n_envs * world * cfg.horizon / max(time.time() - t_window, 1e-9),
                 }
             )
-        if ckpt_dir is not None and it % checkpoint_every == 0:
-            save_policy(policy, ckpt_dir / f"policy_iter{it:04d}.pt", iteration=it, history=history.as_dict())
+        if ckpt_dir is not None:
+            if it % checkpoint_every == 0:
+                save_policy(policy, ckpt_dir / f"policy_iter{it:04d}.pt", iteration=it, history=history.as_dict())
+            state = {
+                "policy": policy.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "generator": gen.get_state(),
+                "iteration": it,
+                "env_steps": history.env_steps[-1],
+                "history": history.as_dict(),
+                "run_config": run_config or {},
+            }
+            # Written aside, then renamed: an interrupt during the write leaves the previous state whole.
+            torch.save(state, ckpt_dir / (TRAINING_STATE + ".tmp"))
+            (ckpt_dir / (TRAINING_STATE + ".tmp")).replace(ckpt_dir / TRAINING_STATE)
 
-    it = run_training_loop(
-        sim,
-        history,
-        iteration,
-        sim.n_envs * world * cfg.horizon,
-        iterations=iterations,
-        env_step_budget=env_step_budget,
-        eval_fn=evaluate if eval_fn is not None else None,
-        eval_every_env_steps=eval_every_env_steps,
-        after_iteration=after_window,
-        progress=progress and is_main,
-        desc="train (grad)",
-        world=world,
-    )
+    try:
+        it = run_training_loop(
+            sim,
+            history,
+            iteration,
+            sim.n_envs * world * cfg.horizon,
+            iterations=iterations,
+            env_step_budget=env_step_budget,
+            eval_fn=evaluate if eval_fn is not None else None,
+            eval_every_env_steps=eval_every_env_steps,
+            after_iteration=after_window,
+            progress=progress and is_main,
+            desc="train (grad)",
+            world=world,
+            start=start,
+        )
+    except KeyboardInterrupt:
+        done = start[0]
+        if ckpt_dir is not None and (ckpt_dir / TRAINING_STATE).is_file():
+            state = load_training_state(ckpt_dir / TRAINING_STATE)
+            done = state["iteration"]
+            policy.load_state_dict(state["policy"])  # the last whole window's, not a half-applied update
+            save_policy(policy, ckpt_dir / "policy_last.pt", iteration=done, history=state["history"])
+        raise TrainingInterrupted(done) from None
     if ckpt_dir is not None:
         save_policy(policy, ckpt_dir / "policy_last.pt", iteration=it, history=history.as_dict())
     return history
+
+
+# The file, in a run's checkpoint directory, holding what `train_gradient(resume=...)` needs to go on exactly.
+TRAINING_STATE = "training_state.pt"
+
+
+class TrainingInterrupted(Exception):
+    """Training stopped by ``KeyboardInterrupt`` after ``iterations`` whole windows (their state is saved)."""
+
+    def __init__(self, iterations: int):
+        super().__init__(f"interrupted after {iterations} whole windows")
+        self.iterations = iterations
+
+
+def load_training_state(path: str | Path) -> dict:
+    """The training state `train_gradient` wrote after its last window (weights and plain data only)."""
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def gradient_norm_vs_horizon(

@@ -284,7 +284,9 @@ def _fit(args) -> int:
     print(format_table(rows))
     # Error bars describe the spread of a converged estimate: at a point where the budget stopped the fit they look as
     # precise as a converged one's (1.4-3.1% next to true errors of 8-34% measured), so they are flagged.
-    unconverged = None if result.converged else f"the fit stopped on its budget ({result.stop_reason}) before converging"
+    unconverged = (
+        None if result.converged else f"the fit stopped on its budget ({result.stop_reason}) before converging"
+    )
     if unconverged and unc is not None:
         print(
             f"genesis-grad sysid: warning: {unconverged}: the error bars (rel_std) hold for a converged fit only; the "
