@@ -475,6 +475,10 @@ def _cmd_train(args) -> int:
     from genesis_grad.steering.train import TrainingInterrupted
 
     out = Path(args.out)
+    if dist is None or dist.is_main:
+        print(
+            f"[train] building the car scene ({args.n_envs} envs; a first run compiles kernels, ~1-2 min)", flush=True
+        )
     sim = SteeringSim(n_envs=args.n_envs // nproc, requires_grad=True, car_file=CAR_FILES[args.wheels])
     t0 = time.time()
     try:
@@ -517,7 +521,8 @@ def _eval_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--n-envs", type=positive_int, default=8, help="parallel environments (default %(default)s)")
     _add_wheels_argument(p)
-    p.add_argument("--out", type=output_dir, default="out", help="output directory (plots, metrics)")
+    p.add_argument("--out", type=output_dir, default="out", help="output directory (plots, metrics; default out)")
+    p.add_argument("--no-progress", action="store_true", help="disable the progress bar of the Stanley tuning")
 
 
 @register("eval", "Closed-loop evaluation of a trained policy (and/or Stanley) on whole paths.", _eval_arguments)
@@ -534,6 +539,7 @@ def _cmd_eval(args) -> int:
     paths = _paths_from_args(args)
     # Read the checkpoint before building the scene, so that an unusable one is reported at once.
     policy = load_policy(args.policy)[0] if args.policy else None
+    print(f"[eval] building the car scene ({args.n_envs} envs; a first run compiles kernels, ~1-2 min)", flush=True)
     sim = SteeringSim(n_envs=args.n_envs, requires_grad=True, car_file=CAR_FILES[args.wheels])
     rows, runs, results = [], {}, {}
     if policy is not None:
@@ -541,7 +547,8 @@ def _cmd_eval(args) -> int:
         rows += [("mlp", m) for m in metrics]
         runs["mlp"], results["mlp"] = records, [m.as_dict() for m in metrics]
     if args.stanley:
-        gains, _ = tune_stanley(sim, paths, DEFAULT_GRID if args.stanley_grid == "full" else SMALL_GRID)
+        grid = DEFAULT_GRID if args.stanley_grid == "full" else SMALL_GRID
+        gains, _ = tune_stanley(sim, paths, grid, progress=not args.no_progress)
         metrics, records = evaluate_stanley(sim, gains, paths)
         rows += [(f"stanley k={gains.k:g}", m) for m in metrics]
         runs["stanley"], results["stanley"] = records, [m.as_dict() for m in metrics]
@@ -596,7 +603,7 @@ def _cmd_demo(args) -> int:
 
     # The full grid (45 gain sets), as the benchmark tunes it: a baseline tuned on 3 gain sets made the MLP look better
     # than it is against a properly tuned Stanley.
-    gains, grid_scores = tune_stanley(sim, train_paths, DEFAULT_GRID)
+    gains, grid_scores = tune_stanley(sim, train_paths, DEFAULT_GRID, progress=not args.no_progress)
     stanley_metrics, stanley_runs = evaluate_stanley(sim, gains, eval_paths)
     print(
         f"[demo] Stanley tuned on the training path(s) over {len(grid_scores)} gain sets: k={gains.k:g}, "

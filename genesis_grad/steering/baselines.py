@@ -170,6 +170,7 @@ def tune_gains(
     gains_class: type,
     controller_class: type,
     grid: dict[str, Sequence[float]],
+    progress: bool = False,
 ) -> tuple[object, list[tuple[object, float]]]:
     """
     Grid search of a controller's gains on ``paths``: every combination drives every path once (batched, one run per
@@ -184,7 +185,8 @@ def tune_gains(
         g = [runs[i][0] for i in run_idx]
         return controller_class(reference, **{name: [getattr(x, name) for x in g] for name in names})
 
-    metrics, _ = run_paths(sim, [p for _, p in runs], make)
+    desc = f"tune {controller_class.__name__} ({len(combos)} gain sets x {len(paths)} paths)" if progress else None
+    metrics, _ = run_paths(sim, [p for _, p in runs], make, progress=desc)
     scores = []
     for i, combo in enumerate(combos):
         scores.append((combo, mean_lateral_rms(metrics[i * len(paths) : (i + 1) * len(paths)])))
@@ -193,10 +195,13 @@ def tune_gains(
 
 
 def tune_stanley(
-    sim: SteeringSim, paths: Sequence[ReferencePath], grid: dict[str, Sequence[float]] | None = None
+    sim: SteeringSim,
+    paths: Sequence[ReferencePath],
+    grid: dict[str, Sequence[float]] | None = None,
+    progress: bool = False,
 ) -> tuple[StanleyGains, list[tuple[StanleyGains, float]]]:
     """``tune_gains`` of the Stanley controller (``DEFAULT_GRID`` by default)."""
-    return tune_gains(sim, paths, StanleyGains, StanleyController, grid or DEFAULT_GRID)
+    return tune_gains(sim, paths, StanleyGains, StanleyController, grid or DEFAULT_GRID, progress)
 
 
 def tune_pure_pursuit(

@@ -90,6 +90,7 @@ def run_paths(
     preview_distances: Sequence[float] = (),
     time_factor: float = 1.3,
     fail_lateral: float = FAIL_LATERAL,
+    progress: str | None = None,
 ) -> tuple[list[PathMetrics], list[RunRecord]]:
     """
     Drive every path of ``paths`` (one run each, from its first point at reference speed) in batches of
@@ -99,7 +100,7 @@ def run_paths(
     ``paths`` of the run in environment ``b`` (runs are batched by duration, batches are padded by repeating their
     last run), so a controller may
     use per-run settings (the Stanley grid search evaluates one gain set per environment). Each run gets
-    ``time_factor`` times its reference duration.
+    ``time_factor`` times its reference duration. ``progress``, if given, labels a progress bar over the batches.
     """
     metrics: list[PathMetrics | None] = [None] * len(paths)
     records: list[RunRecord | None] = [None] * len(paths)
@@ -107,7 +108,12 @@ def run_paths(
     # A batch lasts as long as its longest run: batching runs of similar durations (slow and fast references, long
     # and short paths) avoids simulating mostly finished environments.
     order = np.argsort([p.duration for p in paths], kind="stable")
-    for first in range(0, len(paths), B):
+    batches = range(0, len(paths), B)
+    if progress:
+        from tqdm.auto import tqdm
+
+        batches = tqdm(batches, desc=progress, unit="batch", dynamic_ncols=True)
+    for first in batches:
         run_idx = order[first : first + B]
         run_idx = np.concatenate([run_idx, np.full(B - len(run_idx), run_idx[-1])])
         batch_paths = [paths[i] for i in run_idx]
