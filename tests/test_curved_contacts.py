@@ -9,7 +9,7 @@ import os
 import genesis as gs
 import pytest
 import torch
-from helpers import UPSTREAM_MODE, central_fd, stock_genesis
+from helpers import UPSTREAM_MODE, central_fd, reported, stock_genesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -195,7 +195,10 @@ def test_racecar_urdf_steering(racecar):
     targets = torch.tensor(
         [[0.3, 0.3, 0.0], [-0.2, -0.2, 1.0], [0.1, 0.12, -1.0], [0.0, 0.0, 0.5]], dtype=torch.float64
     )
-    _check(loss, targets)
+    # The chassis boxes and the front wheels come within contact range of each other (their bounding boxes overlap):
+    # reported as approximate, conservatively, though the gradient is exact here.
+    with reported("came within contact range of the cylinder"):
+        _check(loss, targets)
 
 
 def test_uninstall_restores_the_broad_phase(cylinder):

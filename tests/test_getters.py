@@ -5,7 +5,7 @@ import warnings
 import genesis as gs
 import pytest
 import torch
-from helpers import ASSETS, PLANAR_CAR, UPSTREAM_MODE, assert_grad_close, central_fd, make_scene
+from helpers import ASSETS, PLANAR_CAR, UPSTREAM_MODE, assert_grad_close, central_fd, make_scene, reported
 
 import genesis_grad_patch as ggp
 from genesis_grad_patch.strict import GradientBreakError, GradientBreakWarning
@@ -146,8 +146,9 @@ def test_state_is_read_once_per_step(scene_single, monkeypatch):
     scene.step()
     car.get_qpos(), car.get_quat()
     assert len(reads) == 2
-    # Any setter invalidates the cache: the next read sees the new state.
-    car.set_qpos(torch.tensor([0.1, 0.2, 0.3, 0.0, 0.0]))
+    # Any setter invalidates the cache: the next read sees the new state (an overwrite between steps: reported).
+    with reported("overwrote the configuration between steps"):
+        car.set_qpos(torch.tensor([0.1, 0.2, 0.3, 0.0, 0.0]))
     qpos = car.get_qpos()
     assert len(reads) == 3
     torch.testing.assert_close(qpos.detach(), torch.tensor([0.1, 0.2, 0.3, 0.0, 0.0], dtype=qpos.dtype))
@@ -158,14 +159,15 @@ def test_state_is_read_once_per_step(scene_single, monkeypatch):
         car.set_dofs_velocity(torch.zeros(car.n_dofs, dtype=torch.float64, requires_grad=True))
         car.get_qpos()
     assert len(reads) == 4
+    scene.step()  # the tracked velocity above is used: nothing left pending for the next test's reset
 
 
 def test_stock_path_off_grad(scene_single):
     scene, car, box = scene_single
     _advance(scene, box, 1)
-    with torch.no_grad():
+    with torch.no_grad(), reported("called under `torch.no_grad"):
         assert not car.get_qpos().requires_grad
-    with torch.inference_mode():
+    with torch.inference_mode(), reported("called under `torch.inference_mode"):
         assert not box.get_vel().requires_grad
 
 
@@ -191,7 +193,7 @@ def test_getter_results_are_their_own_tensors(request, layout):
     calls += [(solver, "get_qpos", {}), (solver, "get_dofs_velocity", {}), (solver, "get_links_pos", {})]
     calls += [(solver, "get_links_quat", {}), (car, "get_links_pos", {"links_idx_local": 1})]
     for obj, name, kwargs in calls:
-        with torch.no_grad():
+        with torch.no_grad(), reported("called under `torch.no_grad"):
             stock = getattr(obj, name)(**kwargs)
         getattr(obj, name)(**kwargs).mul_(0.0)
         torch.testing.assert_close(

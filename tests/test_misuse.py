@@ -11,7 +11,7 @@ import textwrap
 import genesis as gs
 import pytest
 import torch
-from helpers import DIAG_ARM, build_diag_arm
+from helpers import DIAG_ARM, build_diag_arm, reported
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +72,8 @@ def test_duplicated_indices_with_tracked_target_are_refused(arm, arms3):
         arm_.control_dofs_position(x, dofs_idx_local=[1, 1])
     with pytest.raises(gs.GenesisException, match="same dof index more than once"):
         scene.sim.rigid_solver.control_dofs_force(x, dofs_idx=[0, 0])
-    arm_.control_dofs_position(x.detach(), dofs_idx_local=[1, 1])  # untracked: stock behaviour, no gradient at stake
+    with reported(r"`\.detach\(\)` of a tracked tensor"):  # strict mode names the cut; the duplicate is stock's
+        arm_.control_dofs_position(x.detach(), dofs_idx_local=[1, 1])
     scene.step()
 
     scene3, arm3 = arms3
@@ -139,8 +140,8 @@ def test_no_grad_steps_are_named(arm):
     scene.step()
     with pytest.raises(gs.GenesisException, match=r"after steps 1-2 of it ran under `torch.no_grad\(\)`"):
         arm_.get_qpos()
-    with torch.no_grad():
-        arm_.get_qpos()  # reading without a gradient stays possible
+    with torch.no_grad(), reported("called under `torch.no_grad"):
+        arm_.get_qpos()  # reading without a gradient stays possible (and is reported)
     scene.reset()
     (grad,) = torch.autograd.grad(_rollout(scene, arm_, x), x)  # and the next rollout is clean
     assert grad.abs().max() > 0
