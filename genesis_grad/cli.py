@@ -396,7 +396,6 @@ def run_config(args) -> dict:
 
 def _resume_state(args) -> tuple[dict | None, str | None]:
     """The saved training state of the run in --out, or the one-line reason it cannot be resumed."""
-    from genesis_grad.steering.policy import CheckpointError
     from genesis_grad.steering.train import TRAINING_STATE, load_training_state
 
     path = Path(args.out) / "checkpoints" / TRAINING_STATE
@@ -405,7 +404,7 @@ def _resume_state(args) -> tuple[dict | None, str | None]:
     try:
         state = load_training_state(path)
     except Exception as exc:  # a torn or foreign file: said in one line, as a bad checkpoint is
-        return None, str(CheckpointError(f"{path}: unreadable training state ({str(exc).splitlines()[0]})"))
+        return None, f"{path}: unreadable training state ({str(exc).splitlines()[0]})"
     differ = {k: v for k, v in run_config(args).items() if state.get("run_config", {}).get(k) != v}
     if differ:
         saved = state.get("run_config", {})
