@@ -219,7 +219,12 @@ def refuse_existing_run(command: str, out: Path, overwrite: bool) -> int:
     """Exit status 2 with one line when `out` holds another run's checkpoints and `--overwrite` was not given; with it,
     the old checkpoints are removed so that the directory holds one run only. 0 when the run may go on."""
     checkpoints = out / "checkpoints"
-    found = sorted(checkpoints.glob("policy_*.pt")) if checkpoints.is_dir() else []
+    # The policies, and the training state `--resume` would go on from.
+    found = (
+        sorted([*checkpoints.glob("policy_*.pt"), *checkpoints.glob("training_state.pt")])
+        if checkpoints.is_dir()
+        else []
+    )
     if not found:
         return 0
     if not overwrite:

@@ -463,12 +463,13 @@ def test_train_refuses_to_replace_another_run(tmp_path, capsys):
     out = tmp_path / "run"
     (out / "checkpoints").mkdir(parents=True)
     (out / "checkpoints" / "policy_iter0040.pt").write_bytes(b"old")
+    (out / "checkpoints" / "training_state.pt").write_bytes(b"old")
     assert run_cli(["train", "--out", str(out)]) == 2
-    assert "holds another run (1 checkpoint(s)" in one_stderr_line(capsys)
+    assert "holds another run (2 checkpoint(s)" in one_stderr_line(capsys)
     assert (out / "checkpoints" / "policy_iter0040.pt").exists()
     with pytest.raises(SceneBuilt):  # with --overwrite the command goes on, the old run's checkpoints gone
         run_cli(["train", "--out", str(out), "--overwrite"])
-    assert not list((out / "checkpoints").glob("policy_*.pt"))
+    assert not list((out / "checkpoints").glob("*.pt")), "a later --resume would go on from the replaced run"
 
 
 def test_sysid_generate_refuses_to_replace_a_truth_file(tmp_path, capsys):
