@@ -82,6 +82,7 @@ def install(strict: bool = True) -> None:
             params,
             replacements,
             replay,
+            reverse_pass,
             tape_guards,
         )
 
@@ -91,6 +92,7 @@ def install(strict: bool = True) -> None:
         contact_friction.install()
         curved_contacts.install()
         replay.install()
+        reverse_pass.install()
         tape_guards.install()
         getters.install()
         compat.install()
@@ -130,11 +132,12 @@ def uninstall(groups: tuple[str, ...] = GROUPS) -> None:
     if "strict" in groups:
         _uninstall_strict()
     if "core" in groups and patching.is_patched("core"):
-        from . import curved_contacts, getters, records, replay
+        from . import curved_contacts, getters, records, replay, reverse_pass
 
         curved_contacts.restore()
         getters.uninstall()
         replay.clear()
+        reverse_pass.clear()
         records.clear()
         patching.revert()
         _uninstall_strict()

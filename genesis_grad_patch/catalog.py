@@ -226,6 +226,9 @@ ROWS: tuple[Method, ...] = (
     Method(SOLVER, "save_ckpt", Status.MACHINERY, "replay", "records the controls and parameters of each step"),
     Method(SOLVER, "load_ckpt", Status.MACHINERY, "replay", "restores them before a step is replayed"),
     Method(SOLVER, "reset_grad", Status.MACHINERY, "replay", "restores the parameters; drops the pending tape"),
+    Method(
+        "Simulator", "load_ckpt", Status.MACHINERY, "reverse_pass", "reverses a step from its checkpoint, no replay"
+    ),
     Method(SOLVER, "_func_constraint_force", Status.MACHINERY, "accuracy", "observes approximate contacts and solves"),
     Method(
         "Collider", "detection", Status.MACHINERY, "curved_contacts", "cylinder/capsule-plane contacts in closed form"

@@ -203,9 +203,14 @@ def _save_ckpt(stock):
 
 
 def load_ckpt(self: RigidSolver, ckpt_name: str) -> None:
-    params.note_reverse(self)
     patching.original(RigidSolver, "load_ckpt")(self, ckpt_name)
-    record = _records.get(self)
+    restored(self, ckpt_name)
+
+
+def restored(solver: RigidSolver, ckpt_name: str) -> None:
+    """The checkpoint `ckpt_name` of `solver` was just restored: write back the data its step ran with."""
+    params.note_reverse(solver)
+    record = _records.get(solver)
     if record is not None:
         record.before_replay(int(ckpt_name))
 

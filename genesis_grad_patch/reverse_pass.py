@@ -1,0 +1,123 @@
+"""
+The reverse pass of a step starts from its checkpoint, without first replaying the step.
+
+Genesis reverses a step in three parts (`Simulator._step_grad`): `Simulator.load_ckpt` restores the first frame of the
+step's checkpoint and replays the whole step forward, which re-applies the taped calls and rebuilds the adjoint cache
+(qpos, velocity and acceleration at each substep boundary); then each substep, last first, is replayed once more from
+its frame of that cache and reversed (`RigidSolver.substep_pre_coupling_grad`). The first replay rebuilds nothing the
+checkpoint does not hold already: `RigidSolver.save_ckpt` copied every frame of the adjoint cache after the forward
+step, and the forward computed them with the very controls and parameters the step ran with. Restoring all the frames
+and re-applying the taped calls is enough; the substep replays of the reverse pass recompute everything else.
+
+That replay was half a forward step per reversed step (about 10 kernel launches of ~50, and three host-to-solver copies
+that cost ~170 us each on CPU): skipping it changes no gradient of a converged scene (the constraint solve of the
+substep replay starts from the forward's warm start, restored with the frames, instead of from the first replay's
+solution).
+
+Only the common case takes this path: a rigid-only scene whose checkpoint window is one step (`substeps_local` equal to
+`substeps`, Genesis's default in differentiable mode) and whose taped calls at that step are control calls (the
+state setters replay against the restored state, which the stock path rebuilds). Everything else goes through
+Genesis's own `load_ckpt`.
+"""
+
+import weakref
+
+import genesis as gs
+import torch
+
+from . import patching, replay
+from .genesis_api import RigidSolver, Simulator, qd_to_torch
+
+# Taped entity calls that only write control fields: replaying them needs no restored state.
+_CONTROL_CALLS = frozenset(
+    ("control_dofs_force", "control_dofs_position", "control_dofs_velocity", "control_dofs_position_velocity")
+)
+
+
+class _CacheViews:
+    """Zero-copy torch views of the adjoint cache and of the arrays the stock restore writes, made once per solver."""
+
+    def __init__(self, solver: RigidSolver):
+        cache = solver._rigid_adjoint_cache
+        self.frames = {
+            "qpos": qd_to_torch(cache.qpos, copy=False),
+            "dofs_vel": qd_to_torch(cache.dofs_vel, copy=False),
+            "dofs_acc": qd_to_torch(cache.dofs_acc, copy=False),
+        }
+        self.current = {
+            "qpos": qd_to_torch(solver.rigid_info.qpos, copy=False),
+            "dofs_vel": qd_to_torch(solver.dyn_state.dofs.vel, copy=False),
+            "dofs_acc": qd_to_torch(solver.dyn_state.dofs.acc, copy=False),
+        }
+        constraint_solver = solver.constraint_solver
+        self.warm_start = (
+            qd_to_torch(constraint_solver.constraint_state.qacc_ws, copy=False)
+            if constraint_solver is not None
+            else None
+        )
+
+
+_views: "weakref.WeakKeyDictionary[RigidSolver, _CacheViews]" = weakref.WeakKeyDictionary()
+
+
+def _reusable(sim: Simulator, ckpt_name: str) -> bool:
+    """Whether the step whose checkpoint is `ckpt_name` can be reversed from its checkpoint alone."""
+    if not (gs.use_zerocopy and sim._rigid_only and sim._steps_local == 1):
+        return False
+    solver = sim.rigid_solver
+    if ckpt_name not in solver._ckpt:
+        return False
+    for entity in solver._entities:
+        for taped in entity._ckpt[ckpt_name]["_tgt_buffer"]:
+            if not _CONTROL_CALLS.issuperset(key[0] for key in taped):
+                return False
+    return True
+
+
+def _restore(solver: RigidSolver, ckpt_name: str) -> None:
+    """Write every frame of the checkpoint back into the adjoint cache, and its first frame into the state."""
+    views = _views.get(solver)
+    if views is None:
+        # Made in grad mode although the reverse pass runs without: Genesis caches the views `qd_to_torch` returns, and
+        # torch forbids writing in grad mode to a view created in no-grad mode.
+        with torch.enable_grad():
+            views = _views[solver] = _CacheViews(solver)
+    ckpt = solver._ckpt[ckpt_name]
+    for name, frames in views.frames.items():
+        saved = torch.from_numpy(ckpt[name])
+        frames.copy_(saved)
+        views.current[name].copy_(saved[0])
+    if views.warm_start is not None and solver._substeps == 1:
+        # The forward's warm start of this step's constraint solve: the acceleration the previous step ended with.
+        views.warm_start.copy_(views.current["dofs_acc"])
+    for entity in solver._entities:
+        entity.load_ckpt(ckpt_name)
+
+
+def load_ckpt(self: Simulator) -> None:
+    """`Simulator.load_ckpt` (once per reversed step): restore the checkpoint and re-apply the step's taped calls."""
+    start = self._cur_substep_global - self._substeps_local
+    ckpt_name = str(start)
+    if not _reusable(self, ckpt_name):
+        return patching.original(Simulator, "load_ckpt")(self)
+    solver = self.rigid_solver
+    _restore(solver, ckpt_name)
+    replay.restored(solver, ckpt_name)
+    # What the replayed step did besides its substeps: the taped calls applied at its first substep, the external
+    # forces cleared at its end, and the clock advanced to the end of the window.
+    self._cur_substep_global = start
+    self.process_input(in_backward=True)
+    self._cur_substep_global = start + self._substeps_local
+    solver.clear_external_force()
+    # As the last replayed substep leaves them: the cartesian state is refreshed from the restored frames by each
+    # substep replay of the reverse pass.
+    solver._is_forward_pos_updated = solver._is_forward_vel_updated = not solver._enable_mujoco_compatibility
+
+
+def install() -> None:
+    patching.patch(Simulator, "load_ckpt", load_ckpt)
+
+
+def clear() -> None:
+    """Forget the views (used by `uninstall`)."""
+    _views.clear()
