@@ -14,8 +14,9 @@ differentiates); the plugin is tracked `control_dofs_position` targets with a lo
 - forward + backward per env-step (process CPU time, median of the alternations), and its ratio plugin / stock;
 - backward / forward of the plugin;
 - kernel launches per forward step and per reversed step (counted on `quadrants`'s `Kernel.__call__`);
-- memory kept per step: growth of the process's resident memory over a held 1000-step rollout, freed memory returned
-  to the system first (`malloc_trim`), divided by the steps.
+- memory kept per step: bytes allocated and still in use once a 1000-step rollout is recorded and its loss held,
+  divided by the steps (glibc's `mallinfo2`, in a child process running with `PYTHONMALLOC=malloc` so that Python
+  objects are counted too).
 
 Targets: forward + backward per env-step <= 0.5x stock's at 1 and 16 environments; memory per step <= 1.5x stock's.
 
@@ -26,7 +27,10 @@ Usage: python benchmarks/gradient_cost.py [--models arm,car] [--envs 0,16,256] [
 import argparse
 import ctypes
 import gc
+import os
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -66,11 +70,21 @@ class LaunchCounter:
         self._cls.__call__ = self._stock
 
 
-def resident_bytes() -> int:
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks")
+    ] + [("keepcost", ctypes.c_size_t)]
+
+
+def allocated_bytes() -> int:
+    """Bytes allocated through malloc and in use: numpy, torch's CPU tensors, quadrants, and Python objects when the
+    process runs with `PYTHONMALLOC=malloc` (the memory rows run in such a child process)."""
     gc.collect()
-    ctypes.CDLL("libc.so.6").malloc_trim(0)
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * 4096
+    libc = ctypes.CDLL("libc.so.6")
+    libc.mallinfo2.restype = _MallInfo2
+    info = libc.mallinfo2()
+    return info.uordblks + info.hblkhd
 
 
 class Workload:
@@ -119,10 +133,10 @@ class Workload:
         return forward / steps, (counter.count - forward) / steps
 
     def memory_per_step(self, steps: int) -> float:
-        self.rollout(steps).backward()  # allocator warm
-        before = resident_bytes()
+        self.rollout(steps).backward()  # caches and views made
+        before = allocated_bytes()
         loss = self.rollout(steps)
-        kept = resident_bytes() - before
+        kept = allocated_bytes() - before
         loss.backward()
         return kept / steps
 
@@ -142,6 +156,14 @@ def side_by_side(workload: Workload, steps: int, repeats: int) -> dict[str, tupl
     }
 
 
+def memory_in_child(model: str, n_envs: int, steps: int) -> dict[str, float]:
+    """KB kept per step, stock and plugin, measured in a child process (see `allocated_bytes`)."""
+    env = {**os.environ, "PYTHONMALLOC": "malloc"}
+    cmd = [sys.executable, __file__, "--memory-of", f"{model},{n_envs},{steps}"]
+    out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout.split()
+    return {"stock": float(out[-2]), "plugin": float(out[-1])}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
     parser.add_argument("--models", default="arm,car")
@@ -149,10 +171,20 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--long", type=int, default=1000, help="horizon of the unbatched long rows and of memory")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--memory-of", help=argparse.SUPPRESS)  # model,n_envs,steps: the child of memory_in_child
     args = parser.parse_args()
 
     torch.set_num_threads(1)
     gs.init(backend=gs.cpu, precision="64", logging_level="warning")
+    if args.memory_of:
+        model, n_envs, steps = args.memory_of.split(",")
+        workload = Workload(model, int(n_envs))
+        kept = {}
+        for side in ("stock", "plugin"):
+            ggp.install() if side == "plugin" else ggp.uninstall()
+            kept[side] = workload.memory_per_step(int(steps)) / 1e3
+        print(f"{kept['stock']:.2f} {kept['plugin']:.2f}")
+        return
     print(f"backend=cpu precision=64 repeats={args.repeats} (process CPU time, per env-step)")
     print(
         "| workload | envs | T | stock fwd+bwd (ms) | plugin fwd+bwd (ms) | plugin / stock | plugin bwd / fwd "
@@ -163,11 +195,11 @@ def main() -> None:
         for n_envs in (int(n) for n in args.envs.split(",")):
             workload = Workload(model, n_envs)
             horizons = [args.steps] + ([args.long] if n_envs == 0 and args.long else [])
-            counts, memory = {}, {}
+            counts = {}
             for side in ("stock", "plugin"):
                 ggp.install() if side == "plugin" else ggp.uninstall()
                 counts[side] = workload.launches(args.steps)
-                memory[side] = workload.memory_per_step(args.long or args.steps) / 1e3
+            memory = memory_in_child(model, n_envs, args.long or args.steps)
             for steps in horizons:
                 med = side_by_side(workload, steps, args.repeats)
                 per = max(n_envs, 1) * steps

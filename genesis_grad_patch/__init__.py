@@ -132,12 +132,11 @@ def uninstall(groups: tuple[str, ...] = GROUPS) -> None:
     if "strict" in groups:
         _uninstall_strict()
     if "core" in groups and patching.is_patched("core"):
-        from . import curved_contacts, getters, records, replay, reverse_pass
+        from . import curved_contacts, getters, records, replay
 
         curved_contacts.restore()
         getters.uninstall()
         replay.clear()
-        reverse_pass.clear()
         records.clear()
         patching.revert()
         _uninstall_strict()

@@ -4,8 +4,11 @@ on them, so that a destroyed scene takes its record with it and `uninstall()` fo
 """
 
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+import torch
 
 
 @dataclass
@@ -34,6 +37,8 @@ class SolverRecord:
     control_split: dict = field(default_factory=dict)
     #: What the steps of the current rollout left for `accuracy.report` (approximate contacts, unconverged solves).
     accuracy: Any = None
+    #: Name -> zero-copy torch view of one of the solver's arrays (`view`).
+    views: dict = field(default_factory=dict)
 
 
 _sims: "weakref.WeakKeyDictionary[Any, SimRecord]" = weakref.WeakKeyDictionary()
@@ -61,6 +66,23 @@ def of_solver(solver) -> SolverRecord:
     if record is None:
         record = _solvers[solver] = SolverRecord()
     return record
+
+
+def view(solver, name: str, array_of: Callable[[Any], Any]):
+    """
+    A zero-copy torch view of the solver array `array_of(solver)`, made once per solver and kept in its record.
+
+    Made in grad mode, wherever it is first asked for (the reverse pass runs without): Genesis caches the views
+    `qd_to_torch` returns, and torch forbids writing in grad mode to a view created in no-grad mode.
+    """
+    views = of_solver(solver).views
+    found = views.get(name)
+    if found is None:
+        from .genesis_api import qd_to_torch
+
+        with torch.enable_grad():
+            found = views[name] = qd_to_torch(array_of(solver), copy=False)
+    return found
 
 
 def peek_sim(sim) -> SimRecord | None:

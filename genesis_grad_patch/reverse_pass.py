@@ -20,44 +20,25 @@ state setters replay against the restored state, which the stock path rebuilds).
 Genesis's own `load_ckpt`.
 """
 
-import weakref
+from operator import attrgetter
 
 import genesis as gs
 import torch
 
-from . import patching, replay
-from .genesis_api import RigidSolver, Simulator, qd_to_torch
+from . import patching, records, replay
+from .genesis_api import RigidSolver, Simulator
 
 # Taped entity calls that only write control fields: replaying them needs no restored state.
 _CONTROL_CALLS = frozenset(
     ("control_dofs_force", "control_dofs_position", "control_dofs_velocity", "control_dofs_position_velocity")
 )
-
-
-class _CacheViews:
-    """Zero-copy torch views of the adjoint cache and of the arrays the stock restore writes, made once per solver."""
-
-    def __init__(self, solver: RigidSolver):
-        cache = solver._rigid_adjoint_cache
-        self.frames = {
-            "qpos": qd_to_torch(cache.qpos, copy=False),
-            "dofs_vel": qd_to_torch(cache.dofs_vel, copy=False),
-            "dofs_acc": qd_to_torch(cache.dofs_acc, copy=False),
-        }
-        self.current = {
-            "qpos": qd_to_torch(solver.rigid_info.qpos, copy=False),
-            "dofs_vel": qd_to_torch(solver.dyn_state.dofs.vel, copy=False),
-            "dofs_acc": qd_to_torch(solver.dyn_state.dofs.acc, copy=False),
-        }
-        constraint_solver = solver.constraint_solver
-        self.warm_start = (
-            qd_to_torch(constraint_solver.constraint_state.qacc_ws, copy=False)
-            if constraint_solver is not None
-            else None
-        )
-
-
-_views: "weakref.WeakKeyDictionary[RigidSolver, _CacheViews]" = weakref.WeakKeyDictionary()
+# Checkpoint entry -> (the adjoint cache array holding its frames, the array the stock restore writes its first into).
+_FRAMES = {
+    "qpos": (attrgetter("_rigid_adjoint_cache.qpos"), attrgetter("rigid_info.qpos")),
+    "dofs_vel": (attrgetter("_rigid_adjoint_cache.dofs_vel"), attrgetter("dyn_state.dofs.vel")),
+    "dofs_acc": (attrgetter("_rigid_adjoint_cache.dofs_acc"), attrgetter("dyn_state.dofs.acc")),
+}
+_WARM_START = attrgetter("constraint_solver.constraint_state.qacc_ws")
 
 
 def _reusable(sim: Simulator, ckpt_name: str) -> bool:
@@ -76,20 +57,14 @@ def _reusable(sim: Simulator, ckpt_name: str) -> bool:
 
 def _restore(solver: RigidSolver, ckpt_name: str) -> None:
     """Write every frame of the checkpoint back into the adjoint cache, and its first frame into the state."""
-    views = _views.get(solver)
-    if views is None:
-        # Made in grad mode although the reverse pass runs without: Genesis caches the views `qd_to_torch` returns, and
-        # torch forbids writing in grad mode to a view created in no-grad mode.
-        with torch.enable_grad():
-            views = _views[solver] = _CacheViews(solver)
     ckpt = solver._ckpt[ckpt_name]
-    for name, frames in views.frames.items():
+    for name, (frames, current) in _FRAMES.items():
         saved = torch.from_numpy(ckpt[name])
-        frames.copy_(saved)
-        views.current[name].copy_(saved[0])
-    if views.warm_start is not None and solver._substeps == 1:
+        records.view(solver, "cache." + name, frames).copy_(saved)
+        records.view(solver, name, current).copy_(saved[0])
+    if solver.constraint_solver is not None and solver._substeps == 1:
         # The forward's warm start of this step's constraint solve: the acceleration the previous step ended with.
-        views.warm_start.copy_(views.current["dofs_acc"])
+        records.view(solver, "qacc_ws", _WARM_START).copy_(torch.from_numpy(ckpt["dofs_acc"][0]))
     for entity in solver._entities:
         entity.load_ckpt(ckpt_name)
 
@@ -116,8 +91,3 @@ def load_ckpt(self: Simulator) -> None:
 
 def install() -> None:
     patching.patch(Simulator, "load_ckpt", load_ckpt)
-
-
-def clear() -> None:
-    """Forget the views (used by `uninstall`)."""
-    _views.clear()
