@@ -14,8 +14,8 @@ differentiates); the plugin is tracked `control_dofs_position` targets with a lo
 - forward + backward per env-step (process CPU time, median of the alternations), and its ratio plugin / stock;
 - backward / forward of the plugin;
 - kernel launches per forward step and per reversed step (counted on `quadrants`'s `Kernel.__call__`);
-- memory kept per step: bytes allocated and still in use once a 1000-step rollout is recorded and its loss held,
-  divided by the steps (glibc's `mallinfo2`, in a child process running with `PYTHONMALLOC=malloc` so that Python
+- memory kept per step: bytes allocated and still in use once a rollout is recorded and its loss held (1000 steps
+  unbatched, 100 batched), divided by the steps (glibc's `mallinfo2`, in a child process running with `PYTHONMALLOC=malloc` so that Python
   objects are counted too).
 
 Targets: forward + backward per env-step <= 0.5x stock's at 1 and 16 environments; memory per step <= 1.5x stock's.
@@ -199,7 +199,7 @@ def main() -> None:
             for side in ("stock", "plugin"):
                 ggp.install() if side == "plugin" else ggp.uninstall()
                 counts[side] = workload.launches(args.steps)
-            memory = memory_in_child(model, n_envs, args.long or args.steps)
+            memory = memory_in_child(model, n_envs, args.long if n_envs == 0 and args.long else args.steps)
             for steps in horizons:
                 med = side_by_side(workload, steps, args.repeats)
                 per = max(n_envs, 1) * steps

@@ -11,11 +11,11 @@ replayed with the targets, mode and gains of the last call of the rollout, silen
 This module records, per rollout, every change of such data at the step it took effect, and writes the right values
 back before each replayed step:
 
-- the control fields and gravity are compared with their last recorded value after every step (a few small arrays);
+- the control fields and gravity (a few small arrays) are copied after every step, on the device, into one flat
+  tensor per step: nothing is read back to the host, so a step adds no synchronization on a GPU;
 - the other model parameters (every array Genesis classifies as `DataKind.INFO`) are compared only after Genesis
-  notified a model change (`StateChange.MODEL`, which every `@mutates`-tagged setter sends);
-- only the arrays that changed are copied, once per change: a rollout whose controls and parameters stay the same pays
-  for the comparisons and nothing else.
+  notified a model change (`StateChange.MODEL`, which every `@mutates`-tagged setter sends), and an array is copied
+  only when it changed: a rollout whose parameters stay the same pays for none of them.
 
 The gradient fields are never touched, so the gradient a held target accumulates over the steps it drove reaches the
 call that wrote it. After the reverse pass the solver holds the data of the earliest reversed step, as its state does;
@@ -57,9 +57,10 @@ class ReplayRecord:
     """
     The controls and model parameters of one rigid solver, as each step of the current rollout ran with them.
 
-    `versions[name]` lists `(first substep, value)` for every array that changed during the rollout, the value before
-    the first change included; `applied[name]` is the version the array holds now (by identity), so that replaying a
-    window of steps without a change writes nothing.
+    `snapshots[first substep]` holds the control fields and gravity after that step, in one flat tensor (one copy on
+    the device per step, read by nobody on the host). `versions[name]` lists `(first substep, value)` for every model
+    array that changed during the rollout, the value before the first change included; `applied[name]` is the version
+    the array holds now (by identity), so that replaying a window of steps without a model change writes nothing.
     """
 
     def __init__(self, solver: RigidSolver):
@@ -74,27 +75,47 @@ class ReplayRecord:
         }
         self.watched = {name: items.pop(name) for name in WATCHED if name in items}
         self.model = items
-        # Zero-copy views, made once: reading a view afresh costs more than comparing it (5 arrays every step).
-        self.views = (
-            {name: data_to_array(array, to_torch=True, copy=False) for name, array in self.watched.items()}
-            if gs.use_zerocopy
-            else {}
-        )
+        # Zero-copy views, made once (in grad mode: Genesis caches them, see `records.view`).
+        with torch.enable_grad():
+            self.views = (
+                {name: data_to_array(array, to_torch=True, copy=False) for name, array in self.watched.items()}
+                if gs.use_zerocopy
+                else {}
+            )
         # Lazy subscription: model changes accumulate until the next step looks at them.
         self.subscriber = Subscriber(to=frozenset({StateChange.MODEL}))
         solver.subscribe(self.subscriber)
-        self.current = {name: _read(array) for name, array in (self.watched | self.model).items()}
+        self.current = {name: _read(array) for name, array in self.model.items()}
         self.epoch = None
+        self.snapshots: dict[int, torch.Tensor] = {}
         self.versions: dict[str, list[tuple[int, torch.Tensor]]] = {}
         self.applied: dict[str, torch.Tensor] = {}
         self.end_values: dict[str, torch.Tensor] = {}
         self.rewinding = False
 
+    def _watched_values(self) -> list[torch.Tensor]:
+        if self.views:
+            return list(self.views.values())
+        return [_read(array) for array in self.watched.values()]
+
+    def _snapshot(self) -> torch.Tensor:
+        """The control fields and gravity as they are now, in one flat tensor of the float dtype (the control mode, a
+        small integer, is exact in it)."""
+        return torch.cat([value.reshape(-1).to(gs.tc_float) for value in self._watched_values()])
+
+    def _write_snapshot(self, snapshot: torch.Tensor) -> None:
+        offset = 0
+        for name, value in zip(self.watched, self._watched_values(), strict=True):
+            part = snapshot[offset : offset + value.numel()].view(value.shape)
+            offset += value.numel()
+            if self.views:
+                value.copy_(part)
+            else:
+                _write(self.watched[name], part.to(value.dtype))
+
     def _record(self, name: str, array, first_substep: int) -> None:
-        """Compare one array with its last recorded value and record a new version if it changed."""
-        value = self.views.get(name)
-        if value is None:
-            value = data_to_array(array, to_torch=True, copy=False) if gs.use_zerocopy else _read(array)
+        """Compare one model array with its last recorded value and record a new version if it changed."""
+        value = data_to_array(array, to_torch=True, copy=False) if gs.use_zerocopy else _read(array)
         previous = self.current[name]
         if torch.equal(value, previous):
             return
@@ -109,40 +130,49 @@ class ReplayRecord:
         versions.append((first_substep, value))
         self.current[name] = self.applied[name] = value
 
-    def _scan(self, first_substep: int) -> None:
-        for name, array in self.watched.items():
-            self._record(name, array, first_substep)
+    def _scan_model(self, first_substep: int) -> None:
+        # Only after Genesis notified a model change (a setter call, not a per-step event): the comparisons read the
+        # device once per array then.
         if self.subscriber.pending:
             self.subscriber.clear()
             for name, array in self.model.items():
                 self._record(name, array, first_substep)
 
     def after_step(self, first_substep: int) -> None:
-        """Record what changed for the step that starts at global substep `first_substep` and just ran."""
+        """Record the data the step that starts at global substep `first_substep` ran with (it just ran)."""
         epoch = self._sim._grad_epoch
         if epoch != self.epoch:
             self.epoch = epoch
+            self.snapshots.clear()
             self.versions.clear()
             self.applied.clear()
             self.end_values.clear()
         self.rewinding = False
-        self._scan(first_substep)
+        # Every step, whether a call changed the controls or not: telling would read the device (a synchronization per
+        # step on a GPU), a copy of a few small arrays does not.
+        self.snapshots[first_substep] = self._snapshot()
+        self._scan_model(first_substep)
 
     def before_replay(self, first_substep: int) -> None:
         """Write back the data the step starting at global substep `first_substep` ran with, before it is replayed."""
         if self.epoch != self._sim._grad_epoch:
             return
         if not self.rewinding:
-            # First replay of this backward pass: data changed since the last step must be rewound as well.
+            # First replay of this backward pass: the values of the end of the rollout (gravity goes back at reset),
+            # and model changes made since the last step, are rewound as well.
             self.rewinding = True
-            self._scan(first_substep)
+            self.end_values["controls"] = self._snapshot()
+            self._scan_model(first_substep)
+        snapshot = self.snapshots.get(first_substep)
+        if snapshot is not None:
+            self._write_snapshot(snapshot)
         for name, versions in self.versions.items():
             # Versions are in step order: the last one starting at or before this step (a reverse pass visits every
             # step, so a linear scan from the end would cost the square of the horizon).
             value = versions[bisect.bisect_right(versions, first_substep, key=_start) - 1][1]
             if self.applied.get(name) is value:
                 continue
-            array = self.watched.get(name, self.model.get(name))
+            array = self.model[name]
             if name not in self.end_values:
                 self.end_values[name] = _read(array)
             _write(array, value)
@@ -150,16 +180,24 @@ class ReplayRecord:
 
     def restart(self) -> None:
         """
-        Forget the rollout at `scene.reset()`, first putting back the model parameters it ended with if the reverse
-        pass rewound them (the reset itself restarts the controls).
+        Forget the rollout at `scene.reset()`, first putting back the model parameters and the gravity it ended with if
+        the reverse pass rewound them (the reset itself restarts the controls).
         """
         if self.rewinding:
+            controls = self.end_values.pop("controls", None)
+            if controls is not None and "rigid_info.gravity" in self.watched:
+                # Gravity is the last of the watched arrays.
+                gravity = self._watched_values()[-1]
+                end = controls[controls.numel() - gravity.numel() :].view(gravity.shape)
+                if self.views:
+                    gravity.copy_(end)
+                else:
+                    _write(self.watched["rigid_info.gravity"], end.to(gravity.dtype))
             for name, value in self.end_values.items():
-                if name not in self.model and name != "rigid_info.gravity":
-                    continue
-                _write(self.watched.get(name, self.model.get(name)), value)
+                _write(self.model[name], value)
                 self.current[name] = value
         self.rewinding = False
+        self.snapshots.clear()
         self.end_values.clear()
         self.versions.clear()
         self.applied.clear()

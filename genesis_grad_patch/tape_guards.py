@@ -20,6 +20,7 @@ gets a clear error at the point of misuse, and leaves nothing behind.
 import sys
 
 import genesis as gs
+import numpy as np
 import torch
 
 from . import breaks, callers, patching, records
@@ -38,8 +39,12 @@ def refuse_bad_indices(method: str, idx, envs_idx, unit: str, count: int, n_envs
     for what, indices, n in ((unit, idx, count), ("environment", envs_idx, n_envs)):
         if indices is None or isinstance(indices, slice):
             continue
-        flat = torch.as_tensor(indices if not isinstance(indices, range) else list(indices)).reshape(-1)
-        if flat.dtype == torch.bool or flat.numel() == 0:
+        # Indices given on the host (ints, lists, ranges, arrays: the usual policy loop) are checked there, without
+        # touching the device; a tensor of indices is copied to the host once per call (pass host indices to avoid it).
+        if isinstance(indices, torch.Tensor):
+            indices = indices.cpu()
+        flat = np.asarray(indices if not isinstance(indices, range) else list(indices)).reshape(-1)
+        if flat.dtype == np.bool_ or flat.size == 0:
             continue
         low, high = int(flat.min()), int(flat.max())
         if n == 0:
@@ -49,7 +54,7 @@ def refuse_bad_indices(method: str, idx, envs_idx, unit: str, count: int, n_envs
                 f"{method} got {what} index {low if low < 0 else high} with a value that tracks gradients, out of "
                 f"range: there {'is' if n == 1 else 'are'} {n} {what}{'' if n == 1 else 's'} (indices 0 to {n - 1})."
             )
-        unique, counts = flat.unique(return_counts=True)
+        unique, counts = np.unique(flat, return_counts=True)
         if (counts > 1).any():
             gs.raise_exception(
                 f"{method} got the same {what} index more than once ({unique[counts > 1].tolist()}) with a value that "
