@@ -16,7 +16,7 @@ differentiates); the plugin is tracked `control_dofs_position` targets with a lo
 - kernel launches per forward step and per reversed step (counted on `quadrants`'s `Kernel.__call__`);
 - memory kept per step: bytes allocated and still in use once a rollout is recorded and its loss held (1000 steps
   unbatched, 100 batched), divided by the steps (glibc's `mallinfo2`, in a child process running with `PYTHONMALLOC=malloc` so that Python
-  objects are counted too).
+  objects are counted too, and one malloc arena so that every thread's allocations are).
 
 Targets: forward + backward per env-step <= 0.5x stock's at 1 and 16 environments; memory per step <= 1.5x stock's.
 
@@ -158,7 +158,8 @@ def side_by_side(workload: Workload, steps: int, repeats: int) -> dict[str, tupl
 
 def memory_in_child(model: str, n_envs: int, steps: int) -> dict[str, float]:
     """KB kept per step, stock and plugin, measured in a child process (see `allocated_bytes`)."""
-    env = {**os.environ, "PYTHONMALLOC": "malloc"}
+    # One malloc arena: `mallinfo2` reports the main arena only, and other threads would allocate in their own.
+    env = {**os.environ, "PYTHONMALLOC": "malloc", "MALLOC_ARENA_MAX": "1"}
     cmd = [sys.executable, __file__, "--memory-of", f"{model},{n_envs},{steps}"]
     out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout.split()
     return {"stock": float(out[-2]), "plugin": float(out[-1])}

@@ -226,6 +226,13 @@ ROWS: tuple[Method, ...] = (
     Method(SOLVER, "save_ckpt", Status.MACHINERY, "replay", "records the controls and parameters of each step"),
     Method(SOLVER, "load_ckpt", Status.MACHINERY, "replay", "restores them before a step is replayed"),
     Method(SOLVER, "reset_grad", Status.MACHINERY, "replay", "restores the parameters; drops the pending tape"),
+    Method(
+        "backward",
+        "kernel_compute_gradients",
+        Status.MACHINERY,
+        "reverse_pass",
+        "the constraint solve's input gradients, serialized on the CPU",
+    ),
     Method(SOLVER, "add_grad_from_state", Status.MACHINERY, "getters", "hands a getter's gradient to the solver"),
     Method(
         "Simulator", "load_ckpt", Status.MACHINERY, "reverse_pass", "reverses a step from its checkpoint, no replay"

@@ -20,6 +20,7 @@ from genesis.engine.solvers.kinematic_solver import _select_links_offset as sele
 from genesis.engine.solvers.rigid import rigid_solver
 from genesis.engine.solvers.rigid.collider import contact
 from genesis.engine.solvers.rigid.collider.collider import Collider
+from genesis.engine.solvers.rigid.constraint import backward as constraint_backward
 from genesis.engine.solvers.rigid.rigid_solver import RigidSolver
 from genesis.grad.bridge import StepNode
 from genesis.utils.array_class import ArrayItem, DataKind
@@ -45,6 +46,7 @@ __all__ = [
     "array_class",
     "audit",
     "broadcast_tensor",
+    "constraint_backward",
     "contact",
     "data_to_array",
     "geom",
