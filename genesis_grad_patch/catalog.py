@@ -233,6 +233,13 @@ ROWS: tuple[Method, ...] = (
         "reverse_pass",
         "the constraint solve's input gradients, serialized on the CPU",
     ),
+    Method(
+        SOLVER,
+        "_update_cartesian_grad",
+        Status.MACHINERY,
+        "reverse_pass",
+        "its kernels given the environments as a quadrants ndarray (bound once)",
+    ),
     Method(SOLVER, "add_grad_from_state", Status.MACHINERY, "getters", "hands a getter's gradient to the solver"),
     Method(
         "Simulator", "load_ckpt", Status.MACHINERY, "reverse_pass", "reverses a step from its checkpoint, no replay"

@@ -89,6 +89,7 @@ PRIVATE_ATTRIBUTES: dict[str, dict[str, str]] = {
         "_is_forward_pos_updated": "whether a substep recomputes the cartesian state (as a replayed step leaves it)",
         "_is_forward_vel_updated": "whether a substep recomputes the link velocities (as a replayed step leaves it)",
         "_enable_mujoco_compatibility": "which cartesian refresh a substep runs",
+        "_update_cartesian_grad": "the cartesian-space reverse of a substep (given the environments as an ndarray)",
         "_is_backward": "forward/backward kernel mode",
         "_errno": "the error flags kernels raise (contacts appended by the plugin)",
         "_func_constraint_force": "the constraint solve of a substep (observed for approximate gradients)",
@@ -116,13 +117,14 @@ PRIVATE_ATTRIBUTES: dict[str, dict[str, str]] = {
         "_solver": "the rigid solver",
         "_collision_pair_idx": "the geom pairs that may collide (plane-curved pairs detected by the plugin)",
     },
+    "Scene": {"_envs_idx": "the indices of all environments (passed to the reverse kernels as a quadrants ndarray)"},
     "genesis": {"_scene_registry": "the live scenes (breaks tied to no scene)"},
 }
 
 
 def audit(scene) -> list[str]:
     """The private attributes of `PRIVATE_ATTRIBUTES` missing from a built scene of the installed Genesis."""
-    objects = {"Simulator": scene.sim, "RigidSolver": scene.sim.rigid_solver}
+    objects = {"Scene": scene, "Simulator": scene.sim, "RigidSolver": scene.sim.rigid_solver}
     entities = scene.sim.rigid_solver.entities
     if entities:
         objects["RigidEntity"] = entities[0]

@@ -106,8 +106,33 @@ def compute_gradients(constraint_state, rigid_info) -> None:
         patching.original(constraint_backward, "kernel_compute_gradients")(constraint_state, rigid_info)
 
 
+def _envs_ndarray(solver: RigidSolver) -> qd.Ndarray:
+    record = records.of_solver(solver)
+    envs = record.views.get("envs_idx (quadrants)")
+    if envs is None:
+        envs_idx = solver._scene._envs_idx
+        envs = record.views["envs_idx (quadrants)"] = qd.ndarray(qd.i32, shape=envs_idx.shape)
+        envs.from_numpy(envs_idx.cpu().numpy().astype("int32"))
+    return envs
+
+
+def update_cartesian_grad(self: RigidSolver, envs_idx) -> None:
+    """
+    `RigidSolver._update_cartesian_grad` (once or twice per reversed substep), given the environments as a quadrants
+    ndarray.
+
+    quadrants reuses the bound arguments of a launch whose arguments are the same objects, except when one is a torch
+    tensor, whose memory it cannot track: the scene's tensor of environment indices made its two kernels bind every
+    array of the solver state anew at each call (~60 us each on CPU).
+    """
+    if envs_idx is self._scene._envs_idx:
+        envs_idx = _envs_ndarray(self)
+    patching.original(RigidSolver, "_update_cartesian_grad")(self, envs_idx)
+
+
 def install() -> None:
     patching.patch(Simulator, "load_ckpt", load_ckpt)
+    patching.patch(RigidSolver, "_update_cartesian_grad", update_cartesian_grad)
     patching.patch(constraint_backward, "kernel_compute_gradients", compute_gradients)
 
 

@@ -514,7 +514,7 @@ def test_ctrl_c_then_resume_gives_the_uninterrupted_run(tmp_path):
     import time
 
     # Enough windows after the first saved state for the signal to land while the run still trains.
-    cmd = [sys.executable, "-m", "genesis_grad", "train", "--iterations", "16", "--horizon", "10", "--n-envs", "2"]
+    cmd = [sys.executable, "-m", "genesis_grad", "train", "--iterations", "40", "--horizon", "10", "--n-envs", "2"]
     cmd += ["--no-progress"]
     whole = subprocess.run([*cmd, "--out", str(tmp_path / "whole")], capture_output=True, text=True, timeout=600)
     assert whole.returncode == 0, whole.stderr[-2000:]
