@@ -518,7 +518,14 @@ def test_ctrl_c_then_resume_gives_the_uninterrupted_run(tmp_path):
     cmd += ["--no-progress"]
     whole = subprocess.run([*cmd, "--out", str(tmp_path / "whole")], capture_output=True, text=True, timeout=600)
     assert whole.returncode == 0, whole.stderr[-2000:]
-    run = subprocess.Popen([*cmd, "--out", str(tmp_path / "cut")], stderr=subprocess.PIPE, text=True)
+    # SIGINT at its default in the child, whatever this process inherited: Python does not turn SIGINT into
+    # KeyboardInterrupt when it starts with the signal ignored.
+    run = subprocess.Popen(
+        [*cmd, "--out", str(tmp_path / "cut")],
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     state = tmp_path / "cut" / "checkpoints" / "training_state.pt"
     deadline = time.time() + 600
     while time.time() < deadline and run.poll() is None:
