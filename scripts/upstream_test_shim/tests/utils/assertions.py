@@ -10,7 +10,13 @@ def _to_array(x):
     return np.asarray(x)
 
 
-def assert_allclose(actual, desired, *, rtol=0.0, atol=0.0, err_msg=""):
+def assert_allclose(actual, desired, *, atol=None, rtol=None, tol=None, err_msg=""):
+    # Genesis's signature: `tol` for both tolerances, or `atol` / `rtol`, not both kinds.
+    assert (tol is not None) ^ (atol is not None or rtol is not None)
+    if tol is not None:
+        atol = rtol = tol
+    rtol = 0.0 if rtol is None else rtol
+    atol = 0.0 if atol is None else atol
     np.testing.assert_allclose(_to_array(actual), _to_array(desired), rtol=rtol, atol=atol, err_msg=err_msg)
 
 
