@@ -39,6 +39,8 @@ class SolverRecord:
     accuracy: Any = None
     #: Name -> zero-copy torch view of one of the solver's arrays (`view`).
     views: dict = field(default_factory=dict)
+    #: The indices of all environments as a quadrants ndarray (the reverse kernels bind it once, see `reverse_pass`).
+    envs_ndarray: Any = None
 
 
 _sims: "weakref.WeakKeyDictionary[Any, SimRecord]" = weakref.WeakKeyDictionary()

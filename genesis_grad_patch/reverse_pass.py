@@ -108,12 +108,11 @@ def compute_gradients(constraint_state, rigid_info) -> None:
 
 def _envs_ndarray(solver: RigidSolver) -> qd.Ndarray:
     record = records.of_solver(solver)
-    envs = record.views.get("envs_idx (quadrants)")
-    if envs is None:
+    if record.envs_ndarray is None:
         envs_idx = solver._scene._envs_idx
-        envs = record.views["envs_idx (quadrants)"] = qd.ndarray(qd.i32, shape=envs_idx.shape)
-        envs.from_numpy(envs_idx.cpu().numpy().astype("int32"))
-    return envs
+        record.envs_ndarray = qd.ndarray(qd.i32, shape=envs_idx.shape)
+        record.envs_ndarray.from_numpy(envs_idx.cpu().numpy().astype("int32"))
+    return record.envs_ndarray
 
 
 def update_cartesian_grad(self: RigidSolver, envs_idx) -> None:
