@@ -66,13 +66,12 @@ def _consume_ctrl_grads(entity: RigidEntity, method: str, dofs_idx_local, envs_i
     solver = entity._solver
     dofs_idx = entity._get_global_idx(dofs_idx_local, entity.n_dofs, entity._dof_start, unsafe=True)
     buffer, dofs_idx_, envs_idx_ = solver._sanitize_io_variables(None, dofs_idx, solver.n_dofs, "dofs_idx", envs_idx)
-    fields = _FIELDS_OF[method]
     if gs.use_zerocopy:
         # Indexing the zero-copy views of the gradient fields: a few tensor operations, no kernel launch (a launch given
         # fresh tensors re-binds every array of the solver state it takes, ~150 us on CPU).
         rows, cols = dofs_idx_[:, None], envs_idx_[None, :]
         grads = {}
-        for field in fields:
+        for field in _FIELDS_OF[method]:
             view = records.view(solver, field + ".grad", _GRAD_FIELDS[field])
             grad = view[rows, cols].T
             view[rows, cols] = 0.0

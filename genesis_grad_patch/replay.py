@@ -75,13 +75,12 @@ class ReplayRecord:
         }
         self.watched = {name: items.pop(name) for name in WATCHED if name in items}
         self.model = items
-        # Zero-copy views, made once (in grad mode: Genesis caches them, see `records.view`).
-        with torch.enable_grad():
-            self.views = (
-                {name: data_to_array(array, to_torch=True, copy=False) for name, array in self.watched.items()}
-                if gs.use_zerocopy
-                else {}
-            )
+        # Zero-copy views, made once.
+        self.views = (
+            {name: records.view(solver, name, lambda _, array=array: array) for name, array in self.watched.items()}
+            if gs.use_zerocopy
+            else {}
+        )
         # Lazy subscription: model changes accumulate until the next step looks at them.
         self.subscriber = Subscriber(to=frozenset({StateChange.MODEL}))
         solver.subscribe(self.subscriber)

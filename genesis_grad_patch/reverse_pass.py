@@ -9,8 +9,8 @@ checkpoint does not hold already: `RigidSolver.save_ckpt` copied every frame of 
 step, and the forward computed them with the very controls and parameters the step ran with. Restoring all the frames
 and re-applying the taped calls is enough; the substep replays of the reverse pass recompute everything else.
 
-That replay was half a forward step per reversed step (about 10 kernel launches of ~50, and three host-to-solver copies
-that cost ~170 us each on CPU): skipping it changes no gradient of a converged scene (the constraint solve of the
+That replay was half a forward step per reversed step (15 of the 48 kernel launches of a reversed step of the steering
+car, three of them host-to-solver copies that cost ~170 us each on CPU): skipping it changes no gradient of a converged scene (the constraint solve of the
 substep replay starts from the forward's warm start, restored with the frames, instead of from the first replay's
 solution).
 
@@ -26,13 +26,11 @@ import genesis as gs
 import quadrants as qd
 import torch
 
-from . import patching, records, replay
+from . import control, patching, records, replay
 from .genesis_api import RigidSolver, Simulator, array_class, constraint_backward
 
 # Taped entity calls that only write control fields: replaying them needs no restored state.
-_CONTROL_CALLS = frozenset(
-    ("control_dofs_force", "control_dofs_position", "control_dofs_velocity", "control_dofs_position_velocity")
-)
+_CONTROL_CALLS = frozenset(control.CONTROL_TARGETS)
 # Checkpoint entry -> (the adjoint cache array holding its frames, the array the stock restore writes its first into).
 _FRAMES = {
     "qpos": (attrgetter("_rigid_adjoint_cache.qpos"), attrgetter("rigid_info.qpos")),
