@@ -84,6 +84,7 @@ def install(strict: bool = True) -> None:
             replay,
             reverse_pass,
             tape_guards,
+            torch_compile,
         )
 
         replacements.install()
@@ -97,6 +98,7 @@ def install(strict: bool = True) -> None:
         getters.install()
         compat.install()
         backward_checks.install()
+        torch_compile.install()
     if strict and not patching.is_patched("strict"):
         from . import accuracy, backward_checks, detach_watch, replacements
 
@@ -132,9 +134,10 @@ def uninstall(groups: tuple[str, ...] = GROUPS) -> None:
     if "strict" in groups:
         _uninstall_strict()
     if "core" in groups and patching.is_patched("core"):
-        from . import curved_contacts, getters, records, replay
+        from . import curved_contacts, getters, records, replay, torch_compile
 
         curved_contacts.restore()
+        torch_compile.uninstall()
         getters.uninstall()
         replay.clear()
         records.clear()

@@ -178,12 +178,12 @@ def _entity_input(row: Method, stock: Callable) -> Callable:
                 type(self).__name__, name, category, solver, arguments(names, args, kwargs), frame, origin is None
             )
         records.note_tracked(solver._sim)
+        bound = sig.bind(self, *args, **kwargs).arguments
         if taped:
-            bound = sig.bind(self, *args, **kwargs).arguments
             tape_guards.refuse_bad_indices(
                 name, bound.get("dofs_idx_local"), bound.get("envs_idx"), "dof", self.n_dofs, solver.n_envs
             )
-            tape_guards.refuse_unusable_values(name, bound.values())
+        tape_guards.refuse_unusable_values(name, bound.values())
         return run(self, Origin.PLUGIN, *args, **kwargs)
 
     return _fronted(stock, replacement, _ENTITY_FRONT, replay=not unsupported, run=run)

@@ -65,11 +65,18 @@ def refuse_bad_indices(method: str, idx, envs_idx, unit: str, count: int, n_envs
 
 # Setters whose tracked values must be positive: a non-positive mass or inertia is no model, whatever its gradient.
 _POSITIVE = {"set_links_mass": "mass", "set_mass": "mass"}
+# Setters that take one value: Genesis compares it with its bounds as a Python number first, which a tensor of several
+# values fails with "Boolean value of Tensor with more than one value is ambiguous".
+_ONE_VALUE = {
+    "set_friction": "one friction coefficient for all the entity's geoms",
+    "set_geom_friction": "one friction coefficient for the geom",
+}
 
 
 def refuse_unusable_values(method: str, values) -> None:
     """Refuse a tracked value Genesis would use in part or not at all: complex (Genesis keeps the real part and the
-    gradient of the imaginary one is lost), or a non-positive mass (an unphysical model)."""
+    gradient of the imaginary one is lost), a non-positive mass (an unphysical model), or several values where the
+    setter takes one."""
     for value in values:
         if not (isinstance(value, torch.Tensor) and value.requires_grad):
             continue
@@ -77,6 +84,12 @@ def refuse_unusable_values(method: str, values) -> None:
             gs.raise_exception(
                 f"{method} got a complex tensor that tracks gradients: Genesis keeps its real part only. Pass a real "
                 "tensor (`.real`, or the quantity you mean)."
+            )
+        if method in _ONE_VALUE and value.numel() != 1:
+            gs.raise_exception(
+                f"{method} takes {_ONE_VALUE[method]} (a float or a tensor of one element), got a tensor of shape "
+                f"{tuple(value.shape)}. Per geom: `solver.set_geoms_friction(values, geoms_idx)`; per environment: "
+                "`entity.set_friction_ratio`."
             )
         if method in _POSITIVE and bool((value.detach() <= 0.0).any()):
             gs.raise_exception(

@@ -97,6 +97,18 @@ def test_friction_gradient_matches_fd(sliding, setter):
     assert_grad_close(x.grad, fd)
 
 
+@pytest.mark.plugin_only
+def test_entity_friction_given_several_coefficients_is_refused(sliding):
+    """Before: "Boolean value of Tensor with more than one value is ambiguous" from Genesis's range check. (The link's
+    and geom's `set_friction` are Genesis's own methods, not replaced: they still answer that way.)"""
+    scene, box = sliding
+    scene.reset()
+    x = torch.full((3,), FRICTION, dtype=torch.float64, requires_grad=True)
+    with pytest.raises(gs.GenesisException, match=r"takes one friction coefficient .* shape \(3,\)"):
+        box.set_friction(x)
+    scene.reset()
+
+
 @pytest.mark.parametrize("when", ["overridden", "tracked again"])
 def test_friction_changed_between_steps(sliding, when):
     """A value set at reset drives the steps until the next call: it gets their gradient alone, exactly."""

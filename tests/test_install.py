@@ -23,14 +23,23 @@ def _resolved():
     return {(owner, name): getattr(owner, name) for owner, name in PATCHED}
 
 
+def _skipped_by_dynamo() -> bool:
+    """Whether Dynamo skips Genesis (runs it eagerly inside `torch.compile`)."""
+    from torch._dynamo import trace_rules
+
+    return bool(trace_rules.SKIP_DIRS_RE.match(gs.__file__))
+
+
 def test_uninstall_restores_every_original_object():
     assert ggp.is_installed()
+    assert _skipped_by_dynamo()
     patched = _resolved()
     ggp.uninstall()
     try:
         assert not ggp.is_installed()
         stock = _resolved()
         assert not hasattr(gs, "from_torch")
+        assert not _skipped_by_dynamo()
         for key in PATCHED:
             assert stock[key] is not patched[key], key
         # Attributes RigidSolver inherited are inherited again rather than copied onto it.
@@ -43,6 +52,7 @@ def test_uninstall_restores_every_original_object():
     assert _resolved() == reinstalled
     assert all(reinstalled[key] is not stock[key] for key in PATCHED)
     assert hasattr(gs, "from_torch")
+    assert _skipped_by_dynamo()
 
 
 def test_version_guard(monkeypatch):
@@ -118,7 +128,7 @@ def test_every_private_genesis_name_is_in_the_adapter():
                 isinstance(node, ast.ImportFrom) and node.module and node.module.startswith(("genesis.", "quadrants."))
             ):
                 assert path.name == "genesis_api.py", f"{path.name} imports Genesis internals ({node.module})"
-    not_genesis = {"_getframe", "_C", "_base", "_s_global"}  # sys, torch, the plugin's own slot
+    not_genesis = {"_getframe", "_C", "_base", "_recompile_re", "_s_global"}  # sys, torch, Dynamo, the plugin's slot
     unlisted = {name: files for name, files in used.items() if name not in defined | not_genesis | listed}
     assert not unlisted, f"private Genesis attributes used but not listed in genesis_api: {unlisted}"
 

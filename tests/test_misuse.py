@@ -251,3 +251,31 @@ def test_complex_target_and_non_positive_mass_are_refused(arm):
 
 def _tracked(*shape) -> torch.Tensor:
     return torch.ones(shape, dtype=torch.float64, requires_grad=True)
+
+
+@pytest.mark.plugin_only
+def test_rollout_under_torch_compile_gives_the_eager_gradient(arm):
+    """Before: `TypeError: make_launch_context(): incompatible function arguments` (Dynamo traced into Quadrants)."""
+    scene, arm_ = arm
+    torch.manual_seed(0)
+    policy = torch.nn.Linear(2, 2).double()
+
+    def rollout(scale):
+        scene.reset()
+        loss = 0.0
+        for _ in range(3):
+            arm_.control_dofs_position(scale * torch.tanh(policy(arm_.get_qpos())))
+            scene.step()
+            loss = loss + (arm_.get_qpos() ** 2).sum()
+        return loss
+
+    grads = []
+    for run in (rollout, torch.compile(rollout, backend="aot_eager")):
+        policy.zero_grad()
+        scale = torch.tensor(0.5, dtype=torch.float64, requires_grad=True)
+        run(scale).backward()
+        grads.append((scale.grad, policy.weight.grad.clone()))
+    (eager_scale, eager_weight), (compiled_scale, compiled_weight) = grads
+    assert eager_scale.abs() > 1e-6
+    torch.testing.assert_close(compiled_scale, eager_scale, rtol=1e-12, atol=0.0)
+    torch.testing.assert_close(compiled_weight, eager_weight, rtol=1e-12, atol=0.0)
