@@ -1,32 +1,34 @@
 """
-Steering benchmark over the speed range: the gradient-trained MLP vs PPO (rsl-rl-lib) vs Stanley with curvature
-feed-forward vs pure pursuit, all driven by the same closed-loop evaluation (``evaluate.run_paths``).
+Steering benchmark: the MLP trained by ``genesis-grad train``'s default recipe against PPO (rsl-rl-lib, tuned),
+Stanley with curvature feed-forward and pure pursuit (each tuned by grid search), on references none of them was
+trained on, all driven by the same closed-loop evaluation (``evaluate.run_paths``) on the cylinder-wheel car.
 
-Not a test (the full budgets take about an hour on 2 CPU cores; ``--grad-iterations`` and ``--ppo-factor`` shrink it).
+Not a test: about 40 minutes on 2 CPU cores with its two stages run side by side (``--stage grad`` and ``--stage
+ppo`` in two processes, then ``--stage report``), ``--stage all`` runs them one after the other.
 
-Training and tuning set (the only references any controller sees before the evaluation):
+- Training set of the learned controllers: ``recipe.training_set()`` (the built-in paths at 0.5, 1.5 and 3 m/s, 32
+  smooth random references and 32 random tracks with corners, all of the ``train`` split).
+- MLP: ``recipe.ITERATIONS`` windows x 16 envs x 100 steps, ``TrainConfig`` defaults (1 setting), ``--seeds`` seeds.
+- PPO: the same references, observation and per-step loss (as minus the reward). Tuning: the 8 settings of
+  ``ppo.PPO_GRID`` trained with seed 0 for ``--ppo-select-factor`` x the MLP's env-steps each, scored on the monitor
+  references; the best one trained with every seed for ``--ppo-factor`` x the MLP's env-steps.
+- Stanley-FF and pure pursuit: 36 gain sets each (``STANLEY_FF_GRID``, ``PURE_PURSUIT_GRID``), scored on the tuning
+  references (the feasible built-in ones, 4 random references and 4 random tracks of the ``train`` split); and, for
+  the comparison on tracks, the same grids scored on the evaluated track itself (tuned on it: the best a user gets by
+  tuning a classical controller for their track).
+- Evaluation, never trained or tuned on: per speed (0.5, 1.5, 3, 5 m/s), the figure eight and ``--eval-random`` random
+  references of the ``held_out`` split at that constant speed; ``--eval-random`` held-out random references and
+  tracks with varying speed; the hand-made tracks of ``benchmarks/tracks/`` and 3 held-out random tracks.
+- Training cost: env-steps and process CPU time to reach lateral-RMS levels on ``--monitor`` random references and
+  tracks of the ``train`` split outside the training set.
 
-- the built-in training paths (lane change, sine, circle) at each speed of ``--speeds`` where their peak lateral
-  acceleration v^2 |kappa| stays within ``paths.MAX_LATERAL_ACCEL`` (the circle and the sine at 5 m/s exceed it);
-- ``--train-random`` random references of the ``train`` split (curvature up to 0.8x the steering limit, speed varying
-  along the path in 0.5-5 m/s). The gain grids are scored on the built-in ones and the first ``--tune-random``.
-
-Evaluation (never trained or tuned on): per speed, the built-in training paths (training paths) and the figure eight
-plus ``--eval-random`` random references of the ``held_out`` split at that constant speed (held-out paths); and
-``--eval-random`` held-out random references with varying speed. Built-in paths whose peak lateral acceleration exceeds
-the bound at a speed get their own row (beyond the lateral-acceleration bound): scored, but not counted as held-out.
-
-Training cost: simulated env-steps (evaluations excluded) and wall-clock for the gradient trainer and PPO to reach
-closed-loop lateral-RMS levels on ``--monitor`` random references of the training split (not in the training set).
-Targets: the MLP is the best controller at every speed on the held-out paths, and reaches PPO's final level with
->= 10x fewer simulated steps.
-
-Usage: python benchmarks/steering.py [--grad-iterations 300] [--ppo-factor 10] [--out out/benchmark]
+Usage: python benchmarks/steering.py [--stage all|grad|ppo|report] [--seeds 0,1,2] [--out out/benchmark]
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import time
@@ -36,26 +38,26 @@ import numpy as np
 import torch
 
 from genesis_grad.steering import paths as P
+from genesis_grad.steering import recipe
 from genesis_grad.steering.baselines import (
     PURE_PURSUIT_GRID,
     STANLEY_FF_GRID,
+    PurePursuitController,
+    PurePursuitGains,
+    StanleyController,
+    StanleyGains,
     evaluate_stanley,
-    tune_pure_pursuit,
-    tune_stanley,
+    tune_gains,
 )
-from genesis_grad.steering.evaluate import evaluate_policy, mean_lateral_rms, plot_training_curve, run_paths
+from genesis_grad.steering.evaluate import PathMetrics, evaluate_policy, mean_lateral_rms, run_paths
 from genesis_grad.steering.policy import SteeringMLP, save_policy
-from genesis_grad.steering.ppo import PPOConfig, train_ppo
+from genesis_grad.steering.ppo import PPO_GRID, PPOConfig, train_ppo
 from genesis_grad.steering.sim import SteeringSim
 from genesis_grad.steering.train import TrainConfig, train_gradient
 
-
-def steps_to_reach(env_steps, values, target) -> float:
-    """First env-step count at which ``values`` is <= ``target`` (nan if never)."""
-    for steps, value in zip(env_steps, values, strict=True):
-        if value <= target:
-            return float(steps)
-    return math.nan
+TRACKS = Path(__file__).parent / "tracks"
+SPEEDS = (0.5, 1.5, 3.0, 5.0)
+MLP, PPO, STANLEY, PURSUIT = "MLP (gradient)", "PPO (tuned)", "Stanley-FF", "pure pursuit"
 
 
 def peak_lateral_accel(path: P.ReferencePath) -> float:
@@ -66,225 +68,258 @@ def feasible(path: P.ReferencePath) -> bool:
     return peak_lateral_accel(path) <= P.MAX_LATERAL_ACCEL * 1.05
 
 
-def summarize(metrics) -> str:
-    """``lateral RMS / max lateral / completion`` of a group: mean RMS (incomplete runs penalized), worst max, worst
-    completion."""
-    rms = mean_lateral_rms(metrics)
-    worst = max(m.max_lateral for m in metrics)
-    completion = min(m.completion for m in metrics)
-    return f"{rms:.4f} / {worst:.3f} / {completion:.2f}"
+def reference_sets(eval_random: int, monitor: int) -> dict:
+    """Every reference of the benchmark, by role."""
+    builtin = recipe.training_set(random=0, tracks=0)
+    tune = [p for p in builtin if feasible(p)] + P.random_references(4, "train") + [P.random_track(i) for i in range(4)]
+    groups = {}
+    for v in SPEEDS:
+        held = [P.held_out_path(speed=v)] + P.random_references(eval_random, "held_out", speed_range=(v, v))
+        groups[f"{v:g}"] = [p for p in held if feasible(p)]
+    groups["0.5-5 varying, smooth"] = P.random_references(eval_random, "held_out", first=100)
+    groups["0.5-5 varying, tracks"] = [P.random_track(100 + i, "held_out") for i in range(eval_random)]
+    tracks = [P.load_reference_csv(f) for f in sorted(TRACKS.glob("*.csv"))]
+    tracks += [P.random_track(200 + i, "held_out") for i in range(3)]
+    return {
+        "train": recipe.training_set(),
+        "tune": tune,
+        "monitor": P.random_references(monitor, "train", first=10_000)
+        + [P.random_track(10_000 + i) for i in range(monitor)],
+        "groups": groups,
+        "tracks": tracks,
+    }
+
+
+def metrics_json(metrics) -> list[dict]:
+    return [m.as_dict() for m in metrics]
+
+
+def grad_stage(args, refs, out: Path) -> None:
+    """Classical tuning (on the tuning set and on each track) and the MLP's seeds."""
+    sim = SteeringSim(n_envs=args.eval_envs, requires_grad=False)
+    eval_paths = [p for ps in refs["groups"].values() for p in ps]
+    result = {"classical": {}, "mlp": {}}
+    for label, gains_class, controller_class, grid in (
+        (STANLEY, StanleyGains, StanleyController, STANLEY_FF_GRID),
+        (PURSUIT, PurePursuitGains, PurePursuitController, PURE_PURSUIT_GRID),
+    ):
+        t0 = time.process_time()
+        best, scores = tune_gains(sim, refs["tune"], gains_class, controller_class, grid)
+        entry = {"gains": vars(best), "sets": len(scores), "cpu_s": time.process_time() - t0}
+        entry["groups"] = metrics_json(evaluate_stanley(sim, best, eval_paths)[0])
+        entry["tracks"] = []
+        for track in refs["tracks"]:
+            on_track, _ = tune_gains(sim, [track], gains_class, controller_class, grid)
+            entry["tracks"].append(
+                {"gains": vars(on_track), **evaluate_stanley(sim, on_track, [track])[0][0].as_dict()}
+            )
+        result["classical"][label] = entry
+        print(f"{label}: {len(scores)} gain sets, best {best}, {entry['cpu_s']:.0f} s CPU", flush=True)
+
+    grad_sim = SteeringSim(n_envs=16, requires_grad=True)
+    budget = args.grad_iterations * 16 * 100
+    for seed in args.seeds:
+        torch.manual_seed(seed)
+        policy = SteeringMLP()
+        t0 = time.process_time()
+        history = train_gradient(
+            policy,
+            grad_sim,
+            refs["train"],
+            iterations=args.grad_iterations,
+            cfg=TrainConfig(seed=seed),
+            eval_fn=lambda p: mean_lateral_rms(evaluate_policy(sim, p, refs["monitor"])[0]),
+            eval_every_env_steps=budget // args.evals,
+            progress=False,
+        )
+        cpu = time.process_time() - t0
+        save_policy(policy, out / f"policy_grad_seed{seed}.pt")
+        result["mlp"][str(seed)] = {
+            "history": history.as_dict(),
+            "cpu_s": cpu,
+            "groups": metrics_json(evaluate_policy(sim, policy, eval_paths)[0]),
+            "tracks": metrics_json(evaluate_policy(sim, policy, refs["tracks"])[0]),
+        }
+        print(f"MLP seed {seed}: {cpu:.0f} s CPU, monitor {history.eval_lateral_rms[-1]:.4f} m", flush=True)
+        (out / "grad.json").write_text(json.dumps(result, default=str))
+
+
+def ppo_stage(args, refs, out: Path) -> None:
+    """PPO: the settings of ``PPO_GRID`` with seed 0, then the best one with every seed."""
+    sim = SteeringSim(n_envs=args.ppo_envs, requires_grad=False)
+    eval_paths = [p for ps in refs["groups"].values() for p in ps]
+    grad_budget = args.grad_iterations * 16 * 100
+    cfg = TrainConfig()
+
+    def monitor(controller) -> float:
+        runs = run_paths(
+            sim, refs["monitor"], lambda ref, idx: controller, preview_distances=controller.preview_distances
+        )
+        return mean_lateral_rms(runs[0])
+
+    names = list(PPO_GRID)
+    settings = [dict(zip(names, values, strict=True)) for values in itertools.product(*PPO_GRID.values())]
+    result = {"selection": [], "seeds": {}}
+    for setting in settings:
+        t0 = time.process_time()
+        controller, _ = train_ppo(
+            sim, refs["train"], int(args.ppo_select_factor * grad_budget), cfg, PPOConfig(**setting)
+        )
+        score = monitor(controller)
+        result["selection"].append({"setting": setting, "monitor": score, "cpu_s": time.process_time() - t0})
+        print(f"PPO {setting}: monitor {score:.4f} m", flush=True)
+    best = min(result["selection"], key=lambda r: r["monitor"] if math.isfinite(r["monitor"]) else math.inf)
+    result["best"] = best["setting"]
+    budget = int(args.ppo_factor * grad_budget)
+    for seed in args.seeds:
+        t0 = time.process_time()
+        controller, history = train_ppo(
+            sim,
+            refs["train"],
+            budget,
+            cfg,
+            PPOConfig(**best["setting"]),
+            eval_fn=monitor,
+            eval_every_env_steps=budget // args.evals,
+            seed=seed,
+        )
+        controllers = lambda ref, idx, controller=controller: controller  # noqa: E731
+        result["seeds"][str(seed)] = {
+            "history": history.as_dict(),
+            "cpu_s": time.process_time() - t0,
+            "groups": metrics_json(
+                run_paths(sim, eval_paths, controllers, preview_distances=controller.preview_distances)[0]
+            ),
+            "tracks": metrics_json(
+                run_paths(sim, refs["tracks"], controllers, preview_distances=controller.preview_distances)[0]
+            ),
+        }
+        print(f"PPO seed {seed}: monitor {history.eval_lateral_rms[-1]:.4f} m", flush=True)
+        (out / "ppo.json").write_text(json.dumps(result, default=str))
+
+
+def _cells(entries: list[list[dict]], sl: slice) -> tuple[float, float, float]:
+    """Mean, min and max over seeds of the group's mean lateral RMS (incomplete runs penalized)."""
+    values = [mean_lateral_rms([PathMetrics(**m) for m in e[sl]]) for e in entries]
+    return float(np.mean(values)), float(np.min(values)), float(np.max(values))
+
+
+def _fmt(mean: float, low: float, high: float) -> str:
+    return f"{mean:.4f}" if low == high else f"{mean:.4f} ({low:.4f}-{high:.4f})"
+
+
+def steps_to_reach(env_steps, values, target) -> float:
+    """First env-step count at which ``values`` is <= ``target`` (nan if never)."""
+    return next((float(s) for s, v in zip(env_steps, values, strict=True) if v <= target), math.nan)
+
+
+def report(args, refs, out: Path) -> None:
+    grad = json.loads((out / "grad.json").read_text())
+    ppo = json.loads((out / "ppo.json").read_text())
+    mlp_runs = list(grad["mlp"].values())
+    ppo_runs = list(ppo["seeds"].values())
+    seeds = f"{len(mlp_runs)} seeds"
+    print(f"\n## Held-out references: lateral RMS (m), mean over {seeds} (min-max) for the learned controllers\n")
+    print(f"| speed (m/s) | references | {MLP} | {PPO} | {STANLEY} | {PURSUIT} | best |")
+    print("|---|---|---|---|---|---|---|")
+    first = 0
+    for group, paths in refs["groups"].items():
+        sl = slice(first, first + len(paths))
+        first += len(paths)
+        cells = {
+            MLP: _cells([r["groups"] for r in mlp_runs], sl),
+            PPO: _cells([r["groups"] for r in ppo_runs], sl),
+            STANLEY: _cells([grad["classical"][STANLEY]["groups"]], sl),
+            PURSUIT: _cells([grad["classical"][PURSUIT]["groups"]], sl),
+        }
+        best = min(cells, key=lambda k: cells[k][0])
+        worst_max = max(m["max_lateral"] for r in mlp_runs for m in r["groups"][sl])
+        names = ", ".join(p.name for p in paths)
+        row = " | ".join(_fmt(*cells[k]) for k in cells)
+        print(f"| {group} | {names} (MLP worst max {worst_max:.2f} m) | {row} | {best} |")
+
+    print(f"\n## Tracks, against classical controllers tuned on each track itself (lateral RMS / max, m; {seeds})\n")
+    print(f"| track | {MLP} | {STANLEY} tuned on it | {PURSUIT} tuned on it | MLP / best tuned |")
+    print("|---|---|---|---|---|")
+    for i, track in enumerate(refs["tracks"]):
+        mlp = [r["tracks"][i] for r in mlp_runs]
+        st, pp = grad["classical"][STANLEY]["tracks"][i], grad["classical"][PURSUIT]["tracks"][i]
+
+        def one(m):
+            done = "" if m["completion"] >= 1.0 else f", completion {m['completion']:.2f}"
+            return f"{m['lateral_rms']:.4f} / {m['max_lateral']:.3f}{done}"
+
+        def score(m):
+            return m["lateral_rms"] if m["completion"] >= 1.0 else math.inf
+
+        rms = [m["lateral_rms"] for m in mlp]
+        worst = min(m["completion"] for m in mlp)
+        done = "" if worst >= 1.0 else f", completion >= {worst:.2f}"
+        mlp_cell = (
+            f"{np.mean(rms):.4f} ({min(rms):.4f}-{max(rms):.4f}) / {max(m['max_lateral'] for m in mlp):.3f}{done}"
+        )
+        best = min(score(st), score(pp))
+        ratio = f"{np.mean(rms) / best:.2f}" if math.isfinite(best) and worst >= 1.0 else "-"
+        print(f"| {track.name} | {mlp_cell} | {one(st)} | {one(pp)} | {ratio} |")
+
+    print(f"\n## Training cost to reach the tuned PPO's final level on the monitor references ({seeds})\n")
+    ppo_final = float(np.mean([r["history"]["eval_lateral_rms"][-1] for r in ppo_runs]))
+    levels = [2.0 * ppo_final, ppo_final]
+    print("| level (m) | MLP env-steps | MLP CPU s | PPO env-steps | PPO CPU s | steps ratio | CPU ratio |")
+    print("|---|---|---|---|---|---|---|")
+    for level in levels:
+        cols = []
+        for runs in (mlp_runs, ppo_runs):
+            steps, cpu = [], []
+            for r in runs:
+                h = r["history"]
+                s = steps_to_reach(h["eval_env_steps"], h["eval_lateral_rms"], level)
+                steps.append(s)
+                # The CPU time of that evaluation point, as a share of the run's training CPU time.
+                frac = (
+                    (h["eval_wall_clock"][h["eval_env_steps"].index(int(s))] / h["wall_clock"][-1])
+                    if math.isfinite(s)
+                    else math.nan
+                )
+                cpu.append(frac * r["cpu_s"])
+            cols.append((float(np.mean(steps)), float(np.mean(cpu))))
+        (gs_, gc), (ps_, pc) = cols
+
+        def ratio(a, b):
+            return f"{a / b:.1f}" if math.isfinite(a) and math.isfinite(b) and b > 0 else "-"
+
+        print(f"| {level:.4f} | {gs_:.0f} | {gc:.0f} | {ps_:.0f} | {pc:.0f} | {ratio(ps_, gs_)} | {ratio(pc, gc)} |")
+    print(f"\nPPO settings tried: {len(ppo['selection'])}; best {ppo['best']}")
+    for entry in ppo["selection"]:
+        print(f"- {entry['setting']}: monitor {entry['monitor']:.4f} m")
+    for label in (STANLEY, PURSUIT):
+        print(f"{label}: {grad['classical'][label]['sets']} gain sets, best {grad['classical'][label]['gains']}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--grad-iterations", type=int, default=300)
-    parser.add_argument("--ppo-factor", type=float, default=10.0, help="PPO env-steps as a multiple of the gradient's")
-    parser.add_argument("--ppo-envs", type=int, default=64, help="environments of the PPO / evaluation scene")
-    parser.add_argument("--horizon", type=int, default=100)
-    parser.add_argument("--n-envs", type=int, default=16, help="environments of the gradient trainer")
-    parser.add_argument("--speeds", default="0.5,1.5,3,5")
-    parser.add_argument("--train-random", type=int, default=64)
-    parser.add_argument("--tune-random", type=int, default=4)
+    parser.add_argument("--stage", choices=("all", "grad", "ppo", "report"), default="all")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--grad-iterations", type=int, default=recipe.ITERATIONS)
+    parser.add_argument("--ppo-factor", type=float, default=5.0, help="PPO env-steps per seed, x the MLP's")
+    parser.add_argument("--ppo-select-factor", type=float, default=1.0, help="env-steps per PPO setting tried")
+    parser.add_argument("--ppo-envs", type=int, default=64)
+    parser.add_argument("--eval-envs", type=int, default=64)
     parser.add_argument("--eval-random", type=int, default=4)
-    parser.add_argument("--monitor", type=int, default=4)
-    parser.add_argument("--evals", type=int, default=10, help="closed-loop evaluations along each training run")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--monitor", type=int, default=2)
+    parser.add_argument("--evals", type=int, default=8, help="monitor evaluations along each training run")
     parser.add_argument("--out", default="out/benchmark")
     args = parser.parse_args()
+    args.seeds = [int(s) for s in args.seeds.split(",")]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    speeds = [float(v) for v in args.speeds.split(",")]
-
-    builtin = [p for v in speeds for p in P.training_paths(speed=v)]
-    for p in builtin:
-        p.name = f"{p.name}@{p['speed'][0]:g}"
-    train_set = [p for p in builtin if feasible(p)] + P.random_references(args.train_random, "train")
-    tune_set = [p for p in builtin if feasible(p)] + P.random_references(args.tune_random, "train")
-    # Training-split references beyond the training set, to follow training progress.
-    monitor = P.random_references(args.monitor, "train", first=10_000)
-    groups = {}  # (speed, kind) -> paths
-    for v in speeds:
-        trained = P.training_paths(speed=v)
-        held = [P.held_out_path(speed=v)] + P.random_references(args.eval_random, "held_out", speed_range=(v, v))
-        groups[(f"{v:g}", "training paths")] = [p for p in trained if feasible(p)]
-        groups[(f"{v:g}", "held-out paths")] = [p for p in held if feasible(p)]
-        beyond = [p for p in trained + held if not feasible(p)]
-        if beyond:
-            groups[(f"{v:g}", "beyond the lateral-acceleration bound")] = beyond
-    groups[("0.5-5 varying", "held-out paths")] = P.random_references(args.eval_random, "held_out", first=100)
-    eval_paths = [p for ps in groups.values() for p in ps]
-
-    t0 = time.time()
-    sim_grad = SteeringSim(n_envs=args.n_envs, requires_grad=True)
-    sim = SteeringSim(n_envs=args.ppo_envs, requires_grad=False)
-    print(f"scenes built in {time.time() - t0:.0f} s", flush=True)
-
-    # ---------------------------------------------------------------- classical baselines
-    t0 = time.time()
-    st_gains, st_scores = tune_stanley(sim, tune_set, STANLEY_FF_GRID)
-    t_st = time.time() - t0
-    print(f"Stanley-FF grid ({len(st_scores)} sets) in {t_st:.0f} s: {st_gains}", flush=True)
-    t0 = time.time()
-    pp_gains, pp_scores = tune_pure_pursuit(sim, tune_set, PURE_PURSUIT_GRID)
-    t_pp = time.time() - t0
-    print(f"pure-pursuit grid ({len(pp_scores)} sets) in {t_pp:.0f} s: {pp_gains}", flush=True)
-
-    def monitor_policy(policy) -> float:
-        return mean_lateral_rms(evaluate_policy(sim, policy, monitor)[0])
-
-    def monitor_controller(controller) -> float:
-        return mean_lateral_rms(
-            run_paths(sim, monitor, lambda ref, idx: controller, preview_distances=controller.preview_distances)[0]
-        )
-
-    # ---------------------------------------------------------------- gradient training
-    cfg = TrainConfig(horizon=args.horizon, seed=args.seed)
-    grad_budget = args.grad_iterations * args.n_envs * args.horizon
-    torch.manual_seed(args.seed)
-    policy = SteeringMLP()
-    t0 = time.time()
-    grad_hist = train_gradient(
-        policy,
-        sim_grad,
-        train_set,
-        iterations=args.grad_iterations,
-        cfg=cfg,
-        eval_fn=monitor_policy,
-        eval_every_env_steps=max(grad_budget // args.evals, 1),
-        checkpoint_dir=out / "checkpoints_grad",
-    )
-    t_grad = time.time() - t0
-    save_policy(policy, out / "policy_grad.pt")
-    print(f"gradient training in {t_grad:.0f} s", flush=True)
-
-    # ---------------------------------------------------------------- PPO, same references, observation and reward
-    ppo_budget = int(args.ppo_factor * grad_budget)
-    t0 = time.time()
-    ppo_controller, ppo_hist = train_ppo(
-        sim,
-        train_set,
-        ppo_budget,
-        cfg=cfg,
-        ppo=PPOConfig(num_steps_per_env=args.horizon),
-        eval_fn=monitor_controller,
-        eval_every_env_steps=max(ppo_budget // args.evals, 1),
-        seed=args.seed,
-    )
-    t_ppo = time.time() - t0
-    print(f"PPO training in {t_ppo:.0f} s", flush=True)
-
-    # ---------------------------------------------------------------- closed-loop evaluation
-    results = {
-        "MLP (gradient)": evaluate_policy(sim, policy, eval_paths)[0],
-        "PPO": run_paths(
-            sim, eval_paths, lambda ref, idx: ppo_controller, preview_distances=ppo_controller.preview_distances
-        )[0],
-        "Stanley-FF": evaluate_stanley(sim, st_gains, eval_paths)[0],
-        "pure pursuit": evaluate_stanley(sim, pp_gains, eval_paths)[0],
-    }
-    labels = list(results)
-    print("\n## Closed-loop tracking: lateral RMS (m) / max lateral (m) / completion\n")
-    print("| speed (m/s) | paths | " + " | ".join(labels) + " | best |")
-    print("|---" * (len(labels) + 3) + "|")
-    table = {}
-    first = 0
-    for (speed, kind), ps in groups.items():
-        if not ps:
-            continue
-        sl = slice(first, first + len(ps))
-        first += len(ps)
-        cells = {label: results[label][sl] for label in labels}
-        scores = {label: mean_lateral_rms(m) for label, m in cells.items()}
-        best = min(scores, key=scores.get)
-        names = ", ".join(p.name for p in ps)
-        print(
-            f"| {speed} | {kind} ({names}) | "
-            + " | ".join(summarize(cells[label]) for label in labels)
-            + f" | {best} |"
-        )
-        table[f"{speed} {kind}"] = {"paths": names, **{label: [m.as_dict() for m in cells[label]] for label in labels}}
-
-    held_out_best = {
-        key: min(labels, key=lambda label: mean_lateral_rms(results_of(table[key], label)))
-        for key in table
-        if "held-out" in key and table[key]["paths"]
-    }
-    print("\n## Targets\n")
-    wins = [key for key, label in held_out_best.items() if label == "MLP (gradient)"]
-    print(f"- MLP best on the held-out paths at {len(wins)} of {len(held_out_best)} speeds ({', '.join(wins) or '-'})")
-
-    ppo_final = ppo_hist.eval_lateral_rms[-1]
-    grad_final = grad_hist.eval_lateral_rms[-1]
-    # Unrounded: a level rounded below a run's final value would read as never reached.
-    levels = sorted({ppo_final, 2 * ppo_final, grad_final, 2 * grad_final})
-    print("\n## Simulated env-steps (wall-clock) to reach a closed-loop lateral RMS on the monitor references\n")
-    print(
-        f"(evaluated every ~{grad_budget // args.evals} env-steps for the gradient, ~{ppo_budget // args.evals} for PPO)\n"
-    )
-    print("| lateral RMS level (m) | gradient | PPO | PPO / gradient |")
-    print("|---|---|---|---|")
-    for level in levels:
-        g = steps_to_reach(grad_hist.eval_env_steps, grad_hist.eval_lateral_rms, level)
-        e = steps_to_reach(ppo_hist.eval_env_steps, ppo_hist.eval_lateral_rms, level)
-
-        def cell(steps, hist):
-            if not math.isfinite(steps):
-                return f"not reached in {hist.eval_env_steps[-1]}"
-            wall = hist.eval_wall_clock[hist.eval_env_steps.index(int(steps))]
-            return f"{steps:.0f} ({wall:.0f} s)"
-
-        ratio = f"{e / g:.1f}" if math.isfinite(e) and math.isfinite(g) and g > 0 else "-"
-        print(f"| {level:.4f} | {cell(g, grad_hist)} | {cell(e, ppo_hist)} | {ratio} |")
-
-    print("\n## Budgets and cost\n")
-    print("| run | simulated env-steps | wall-clock (s) | note |")
-    print("|---|---|---|---|")
-    print(f"| Stanley-FF grid | - | {t_st:.0f} | {len(st_scores)} gain sets x {len(tune_set)} tuning references |")
-    print(f"| pure-pursuit grid | - | {t_pp:.0f} | {len(pp_scores)} gain sets x {len(tune_set)} tuning references |")
-    print(
-        f"| gradient training | {grad_hist.env_steps[-1]} | {t_grad:.0f} | {args.grad_iterations} windows x "
-        f"{args.n_envs} envs x {args.horizon} steps, forward + reverse, incl. {len(grad_hist.eval_env_steps)} evals |"
-    )
-    print(
-        f"| PPO training | {ppo_hist.env_steps[-1]} | {t_ppo:.0f} | {args.ppo_envs} envs x {args.horizon} steps "
-        f"per iteration, rsl-rl defaults (PPOConfig), incl. {len(ppo_hist.eval_env_steps)} evals |"
-    )
-    print(f"\ntraining set: {len(train_set)} references; tuning set: {len(tune_set)}; gains: {st_gains}, {pp_gains}")
-
-    plot_training_curve(
-        {
-            "gradient": {
-                "env_steps": grad_hist.env_steps,
-                "loss": grad_hist.loss,
-                "eval_env_steps": grad_hist.eval_env_steps,
-                "lateral_rms": grad_hist.eval_lateral_rms,
-            },
-            "PPO": {
-                "env_steps": ppo_hist.env_steps,
-                "loss": [],
-                "eval_env_steps": ppo_hist.eval_env_steps,
-                "lateral_rms": ppo_hist.eval_lateral_rms,
-            },
-        },
-        out / "benchmark_training_curves.png",
-    )
-    summary = {
-        "args": vars(args),
-        "stanley_ff_gains": vars(st_gains),
-        "pure_pursuit_gains": vars(pp_gains),
-        "grad": grad_hist.as_dict(),
-        "ppo": ppo_hist.as_dict(),
-        "table": table,
-        "wall_clock": {"stanley_ff": t_st, "pure_pursuit": t_pp, "grad": t_grad, "ppo": t_ppo},
-    }
-    (out / "benchmark.json").write_text(json.dumps(summary, indent=2, default=str))
-    print(f"\nplots and data in {out}/")
-
-
-def results_of(row: dict, label: str):
-    from genesis_grad.steering.evaluate import PathMetrics
-
-    return [PathMetrics(**m) for m in row[label]]
+    refs = reference_sets(args.eval_random, args.monitor)
+    if args.stage in ("all", "grad"):
+        grad_stage(args, refs, out)
+    if args.stage in ("all", "ppo"):
+        ppo_stage(args, refs, out)
+    if args.stage in ("all", "report"):
+        report(args, refs, out)
 
 
 if __name__ == "__main__":

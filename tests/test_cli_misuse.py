@@ -112,7 +112,7 @@ def _bad_checkpoint(tmp_path, kind: str):
     elif kind == "other_shape":
         torch.save({"config": policy.config(), "state_dict": SteeringMLP(hidden=(16,)).state_dict()}, path)
     elif kind == "old_observation":
-        # Written before the observation gained the reference speed ahead: no obs_version in its config.
+        # Written before the observation layouts were versioned: no obs_version in its config (version 1).
         config = {k: v for k, v in policy.config().items() if k != "obs_version"}
         torch.save({"config": config, "state_dict": policy.state_dict()}, path)
     elif kind == "other_observation":
@@ -131,9 +131,9 @@ BAD_CHECKPOINTS = {
     "empty": "empty file",
     "text": "truncated or corrupted",
     "bare_state_dict": "not a steering-policy checkpoint",
-    "other_shape": r"do not fit the model .*net\.0\.weight: checkpoint \[16, 15\], model \[8, 15\]",
-    "old_observation": "retrain: the observation gained the reference speed ahead",
-    "other_observation": "trained on observation version 99, this genesis-grad reads version 2 only",
+    "other_shape": r"do not fit the model .*net\.0\.weight: checkpoint \[16, 27\], model \[8, 27\]",
+    "old_observation": "trained on observation version 1, this genesis-grad reads version 3 only",
+    "other_observation": "trained on observation version 99, this genesis-grad reads version 3 only",
     "nan_weights": r"'net\.0\.weight' holds 1 NaN or infinite value",
 }
 

@@ -1,6 +1,7 @@
 """Fast tests of the steering system: paths and CSV reader, error state, the car, Stanley, a few training steps."""
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -297,6 +298,32 @@ def test_random_references_are_feasible_and_the_splits_disjoint():
         P.random_reference(0, "test")
 
 
+def test_random_tracks_pass_the_reader_and_respect_the_car(tmp_path):
+    """Random tracks are what a user may draw and the CSV reader accepts (no turn sharper than the car can follow),
+    with speeds within the lateral-acceleration bound on their arcs and slow enough at their sharp corners."""
+    tracks = [P.random_track(i, split) for split in ("train", "held_out") for i in range(12)]
+    n_sharp = 0
+    for i, track in enumerate(tracks):
+        path = tmp_path / f"{i}.csv"
+        P.save_reference_csv(track, path)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            read = P.load_reference_csv(path)
+        np.testing.assert_allclose(read.length, track.length, rtol=1e-6)
+        v = track["speed"]
+        assert v.min() >= P.SPEED_RANGE[0] - 1e-9 and v.max() <= P.SPEED_RANGE[1] + 1e-9
+        turn = np.abs(np.diff(np.unwrap(track["yaw"])))
+        sharp = turn > 0.1  # a corner sample: more than 0.1 rad within 5 cm
+        n_sharp += int(sharp.sum())
+        assert (v[1:][sharp] <= np.sqrt(P.MAX_LATERAL_ACCEL * P.MIN_TURN_RADIUS) + 1e-9).all()
+        arc = ~sharp & (turn > 1e-6)
+        # On arcs (curvature = turn / spacing): v^2 kappa within the bound.
+        assert (v[1:][arc] ** 2 * turn[arc] / np.diff(track.s)[arc]).max() <= P.MAX_LATERAL_ACCEL * 1.01
+    assert n_sharp > 0
+    np.testing.assert_array_equal(P.random_track(3)["pos_x"], tracks[3]["pos_x"])
+    assert not np.allclose(tracks[0]["pos_x"][:100], tracks[12]["pos_x"][:100])
+
+
 def test_car_constants_of_paths_match_the_sim():
     from genesis_grad.steering import sim as S
 
@@ -322,7 +349,7 @@ def test_pure_pursuit_and_stanley_feedforward_track_a_curve(sim):
     assert (rms < 0.08).all(), rms
 
 
-def test_observation_has_speed_and_curvature_ahead(sim):
+def test_observation_sees_the_reference_ahead_in_the_car_frame(sim):
     from genesis_grad.steering.policy import DEFAULT_PREVIEW, SteeringMLP, observation_features
     from genesis_grad.steering.sim import path_start_states
 
@@ -332,10 +359,14 @@ def test_observation_has_speed_and_curvature_ahead(sim):
         obs = sim.observe(ref, preview_distances=DEFAULT_PREVIEW)
         features = observation_features(obs)
     assert features.shape == (4, SteeringMLP().n_features)
-    np.testing.assert_allclose(features[:, 3].numpy() * 2.0, [1.0, 3.0, 1.0, 3.0], atol=0.02)  # speed / 2 m/s
-    np.testing.assert_allclose(obs.preview_curvature[0].numpy(), 0.5, atol=0.02)  # 1 / radius, at every distance
-    np.testing.assert_allclose(obs.preview_curvature[1].numpy(), 0.0, atol=1e-9)
-    np.testing.assert_allclose(obs.preview_speed.numpy(), [[1.0] * 5, [3.0] * 5, [1.0] * 5, [3.0] * 5])
+    np.testing.assert_allclose(features[:, 1].numpy() * 2.0, [1.0, 3.0, 1.0, 3.0], atol=0.02)  # speed / 2 m/s
+    # The car starts at the first point heading along the path: the point d ahead on the straight is (d, 0); on the
+    # counter-clockwise circle of radius 2, (2 sin(d / 2), 2 (1 - cos(d / 2))) (up to the car's settling on its wheels).
+    d = np.asarray(DEFAULT_PREVIEW)
+    circle = np.stack([2.0 * np.sin(d / 2.0), 2.0 * (1.0 - np.cos(d / 2.0))], axis=1)
+    np.testing.assert_allclose(obs.preview_xy[0].numpy(), circle, atol=5e-3)
+    np.testing.assert_allclose(obs.preview_xy[1].numpy(), np.stack([d, 0.0 * d], axis=1), atol=5e-3)
+    np.testing.assert_allclose(obs.preview_speed.numpy(), [[1.0] * len(d), [3.0] * len(d)] * 2)
 
 
 def test_features_include_the_reference_speed_ahead(sim):
@@ -354,15 +385,52 @@ def test_features_include_the_reference_speed_ahead(sim):
         obs = sim.observe(ref, preview_distances=DEFAULT_PREVIEW)
         features = observation_features(obs)
     k = len(DEFAULT_PREVIEW)
-    assert features.shape == (4, 5 + 2 * k) == (4, SteeringMLP().n_features)
+    assert features.shape == (4, 3 + 3 * k) == (4, SteeringMLP().n_features)
     # The last K columns are the reference speeds at the preview distances, over the 2 m/s speed scale.
-    ahead = ref.at("speed", ref.index_at_distance(obs.idx, DEFAULT_PREVIEW))
-    torch.testing.assert_close(features[:, 5 + k :], ahead / 2.0, rtol=0.0, atol=1e-12)
     d = np.asarray(DEFAULT_PREVIEW)
-    np.testing.assert_allclose(features[0, 5 + k :].numpy() * 2.0, 1.0 + 0.25 * d, atol=0.02)
-    np.testing.assert_allclose(features[1, 5 + k :].numpy() * 2.0, 4.0 - 0.5 * d, atol=0.03)
+    np.testing.assert_allclose(features[0, -k:].numpy() * 2.0, 1.0 + 0.25 * d, atol=0.02)
+    np.testing.assert_allclose(features[1, -k:].numpy() * 2.0, 4.0 - 0.5 * d, atol=0.03)
     # The speed ahead differs from the current reference speed: the feature is not a copy of the speed columns.
     assert abs(features[0, -1] * 2.0 - obs.ref_speed[0]) > 0.4
+
+
+def test_observation_is_continuous_into_a_curve_and_round_a_corner(sim):
+    """The car moved in 1 mm steps, 0.1 m right of the path, into a 1.4 m arc and past the outside of a polyline's
+    right-angle corner: every feature moves by at most a few hundredths. The earlier layout's reference curvature ahead jumped
+    from 0 to 0.86 as each preview distance reached the arc, and to 19 at the corner's sample; its heading error by 90
+    degrees at the corner. (Inside a sharp corner the nearest point of the path does jump from one leg to the other, by
+    twice the car's distance to them: no layout built on the nearest point avoids that.)"""
+    from genesis_grad.steering.policy import DEFAULT_PREVIEW, observation_features
+    from genesis_grad.steering.sim import StartState
+
+    leg = np.arange(0.0, 3.0 + 1e-9, P.DEFAULT_DS)
+    xs, ys = np.concatenate([leg, np.full(len(leg) - 1, 3.0)]), np.concatenate([0.0 * leg, leg[1:]])
+    yaw = np.concatenate([0.0 * leg, np.full(len(leg) - 1, 0.5 * np.pi)])
+    yaw[len(leg) - 1] = 0.25 * np.pi
+    corner = P.ReferencePath(xs, ys, yaw, np.ones_like(xs), name="corner")
+    arc = np.linspace(0.0, 0.5 * np.pi, 44)[1:]
+    curve = P.ReferencePath(
+        np.concatenate([leg, 3.0 + 1.4 * np.sin(arc)]),
+        np.concatenate([0.0 * leg, 1.4 * (1.0 - np.cos(arc))]),
+        np.concatenate([0.0 * leg, arc]),
+        np.ones(len(leg) + len(arc)),
+        name="curve",
+    )
+    reference = TorchReference([corner, curve], [0, 0, 1, 1])
+    features = []
+    for i in range(0, 600, 2):
+        x = torch.tensor([i, i + 1, i, i + 1], dtype=torch.float64) * 1e-3 + 2.6
+        zeros = torch.zeros(4, dtype=torch.float64)
+        start = StartState(x=x, y=zeros - 0.1, yaw=zeros, speed=zeros, steer=zeros, idx=zeros.long() + 50)
+        sim.reset(start)
+        with torch.no_grad():
+            obs = sim.observe(reference, prev_idx=start.idx, preview_distances=DEFAULT_PREVIEW)
+            features.append(observation_features(obs))
+    features = torch.stack(features)  # (steps, env, feature)
+    for path in (0, 1):
+        steps = features[:, (2 * path, 2 * path + 1)].reshape(-1, features.shape[-1])
+        # 1 mm over the finest scale (5 cm) is 0.02.
+        assert steps.diff(dim=0).abs().max() < 0.05, (path, steps.diff(dim=0).abs().max(dim=0))
 
 
 def test_ppo_env_steps_resets_and_rewards_minus_the_step_loss(sim):

@@ -5,7 +5,9 @@ physics (wheel-ground contact included), with the PD steering targets and state 
 
 Modules, one per concern:
 
-- ``paths``: reference paths (generators, seeded random references, CSV reader) and ``TorchReference``, their batched torch form;
+- ``paths``: reference paths (generators, seeded random references and tracks, CSV reader) and ``TorchReference``,
+  their batched torch form (nearest point, interpolation along the path);
+- ``recipe``: the default training set and budget of ``genesis-grad train``;
 - ``error_state``: ``compute_error_state_torch`` (e_lat, e_head, e_speed) against the nearest reference point;
 - ``sim``: the car scene (batched), resets to sampled states, stepping, differentiable pose reading;
 - ``policy``: the MLP;
@@ -28,6 +30,8 @@ _EXPORTS = {
     "training_paths": "paths",
     "held_out_path": "paths",
     "random_reference": "paths",
+    "random_track": "paths",
+    "training_set": "recipe",
     "random_references": "paths",
     "compute_error_state_torch": "error_state",
     "nearest_reference_index": "error_state",

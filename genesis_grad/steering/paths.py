@@ -509,20 +509,131 @@ def random_reference(
         return v
 
     kappa = knots((2.0, 6.0), curvature_values)
-    v_target = knots((4.0, 10.0), lambda m: rng.uniform(*speed_range, m))
-    v_cap = np.sqrt(max_lateral_accel / np.maximum(np.abs(kappa), 1e-9))
-    v2 = np.clip(np.minimum(v_target, v_cap), *speed_range) ** 2
+    speed = _speed_profile(s, rng, speed_range, np.sqrt(max_lateral_accel / np.maximum(np.abs(kappa), 1e-9)), max_accel)
     step = np.diff(s)
-    for i in range(1, n):  # accelerating: v_i^2 <= v_{i-1}^2 + 2 a ds
-        v2[i] = min(v2[i], v2[i - 1] + 2.0 * max_accel * step[i - 1])
-    for i in range(n - 2, -1, -1):  # braking ahead of a slower stretch
-        v2[i] = min(v2[i], v2[i + 1] + 2.0 * max_accel * step[i])
-    speed = np.clip(np.sqrt(v2), *speed_range)
     # Integrate the heading and the position (trapezoid on the heading's cosine and sine).
     yaw = np.concatenate([[0.0], np.cumsum(0.5 * (kappa[1:] + kappa[:-1]) * step)])
     x = np.concatenate([[0.0], np.cumsum(0.5 * (np.cos(yaw[1:]) + np.cos(yaw[:-1])) * step)])
     y = np.concatenate([[0.0], np.cumsum(0.5 * (np.sin(yaw[1:]) + np.sin(yaw[:-1])) * step)])
     return ReferencePath(x, y, yaw, speed, name=f"random_{split}_{index}")
+
+
+# Corners of the random tracks: turns of up to 90 degrees, either sharp (a polyline's corner, which no car follows
+# exactly) or arcs of a radius the car can drive with steering to spare; a sharp corner is driven at most as fast as
+# the car's tightest circle allows at the lateral-acceleration bound, over CORNER_ZONE metres on each side.
+TURN_DEG = (20.0, 89.0)
+ARC_RADIUS = (1.4, 5.0)
+SHARP_FRACTION = 0.3
+HAIRPIN_FRACTION = 0.2
+CORNER_ZONE = 1.0
+
+
+def random_track(
+    index: int,
+    split: str = "train",
+    length: float = 30.0,
+    speed_range: tuple[float, float] = SPEED_RANGE,
+    max_lateral_accel: float = MAX_LATERAL_ACCEL,
+    max_accel: float = MAX_ACCEL,
+    ds: float = DEFAULT_DS,
+) -> ReferencePath:
+    """
+    A random track of straights and corners, as people draw them: a reference the car can follow up to its corners.
+
+    Straights of 1.8-5 m joined by turns of 20-89 degrees, left or right; a turn is sharp (a polyline's corner) with
+    probability ``SHARP_FRACTION``, otherwise an arc of radius 1.4-5 m (the car turns down to 1.1 m). With probability
+    ``HAIRPIN_FRACTION`` a turn of 89 degrees is followed, 1.8-2.5 m later, by a second one the same way (a hairpin:
+    178 degrees within 2-13 m; the straights between turns keep any 1.73 m, a quarter of the car's turning circle, to
+    90 degrees at most, which the CSV reader checks).
+    The speed is drawn as in ``random_reference`` (random knots in ``speed_range``, rate-limited to ``max_accel``) and
+    capped where ``v^2 / R`` would exceed ``max_lateral_accel``; within ``CORNER_ZONE`` of a sharp corner, R is the car's
+    tightest turning radius.
+
+    Parameters
+    ----------
+    index : int
+        Which track of the split (non-negative).
+    split : {"train", "held_out"}
+        The seed stream; disjoint from ``random_reference``'s for the same (split, index).
+    """
+    if split not in SPLITS:
+        raise ValueError(f"Unknown split {split!r}, expected one of {sorted(SPLITS)}.")
+    if index < 0:
+        raise ValueError(f"The track index must be non-negative, got {index}.")
+    rng = np.random.default_rng(np.random.SeedSequence([SPLITS[split], int(index), 1]))
+    # Pieces of (arc length, curvature) with sharp corners as zero-length pieces of a given turn.
+    pieces: list[tuple[float, float, float]] = []  # (length, curvature, sharp turn in rad)
+    total, hairpin_sign = 0.0, 0.0
+    while total < length:
+        # At least a quarter of the car's turning circle between turns: no more than 90 degrees within it.
+        straight_length = rng.uniform(1.8, 2.5) if hairpin_sign else rng.uniform(1.8, 5.0)
+        pieces.append((straight_length, 0.0, 0.0))
+        total += straight_length
+        sign = hairpin_sign or rng.choice((-1.0, 1.0))
+        turn = sign * math.radians(TURN_DEG[1] if hairpin_sign else rng.uniform(*TURN_DEG))
+        hairpin_sign = sign if not hairpin_sign and rng.uniform() < HAIRPIN_FRACTION else 0.0
+        if hairpin_sign:
+            turn = sign * math.radians(TURN_DEG[1])
+        if rng.uniform() < SHARP_FRACTION:
+            pieces.append((0.0, 0.0, turn))
+        else:
+            radius = rng.uniform(*ARC_RADIUS)
+            pieces.append((abs(turn) * radius, sign / radius, 0.0))
+            total += abs(turn) * radius
+    # Sample the pieces every ds (a sharp corner is a sample of its own, with the mean of the two headings).
+    xs, ys, yaws, radii, sharp_s = [0.0], [0.0], [0.0], [math.inf], []
+    arc, heading = 0.0, 0.0
+    for piece_length, kappa, sharp in pieces:
+        if sharp:
+            yaws[-1] = heading + 0.5 * sharp
+            heading += sharp
+            sharp_s.append(arc)
+            continue
+        n = max(int(round(piece_length / ds)), 1)
+        step = piece_length / n
+        for _ in range(n):
+            if kappa:
+                new_heading = heading + kappa * step
+                chord = 2.0 * math.sin(0.5 * kappa * step) / kappa
+                mid = 0.5 * (heading + new_heading)
+            else:
+                new_heading, chord, mid = heading, step, heading
+            xs.append(xs[-1] + chord * math.cos(mid))
+            ys.append(ys[-1] + chord * math.sin(mid))
+            heading = new_heading
+            yaws.append(heading)
+            radii.append(1.0 / abs(kappa) if kappa else math.inf)
+            arc += step
+        if arc >= length:
+            break
+    s = np.concatenate([[0.0], np.cumsum(np.hypot(np.diff(xs), np.diff(ys)))])
+    radius = np.asarray(radii)
+    for corner in sharp_s:
+        radius = np.where(np.abs(s - corner) <= CORNER_ZONE, np.minimum(radius, MIN_TURN_RADIUS), radius)
+    speed = _speed_profile(s, rng, speed_range, np.sqrt(max_lateral_accel * radius), max_accel)
+    return ReferencePath(xs, ys, yaws, speed, name=f"track_{split}_{index}")
+
+
+def _speed_profile(
+    s: np.ndarray,
+    rng: np.random.Generator,
+    speed_range: tuple[float, float],
+    v_cap: np.ndarray,
+    max_accel: float,
+) -> np.ndarray:
+    """Random knots 4-10 m apart in ``speed_range`` (cosine-interpolated), capped by ``v_cap`` and rate-limited to
+    ``max_accel`` both ways (forward and backward passes on v^2), every speed kept in ``speed_range``."""
+    knots_s = [0.0]
+    while knots_s[-1] < s[-1]:
+        knots_s.append(knots_s[-1] + rng.uniform(4.0, 10.0))
+    v_target = _cosine_interp(s, np.asarray(knots_s), rng.uniform(*speed_range, len(knots_s)))
+    v2 = np.clip(np.minimum(v_target, v_cap), *speed_range) ** 2
+    step = np.diff(s)
+    for i in range(1, len(s)):  # accelerating: v_i^2 <= v_{i-1}^2 + 2 a ds
+        v2[i] = min(v2[i], v2[i - 1] + 2.0 * max_accel * step[i - 1])
+    for i in range(len(s) - 2, -1, -1):  # braking ahead of a slower stretch
+        v2[i] = min(v2[i], v2[i + 1] + 2.0 * max_accel * step[i])
+    return np.clip(np.sqrt(v2), *speed_range)
 
 
 def _cosine_interp(s: np.ndarray, knots_s: np.ndarray, values: np.ndarray) -> np.ndarray:
@@ -618,3 +729,57 @@ class TorchReference(Mapping):
         target = self.at("s", idx)[:, None] + d[None, :]
         ahead = torch.searchsorted(self._data["s"], target.contiguous())
         return torch.minimum(ahead, (self.n - 1)[:, None])
+
+    def interp(self, key: str, s: torch.Tensor) -> torch.Tensor:
+        """
+        Values of ``key`` at arc lengths ``s`` (B, K), linear between samples (exact for a polyline's coordinates) and
+        clamped to the path's ends. Differentiable in ``s``.
+        """
+        import torch
+
+        arc, values = self._data["s"], self._data[key]
+        last = (self.n - 1).to(arc.device)[:, None]
+        lo = torch.searchsorted(arc, s.detach().contiguous(), right=True) - 1
+        lo = torch.minimum(torch.clamp(lo, min=0), torch.clamp(last - 1, min=0))
+        hi = torch.minimum(lo + 1, last)
+        s0, s1 = torch.gather(arc, 1, lo), torch.gather(arc, 1, hi)
+        u = torch.clamp((s - s0) / torch.clamp(s1 - s0, min=1e-12), 0.0, 1.0)
+        v0, v1 = torch.gather(values, 1, lo), torch.gather(values, 1, hi)
+        return v0 + u * (v1 - v0)
+
+    def project(
+        self, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """
+        The point of the path nearest to (x, y) (B,) on the two segments around sample ``idx`` (B,): its arc length,
+        the signed lateral offset of (x, y) from it (> 0 left of the path) and the path's heading there (the sample
+        yaws interpolated). Continuous in (x, y) and differentiable, unlike the nearest sample: the offset does not
+        jump by a sample's spacing, and on the outside of a polyline's corner it is the distance to the corner.
+        """
+        import torch
+
+        last = (self.n - 1).to(idx.device)
+        ends = (torch.clamp(idx - 1, min=0), idx, torch.minimum(idx + 1, last))
+        best = None
+        for a, b in zip(ends[:-1], ends[1:], strict=True):
+            ax, ay, bx, by = (self.at(k, i) for k, i in (("pos_x", a), ("pos_y", a), ("pos_x", b), ("pos_y", b)))
+            tx, ty = bx - ax, by - ay
+            length = torch.hypot(tx, ty)
+            safe = torch.clamp(length, min=1e-12)
+            along = ((x - ax) * tx + (y - ay) * ty) / safe
+            u = torch.clamp(along / safe, 0.0, 1.0)
+            px, py = ax + u * tx, ay + u * ty
+            dist2 = torch.where(length > 1e-12, (x - px) ** 2 + (y - py) ** 2, torch.full_like(x, torch.inf))
+            line = (tx * (y - ay) - ty * (x - ax)) / safe
+            # Beyond the segment's ends the nearest point is the end itself (the outside of a corner).
+            clamped = (along < 0.0) | (along > length)
+            lateral = torch.where(clamped, torch.sign(line) * torch.sqrt(dist2.clamp(min=1e-24)), line)
+            yaw_a, yaw_b = self.at("yaw", a), self.at("yaw", b)
+            heading = yaw_a + u * torch.remainder(yaw_b - yaw_a + math.pi, 2.0 * math.pi) - u * math.pi
+            candidate = (dist2, self.at("s", a) + u * length, lateral, heading)
+            if best is None:
+                best = candidate
+            else:
+                nearer = candidate[0] < best[0]
+                best = tuple(torch.where(nearer, c, b_) for c, b_ in zip(candidate, best, strict=True))
+        return best[1], best[2], best[3]

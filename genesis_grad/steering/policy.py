@@ -1,18 +1,20 @@
 """
-The steering policy: an MLP from the error state (plus a preview of the reference curvature and speed ahead and the
-servo state) to a steering command in [-limit, limit].
+The steering policy: an MLP from the car's state and the reference ahead of it, seen from the car, to a steering
+command in [-limit, limit].
 
 Inputs, each scaled to O(1) by fixed constants (no learned normalization, so a checkpoint is self-contained):
 
-- ``e_lat``, ``e_head``, ``e_speed``: the error state of the users' script;
-- ``speed``: the lateral dynamics depend on it (the same error needs less steering when driving faster);
+- ``e_speed``, ``speed``: the lateral dynamics depend on the speed (the same curve needs less steering when driving
+  slower, the tyres slip more when driving faster);
 - ``steer``: the current wheel angle, which lags the command by the servo's ~0.1 s time constant;
-- the reference curvature at ``preview_distances`` ahead (``()`` for none): meant to let the policy turn in before an
-  error builds up. Measured (``benchmarks/steering_ablation.py``, docs/steering.md, before the speed preview below was added),
-  it does not pay off on the built-in paths: without it the MLP tracks as well or slightly better, as the error
-  state, speed and wheel angle already suffice;
-- the reference speed at the same ``preview_distances`` ahead: the references' speed profiles vary along the path
-  (0.5-5 m/s), and the steering a curve needs depends on the speed it is driven at.
+- the reference points at ``preview_distances`` of arc length ahead of the nearest point of the path (0 m: that point
+  itself, which gives the lateral error), in the car's frame: what a driver sees through the windscreen, and what pure
+  pursuit steers by (one point) and Stanley (the nearest point and the heading);
+- the reference speed at the same distances: the speed profiles vary along the path (0.5-5 m/s).
+
+Every input is continuous in the car's pose, also where the path has a sharp corner: an earlier layout fed the
+reference curvature ahead, which is a spike at a polyline's corner (16 1/m at a right angle sampled every 5 cm), and
+the error state against the nearest sample, whose heading jumps there; the policy's command jumped with them.
 
 The layout of these inputs is versioned (``OBS_VERSION``, stored in checkpoints): a checkpoint trained on another
 layout is refused by ``load_policy`` rather than fed inputs it was not trained on.
@@ -31,50 +33,42 @@ import torch
 from torch import nn
 
 from .errors import CheckpointError
-from .sim import STEER_LIMIT, WHEELBASE, Observation
+from .sim import STEER_LIMIT, Observation
 
-DEFAULT_PREVIEW = (0.0, 0.5, 1.0, 1.5, 2.0)
+DEFAULT_PREVIEW = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
 
-# Fixed input scales: errors of these sizes map to O(1) features.
-_LAT_SCALE, _HEAD_SCALE, _SPEED_SCALE = 0.5, 0.5, 2.0
+# Fixed input scales: values of these sizes map to O(1) features. A reference point d metres ahead is scaled by
+# max(d, _POINT_SCALE): its offset across the car's heading relative to its distance is the bearing a driver steers by.
+_SPEED_SCALE, _POINT_SCALE = 2.0, 0.25
 
-# Version of the input layout of ``observation_features``, stored in checkpoint configs. 1 (no version stored): the
-# 5 + K features without the reference speed ahead; 2: 5 + 2K features, with it.
-OBS_VERSION = 2
+# Version of the input layout of ``observation_features``, stored in checkpoint configs. 1 (no version stored) and 2:
+# error state, speed, wheel angle, the reference curvature (and from 2 the speed) ahead; 3: speed error, speed, wheel
+# angle, the reference points ahead in the car's frame and the reference speed ahead (3 + 3K features).
+OBS_VERSION = 3
 
 
 def observation_features(obs: Observation, steer_limit: float = STEER_LIMIT) -> torch.Tensor:
     """
-    (B, 5 + 2K) scaled features of an observation: the input of the MLP, and the observation of the PPO baseline.
+    (B, 3 + 3K) scaled features of an observation: the input of the MLP, and the observation of the PPO baseline.
 
     Parameters
     ----------
     obs : Observation
-        The observation, with its K preview curvatures and speeds (the sim computes them at the distances the caller
+        The observation, with its K preview points and speeds (the sim computes them at the distances the caller
         asked for).
     steer_limit : float
-        Wheel-angle bound (rad) the angles are scaled by.
+        Wheel-angle bound (rad) the angle is scaled by.
 
     Returns
     -------
     torch.Tensor
-        Columns ``e_lat``, ``e_head``, ``e_speed``, ``speed``, ``steer``, then the K reference curvatures ahead (as the
-        steady-state wheel angle they need over ``steer_limit``), then the K reference speeds ahead (over
-        ``_SPEED_SCALE``), each scaled to O(1) by fixed constants (layout ``OBS_VERSION``).
+        Columns ``e_speed``, ``speed``, ``steer``, then the K reference points ahead (x then y, in the car's frame,
+        each over max(distance, 0.25 m)), then the K reference speeds ahead (layout ``OBS_VERSION``).
     """
-    # Curvature times wheelbase is the steady-state steering angle the curve needs (kinematic bicycle, small angle).
-    curv = obs.preview_curvature * (WHEELBASE / steer_limit)
-    base = torch.stack(
-        [
-            obs.e_lat / _LAT_SCALE,
-            obs.e_head / _HEAD_SCALE,
-            obs.e_speed / _SPEED_SCALE,
-            obs.speed / _SPEED_SCALE,
-            obs.steer / steer_limit,
-        ],
-        dim=1,
-    )
-    return torch.cat([base, curv.to(base), (obs.preview_speed / _SPEED_SCALE).to(base)], dim=1)
+    base = torch.stack([obs.e_speed / _SPEED_SCALE, obs.speed / _SPEED_SCALE, obs.steer / steer_limit], dim=1)
+    scale = torch.clamp(torch.as_tensor(obs.preview_distances, dtype=base.dtype), min=_POINT_SCALE).to(base.device)
+    points = obs.preview_xy.to(base) / scale[None, :, None]
+    return torch.cat([base, points[..., 0], points[..., 1], (obs.preview_speed / _SPEED_SCALE).to(base)], dim=1)
 
 
 class SteeringMLP(nn.Module):
@@ -84,8 +78,8 @@ class SteeringMLP(nn.Module):
     Parameters
     ----------
     preview_distances : sequence of float
-        Distances (m) ahead of the nearest reference point at which the reference curvature and speed are fed to the
-        network.
+        Distances (m) of arc length ahead of the nearest point of the path at which the reference point (in the car's
+        frame) and speed are fed to the network.
     hidden : sequence of int
         Hidden layer widths (tanh activations).
     steer_limit : float
@@ -117,7 +111,7 @@ class SteeringMLP(nn.Module):
 
     @property
     def n_features(self) -> int:
-        return 5 + 2 * len(self.preview_distances)
+        return 3 + 3 * len(self.preview_distances)
 
     def config(self) -> dict:
         """Constructor arguments and the input layout's ``obs_version`` (``OBS_VERSION``), stored in checkpoints."""
@@ -218,7 +212,7 @@ def load_policy(path) -> tuple[SteeringMLP, dict]:
     CheckpointError
         A ``ValueError`` with a one-line message: the file cannot be read, is empty, truncated or not a PyTorch
         checkpoint, holds objects other than weights and plain data, is not a steering-policy checkpoint, was trained on
-        another observation layout (``OBS_VERSION``; checkpoints without one predate the reference speed ahead), its
+        another observation layout (``OBS_VERSION``; checkpoints without one are of version 1), its
         weights do not match the model its config describes, or a weight is NaN or infinite.
     """
     path = Path(path)
@@ -230,16 +224,12 @@ def load_policy(path) -> tuple[SteeringMLP, dict]:
             f"(as written by genesis-grad train / save_policy), found {found}."
         )
     config, state_dict = dict(record["config"]), record["state_dict"]
-    if "obs_version" not in config:
-        raise CheckpointError(
-            f"{path}: the checkpoint predates observation version {OBS_VERSION} (its policy saw 5 + K inputs, the "
-            f"policy now sees 5 + 2K); retrain: the observation gained the reference speed ahead."
-        )
-    obs_version = config.pop("obs_version")
+    obs_version = config.pop("obs_version", 1)
     if type(obs_version) is not int or obs_version != OBS_VERSION:
         raise CheckpointError(
             f"{path}: the checkpoint was trained on observation version {repr(obs_version)[:40]}, this genesis-grad "
-            f"reads version {OBS_VERSION} only; retrain with this version."
+            f"reads version {OBS_VERSION} only (the reference points ahead in the car's frame); retrain with this "
+            "version."
         )
     unknown = sorted(set(config) - set(_CONFIG_CHECKS))
     invalid = {key: config[key] for key, ok in _CONFIG_CHECKS.items() if key in config and not ok(config[key])}

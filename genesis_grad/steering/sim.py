@@ -21,7 +21,7 @@ import torch
 
 import genesis_grad_patch  # noqa: F401  (installs the differentiable PD targets and getters)
 
-from .error_state import compute_error_state_torch, nearest_reference_index
+from .error_state import nearest_reference_index, wrap_angle_torch
 from .paths import TorchReference
 
 CAR_XML = Path(__file__).parent / "assets" / "car.xml"
@@ -74,13 +74,13 @@ class Observation:
     yaw: torch.Tensor
     speed: torch.Tensor
     steer: torch.Tensor  # current wheel angle (the servo lags its command)
-    e_lat: torch.Tensor
-    e_head: torch.Tensor
+    e_lat: torch.Tensor  # signed distance to the path (> 0 left of it)
+    e_head: torch.Tensor  # heading minus the path's heading at the nearest point
     e_speed: torch.Tensor
-    idx: torch.Tensor  # nearest reference index (no gradient)
+    idx: torch.Tensor  # nearest reference sample (no gradient)
     ref_speed: torch.Tensor
-    preview_curvature: torch.Tensor  # (B, K) reference curvature ahead, at the preview distances
-    preview_speed: torch.Tensor  # (B, K) reference speed ahead, at the preview distances
+    preview_xy: torch.Tensor  # (B, K, 2) the reference points at the preview distances ahead, in the car's frame
+    preview_speed: torch.Tensor  # (B, K) reference speed at the preview distances ahead
     preview_distances: tuple[float, ...] = ()
 
 
@@ -114,10 +114,17 @@ class SteeringSim:
     requires_grad : bool
         Build a differentiable scene. Rollouts under ``torch.no_grad()`` run in it as well, without taping.
     car_file : str or Path
-        MJCF of the car (defaults to the bundled ``assets/car.xml``).
+        MJCF of the car: ``CAR_FILES["cylinder"]`` (the default: cylinder wheels, as real cars have them) or
+        ``CAR_FILES["sphere"]`` (``assets/car.xml``: sphere wheels, one contact point each).
     """
 
-    def __init__(self, n_envs: int = 16, dt: float = 0.01, requires_grad: bool = True, car_file: str | Path = CAR_XML):
+    def __init__(
+        self,
+        n_envs: int = 16,
+        dt: float = 0.01,
+        requires_grad: bool = True,
+        car_file: str | Path = CAR_FILES["cylinder"],
+    ):
         ensure_genesis_init()
         if gs.backend == gs.cpu:
             # Torch's intra-op thread pool and the simulator's CPU threads oversubscribe the cores: measured on 2 cores,
@@ -196,17 +203,28 @@ class SteeringSim:
         prev_idx: torch.Tensor | None = None,
         preview_distances: Sequence[float] = (),
     ) -> Observation:
-        """Read the pose and compute the tracking errors against the nearest reference point (searched near
-        ``prev_idx`` when given, see ``nearest_reference_index``), and the reference curvature and speed at
-        ``preview_distances`` (m) ahead of that point."""
+        """
+        Read the pose and compute the tracking errors against the nearest point of the path (on the segments around
+        the nearest sample, searched near ``prev_idx`` when given, see ``nearest_reference_index``), and the reference
+        points and speeds at ``preview_distances`` (m) of arc length ahead of that point, the points in the car's
+        frame (x forward, y left, from the chassis origin). Every value but ``idx`` is continuous in the pose and
+        differentiable.
+        """
         x, y, yaw, speed, steer = self.read_pose()
         idx = nearest_reference_index(x, y, reference, prev_idx=prev_idx)
-        e_lat, e_head, e_speed = compute_error_state_torch(x, y, yaw, speed, reference, idx)
+        s, e_lat, ref_yaw = reference.project(x, y, idx)
+        e_head = wrap_angle_torch(yaw - ref_yaw)
+        # The speed the car is told to drive at: a constant of the reference at its nearest sample (its wheels get it,
+        # without gradient).
+        ref_speed = reference.at("speed", idx)
         if preview_distances:
-            ahead = reference.index_at_distance(idx, preview_distances)
-            preview, preview_speed = reference.at("curvature", ahead), reference.at("speed", ahead)
+            ahead = s[:, None] + torch.as_tensor(preview_distances, dtype=s.dtype, device=s.device)[None, :]
+            dx, dy = reference.interp("pos_x", ahead) - x[:, None], reference.interp("pos_y", ahead) - y[:, None]
+            c, si = torch.cos(yaw)[:, None], torch.sin(yaw)[:, None]
+            preview_xy = torch.stack([c * dx + si * dy, c * dy - si * dx], dim=-1)
+            preview_speed = reference.interp("speed", ahead)
         else:
-            preview = preview_speed = x.new_zeros((self.n_envs, 0))
+            preview_xy, preview_speed = x.new_zeros((self.n_envs, 0, 2)), x.new_zeros((self.n_envs, 0))
         return Observation(
             x=x,
             y=y,
@@ -215,10 +233,10 @@ class SteeringSim:
             steer=steer,
             e_lat=e_lat,
             e_head=e_head,
-            e_speed=e_speed,
+            e_speed=speed - ref_speed,
             idx=idx,
-            ref_speed=reference.at("speed", idx),
-            preview_curvature=preview,
+            ref_speed=ref_speed,
+            preview_xy=preview_xy,
             preview_speed=preview_speed,
             preview_distances=tuple(preview_distances),
         )

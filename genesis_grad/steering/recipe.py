@@ -1,0 +1,40 @@
+"""
+The default training recipe of ``genesis-grad train`` (and of ``benchmarks/steering.py``): one policy for the speed
+range 0.5-5 m/s and the tracks people draw, on 2 CPU cores in about 10 minutes.
+
+- References: the built-in lane change, sine and circle at 0.5, 1.5 and 3 m/s, ``RANDOM`` smooth random references
+  (``paths.random_reference``) and ``RANDOM`` random tracks with corners (``paths.random_track``: sharp and round
+  corners, hairpins), both of the ``train`` split, with speed profiles in 0.5-5 m/s.
+- ``ITERATIONS`` windows of 100 steps x 16 environments (640 k simulated env-steps), ``TrainConfig`` defaults.
+
+Light on purpose: the CLI reads these constants while parsing its arguments.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .paths import ReferencePath
+
+PATHS = ("lane_change", "sine", "circle")
+SPEEDS = (0.5, 1.5, 3.0)
+RANDOM = 32
+ITERATIONS = 400
+
+
+def training_set(
+    paths: tuple[str, ...] = PATHS, speeds: tuple[float, ...] = SPEEDS, random: int = RANDOM, tracks: int = RANDOM
+) -> list[ReferencePath]:
+    """The training references: each built-in path at each speed (named ``name@speed`` when there are several),
+    then ``random`` smooth random references and ``tracks`` random tracks of the ``train`` split."""
+    from . import paths as P
+
+    references = []
+    for name in paths:
+        for speed in speeds:
+            path = P.make_path(name, speed=speed)
+            if len(speeds) > 1:
+                path.name = f"{name}@{speed:g}"
+            references.append(path)
+    return references + P.random_references(random, "train") + [P.random_track(i, "train") for i in range(tracks)]
