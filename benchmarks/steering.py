@@ -18,7 +18,7 @@ ppo`` in two processes, then ``--stage report``), ``--stage all`` runs them one 
   tuning a classical controller for their track).
 - Evaluation, never trained or tuned on: per speed (0.5, 1.5, 3, 5 m/s), the figure eight and ``--eval-random`` random
   references of the ``held_out`` split at that constant speed; ``--eval-random`` held-out random references and
-  tracks with varying speed; the hand-made tracks of ``benchmarks/tracks/`` and 3 held-out random tracks.
+  tracks with varying speed; the hand-made tracks (``paths.hand_made_tracks()``) and 3 held-out random tracks.
 - Training cost: env-steps and process CPU time to reach lateral-RMS levels on ``--monitor`` random references and
   tracks of the ``train`` split outside the training set.
 
@@ -55,7 +55,6 @@ from genesis_grad.steering.ppo import PPO_GRID, PPOConfig, train_ppo
 from genesis_grad.steering.sim import SteeringSim
 from genesis_grad.steering.train import TrainConfig, train_gradient
 
-TRACKS = Path(__file__).parent / "tracks"
 SPEEDS = (0.5, 1.5, 3.0, 5.0)
 MLP, PPO, STANLEY, PURSUIT = "MLP (gradient)", "PPO (tuned)", "Stanley-FF", "pure pursuit"
 
@@ -78,7 +77,7 @@ def reference_sets(eval_random: int, monitor: int) -> dict:
         groups[f"{v:g}"] = [p for p in held if feasible(p)]
     groups["0.5-5 varying, smooth"] = P.random_references(eval_random, "held_out", first=100)
     groups["0.5-5 varying, tracks"] = [P.random_track(100 + i, "held_out") for i in range(eval_random)]
-    tracks = [P.load_reference_csv(f) for f in sorted(TRACKS.glob("*.csv"))]
+    tracks = P.hand_made_tracks()
     tracks += [P.random_track(200 + i, "held_out") for i in range(3)]
     return {
         "train": recipe.training_set(),

@@ -224,9 +224,9 @@ INVALID_FLAGS = [
     (["eval", "--stanley", "--n-envs", "0"], "--n-envs"),
     (["eval", "--policy", "no_such.pt"], "--policy"),
     (["eval", "--stanley", "--paths", ""], "--paths"),
-    (["demo", "--held-out", "nope"], "--held-out"),
+    (["demo", "--reference", "no_such.csv"], "--reference"),
     (["demo", "--iterations", "0"], "--iterations"),
-    (["demo", "--speed", ""], "--speed"),
+    (["demo", "--n-envs", "0"], "--n-envs"),
     (["doctor", "no_such.py"], "script"),
     (["doctor", "{script}", "--main", "1x"], "--main"),
     (["gradcheck", "{script}"], "target"),
@@ -255,8 +255,9 @@ def test_valid_flags_parse_to_typed_values():
     args = build_parser().parse_args(["train", "--speed", "0.5, 1.5,3", "--paths", "sine,circle", "--seed", "7"])
     assert args.speed == [0.5, 1.5, 3.0] and args.paths == ["sine", "circle"] and args.seed == 7
     defaults = build_parser().parse_args(["demo"])
-    assert defaults.speed == [1.5] and defaults.paths == ["sine"] and defaults.held_out == "figure_eight"
-    assert build_parser().parse_args(["demo", "--held-out", ""]).held_out == ""
+    assert defaults.reference is None and defaults.iterations == 100 and defaults.wheels == "cylinder"
+    train = build_parser().parse_args(["train"])
+    assert train.speed == [0.5, 1.5, 3.0] and train.random == 32 and train.tracks == 32 and train.iterations == 400
 
 
 # ------------------------------------------------------------------ item 16: reference CSVs

@@ -435,6 +435,7 @@ def test_observation_is_continuous_into_a_curve_and_round_a_corner(sim):
 
 def test_ppo_env_steps_resets_and_rewards_minus_the_step_loss(sim):
     pytest.importorskip("rsl_rl")
+    from genesis_grad.steering.policy import SteeringMLP
     from genesis_grad.steering.ppo import SteeringVecEnv
     from genesis_grad.steering.train import TrainConfig, sample_window_starts, step_cost
 
@@ -444,7 +445,7 @@ def test_ppo_env_steps_resets_and_rewards_minus_the_step_loss(sim):
     with torch.no_grad():
         env = SteeringVecEnv(sim, paths, cfg, seed=11)
         obs = env.get_observations()
-        assert obs["policy"].shape == (4, 15) and obs["policy"].dtype == torch.float32
+        assert obs["policy"].shape == (4, SteeringMLP().n_features) and obs["policy"].dtype == torch.float32
         rewards, dones = [], []
         for t in range(3):
             _, reward, done, extras = env.step(actions * (t + 1))
@@ -472,3 +473,14 @@ def test_grid_search_picks_the_lowest_score(sim):
     best, scores = tune_pure_pursuit(sim, [P.circle(radius=2.0, laps=0.3, speed=1.5)], grid)
     assert len(scores) == 2 and best.lookahead_time == 0.2
     assert scores[0][1] < scores[1][1]
+
+
+def test_shipped_default_policy_is_readable_and_of_this_layout():
+    """The demo's policy of the default recipe loads with this observation layout (a layout change must retrain it:
+    `python benchmarks/steering.py --stage grad`, then copy its seed-0 policy)."""
+    from genesis_grad.steering.policy import SteeringMLP, load_policy
+    from genesis_grad.steering.sim import DEFAULT_POLICY
+
+    policy, _ = load_policy(DEFAULT_POLICY)
+    assert policy.n_features == SteeringMLP().n_features
+    assert policy.preview_distances == SteeringMLP().preview_distances

@@ -267,6 +267,44 @@ def plot_training_curve(curves: dict[str, dict[str, Sequence[float]]], path: str
     return _save(fig, path)
 
 
+def plot_demo(
+    runs: dict[str, RunRecord],
+    history,
+    levels: dict[str, float],
+    recipe_point: tuple[int, float],
+    path: str | Path,
+) -> Path:
+    """
+    The demo's figure, read at a glance: left, the absolute lateral error of each controller along the track (one run
+    each); right, the MLP's closed-loop lateral RMS on the track as it trains (``history.eval_*``), the default
+    recipe's policy as a point at its budget (``recipe_point`` = (env-steps, RMS)), and the tuned controllers as
+    horizontal lines (``levels``).
+    """
+    plt = _pyplot()
+    fig, (ax_err, ax_curve) = plt.subplots(1, 2, figsize=(12, 4.2))
+    for label, rec in runs.items():
+        n = min(rec.n_active, len(rec.e_lat))
+        ax_err.plot(np.arange(n) * rec.dt, np.abs(rec.e_lat[:n]), lw=1.1, label=label)
+    ax_err.set_xlabel("time along the track (s)")
+    ax_err.set_ylabel("|lateral error| (m)")
+    ax_err.set_title(next(iter(runs.values())).path.name)
+    ax_err.grid(alpha=0.3)
+    ax_err.legend(fontsize=8)
+    steps = np.asarray(history.eval_env_steps, dtype=float)
+    ax_curve.plot(np.maximum(steps, 1.0), history.eval_lateral_rms, "o-", ms=3, label="MLP, this run")
+    ax_curve.plot(*recipe_point, "*", ms=12, label="MLP, default recipe")
+    for i, (label, level) in enumerate(levels.items()):
+        ax_curve.axhline(level, ls="--", lw=1, color=f"C{i + 2}", label=label)
+    ax_curve.set_xscale("log")
+    ax_curve.set_yscale("log")
+    ax_curve.set_xlabel("simulated env-steps of training")
+    ax_curve.set_ylabel("closed-loop lateral RMS on the track (m)")
+    ax_curve.grid(alpha=0.3, which="both")
+    ax_curve.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def _save(fig, path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -645,6 +645,17 @@ def _cosine_interp(s: np.ndarray, knots_s: np.ndarray, values: np.ndarray) -> np
     return values[i] * (1.0 - w) + values[i + 1] * w
 
 
+TRACKS_DIR = Path(__file__).parent / "tracks"
+
+
+def hand_made_tracks() -> list[ReferencePath]:
+    """The hand-made tracks shipped with the package (``tracks/*.csv``, in name order), never trained on:
+    ``city_blocks`` (sharp right-angle corners, 1.0-1.6 m/s), ``hairpins`` (two 180-degree turns on a 1.5 m radius
+    between 3 m/s straights) and ``user_track`` (corners of 1.3-1.6 m radius, close to the car's 1.1 m limit, at
+    1.2-1.8 m/s). ``benchmarks/make_tracks.py`` writes them."""
+    return [load_reference_csv(path) for path in sorted(TRACKS_DIR.glob("*.csv"))]
+
+
 def random_references(count: int, split: str = "train", first: int = 0, **kwargs) -> list[ReferencePath]:
     """``count`` random references of ``split``, indices ``first`` to ``first + count - 1`` (see ``random_reference``)."""
     return [random_reference(first + i, split, **kwargs) for i in range(count)]

@@ -27,6 +27,8 @@ from .paths import TorchReference
 CAR_XML = Path(__file__).parent / "assets" / "car.xml"
 # The car's wheel shapes: spheres (one contact point each), or cylinders (a rim point of each disk, as a URDF car).
 CAR_FILES = {"sphere": CAR_XML, "cylinder": Path(__file__).parent / "assets" / "car_cylinder_wheels.xml"}
+# The policy `genesis-grad train` makes with its default recipe and seed 0 (benchmarks/steering.py's seed-0 run).
+DEFAULT_POLICY = Path(__file__).parent / "assets" / "policy_default.pt"
 
 # Geometry of assets/car.xml, needed by the controllers and the state sampler.
 WHEEL_RADIUS = 0.08

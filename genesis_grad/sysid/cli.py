@@ -144,7 +144,12 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
         "--overwrite", action="store_true", help="replace an existing --out CSV and its truth file (refused otherwise)"
     )
 
-    f = sub.add_parser("fit", help="identify the parameters from a trajectory CSV")
+    f = sub.add_parser(
+        "fit",
+        help="identify the parameters from a trajectory CSV",
+        description="Identify the joint parameters (kp, kv, damping, armature) that make the simulated robot follow a "
+        "trajectory CSV, by gradient descent through the differentiable simulation, with error bars.",
+    )
     f.add_argument("trajectory", type=existing_file, help="trajectory CSV (time, target_<joint>..., q_<joint>...)")
     _add_common(f)
     f.add_argument(
@@ -181,7 +186,7 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     f.add_argument("--no-progress", action="store_true", help="disable the tqdm progress bar")
 
 
-@register("sysid", "System identification: kp, kv, damping, armature per joint from a trajectory.", _add_arguments)
+@register("sysid", "system identification: kp, kv, damping, armature per joint from a trajectory", _add_arguments)
 def _cmd_sysid(args) -> int:
     from .problem import GradientUnavailable
 

@@ -1,13 +1,14 @@
 """
-Writes the hand-made evaluation tracks of ``benchmarks/steering.py`` (CSV files beside this script), as a user draws
-them: straights and corners given by hand, in metres, with a speed profile. No training run ever reads them.
+Writes the hand-made tracks (``genesis_grad/steering/tracks/*.csv``, read by ``paths.hand_made_tracks()``) that
+``benchmarks/steering.py`` and ``genesis-grad demo`` evaluate on, as a user draws them: straights and corners given by
+hand, in metres, with a speed profile. No training run ever reads them.
 
 - ``user_track.csv``: corners close to the car's steering limit (radii 1.3-1.6 m; the car turns down to 1.1 m) and a
   speed varying between 1.2 and 1.8 m/s, about 30 m;
 - ``city_blocks.csv``: a polyline with sharp right-angle corners (no car follows them exactly), 1.0-1.6 m/s;
 - ``hairpins.csv``: two hairpins (180 degrees on a 1.5 m radius) between fast straights, 1.2-3 m/s.
 
-Run ``python benchmarks/tracks/make_tracks.py`` to write them again (they are committed).
+Run ``python benchmarks/make_tracks.py`` to write them again (they are committed).
 """
 
 import math
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).parent
+HERE = Path(__file__).parent.parent / "genesis_grad" / "steering" / "tracks"
 DS = 0.05
 
 
