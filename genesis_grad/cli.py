@@ -277,22 +277,25 @@ def _add_path_arguments(p: argparse.ArgumentParser, default_paths: str, default_
 
 def _add_random_argument(p: argparse.ArgumentParser, split: str, default: int = 0) -> None:
     what = "training" if split == "train" else "held-out (never trained on)"
+    # None: the default, which a --reference makes 0 (training on one's own tracks adds nothing unasked).
+    unless = ", 0 with --reference" if default else ""
     p.add_argument(
         "--random",
         type=non_negative_int,
-        default=default,
+        default=None,
         metavar="N",
         help=f"add N seeded random {what} references: smooth curvature up to 0.8x the steering limit, speed "
-        f"varying in 0.5-5 m/s (default {default})",
+        f"varying in 0.5-5 m/s (default {default}{unless})",
     )
     p.add_argument(
         "--tracks",
         type=non_negative_int,
-        default=default,
+        default=None,
         metavar="N",
         help=f"add N seeded random {what} tracks: straights and corners of 20-90 degrees, sharp or on 1.4-5 m "
-        f"radii, hairpins, speed varying in 0.5-5 m/s and capped in the corners (default {default})",
+        f"radii, hairpins, speed varying in 0.5-5 m/s and capped in the corners (default {default}{unless})",
     )
+    p.set_defaults(random_default=default)
 
 
 def _paths_from_args(args):
@@ -315,8 +318,9 @@ def _paths_from_args(args):
                 paths.append(path)
     # The split follows the command: eval draws from the held-out stream, which training never sees.
     split = "held_out" if args.command == "eval" else "train"
-    tracks = [P.random_track(i, split) for i in range(getattr(args, "tracks", 0))]
-    return paths + P.random_references(getattr(args, "random", 0), split) + tracks
+    default = 0 if args.reference else getattr(args, "random_default", 0)
+    n_random, n_tracks = (default if n is None else n for n in (args.random, args.tracks))
+    return paths + P.random_references(n_random, split) + [P.random_track(i, split) for i in range(n_tracks)]
 
 
 def _add_wheels_argument(p: argparse.ArgumentParser) -> None:

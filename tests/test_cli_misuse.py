@@ -257,7 +257,7 @@ def test_valid_flags_parse_to_typed_values():
     defaults = build_parser().parse_args(["demo"])
     assert defaults.reference is None and defaults.iterations == 100 and defaults.wheels == "cylinder"
     train = build_parser().parse_args(["train"])
-    assert train.speed == [0.5, 1.5, 3.0] and train.random == 32 and train.tracks == 32 and train.iterations == 400
+    assert train.speed == [0.5, 1.5, 3.0] and train.random_default == 32 and train.iterations == 400
 
 
 # ------------------------------------------------------------------ item 16: reference CSVs
@@ -516,7 +516,8 @@ def test_ctrl_c_then_resume_gives_the_uninterrupted_run(tmp_path):
 
     # Enough windows after the first saved state for the signal to land while the run still trains.
     cmd = [sys.executable, "-m", "genesis_grad", "train", "--iterations", "40", "--horizon", "10", "--n-envs", "2"]
-    cmd += ["--no-progress"]
+    # Three short paths rather than the default recipe's 73 (the run ends with a closed-loop pass over its paths).
+    cmd += ["--no-progress", "--speed", "1.5", "--random", "0", "--tracks", "0"]
     whole = subprocess.run([*cmd, "--out", str(tmp_path / "whole")], capture_output=True, text=True, timeout=600)
     assert whole.returncode == 0, whole.stderr[-2000:]
     # SIGINT at its default in the child, whatever this process inherited: Python does not turn SIGINT into
@@ -561,3 +562,17 @@ def test_resume_refuses_other_flags_or_nothing_to_resume(tmp_path, capsys):
     assert "--resume needs the flags of the run it continues: --lr 0.003 -> 0.01" in one_stderr_line(capsys)
     with pytest.raises(SceneBuilt):  # the same flags: the command goes on to build the scene
         run_cli(["train", "--out", str(out), "--resume"])
+
+
+def test_train_on_ones_own_reference_adds_no_random_references(tmp_path):
+    """`train --reference my.csv` trains on that file alone; without it, the default recipe's 32 + 32 random ones."""
+    from genesis_grad.cli import _paths_from_args
+    from genesis_grad.steering import paths as P
+
+    csv = tmp_path / "mine.csv"
+    P.save_reference_csv(P.sine(), csv)
+    own = _paths_from_args(build_parser().parse_args(["train", "--reference", str(csv)]))
+    assert [p.name for p in own] == ["mine"]
+    more = _paths_from_args(build_parser().parse_args(["train", "--reference", str(csv), "--tracks", "2"]))
+    assert [p.name for p in more] == ["mine", "track_train_0", "track_train_1"]
+    assert len(_paths_from_args(build_parser().parse_args(["train"]))) == 9 + 32 + 32
