@@ -39,16 +39,7 @@ import torch
 
 from genesis_grad.steering import paths as P
 from genesis_grad.steering import recipe
-from genesis_grad.steering.baselines import (
-    PURE_PURSUIT_GRID,
-    STANLEY_FF_GRID,
-    PurePursuitController,
-    PurePursuitGains,
-    StanleyController,
-    StanleyGains,
-    evaluate_stanley,
-    tune_gains,
-)
+from genesis_grad.steering.baselines import TUNED, evaluate_stanley, tune_gains
 from genesis_grad.steering.evaluate import PathMetrics, evaluate_policy, mean_lateral_rms, run_paths
 from genesis_grad.steering.policy import SteeringMLP, save_policy
 from genesis_grad.steering.ppo import PPO_GRID, PPOConfig, train_ppo
@@ -98,10 +89,7 @@ def grad_stage(args, refs, out: Path) -> None:
     sim = SteeringSim(n_envs=args.eval_envs, requires_grad=False)
     eval_paths = [p for ps in refs["groups"].values() for p in ps]
     result = {"classical": {}, "mlp": {}}
-    for label, gains_class, controller_class, grid in (
-        (STANLEY, StanleyGains, StanleyController, STANLEY_FF_GRID),
-        (PURSUIT, PurePursuitGains, PurePursuitController, PURE_PURSUIT_GRID),
-    ):
+    for label, (gains_class, controller_class, grid) in TUNED.items():
         t0 = time.process_time()
         best, scores = tune_gains(sim, refs["tune"], gains_class, controller_class, grid)
         entry = {"gains": vars(best), "sets": len(scores), "cpu_s": time.process_time() - t0}

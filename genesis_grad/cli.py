@@ -617,16 +617,7 @@ def _cmd_demo(args) -> int:
 
     from genesis_grad.steering import paths as P
     from genesis_grad.steering import recipe
-    from genesis_grad.steering.baselines import (
-        PURE_PURSUIT_GRID,
-        STANLEY_FF_GRID,
-        PurePursuitController,
-        PurePursuitGains,
-        StanleyController,
-        StanleyGains,
-        evaluate_stanley,
-        tune_gains,
-    )
+    from genesis_grad.steering.baselines import TUNED, evaluate_stanley, tune_gains
     from genesis_grad.steering.evaluate import evaluate_policy, plot_demo
     from genesis_grad.steering.policy import SteeringMLP, load_policy
     from genesis_grad.steering.sim import CAR_FILES, DEFAULT_POLICY, SteeringSim
@@ -643,10 +634,7 @@ def _cmd_demo(args) -> int:
 
     # The classical controllers get the best a user can give them: their gains tuned on this very track.
     tuned = {}
-    for label, gains_class, controller_class, grid in (
-        ("Stanley-FF", StanleyGains, StanleyController, STANLEY_FF_GRID),
-        ("pure pursuit", PurePursuitGains, PurePursuitController, PURE_PURSUIT_GRID),
-    ):
+    for label, (gains_class, controller_class, grid) in TUNED.items():
         gains, scores = tune_gains(sim, [track], gains_class, controller_class, grid, progress=not args.no_progress)
         metrics, runs = evaluate_stanley(sim, gains, [track])
         tuned[label] = (metrics[0], runs[0], gains)

@@ -164,6 +164,14 @@ PURE_PURSUIT_GRID = {
 }
 
 
+# The tuned classical controllers the benchmark and the demo compare with: label -> (gains class, controller class,
+# grid), each grid of 36 gain sets.
+TUNED = {
+    "Stanley-FF": (StanleyGains, StanleyController, STANLEY_FF_GRID),
+    "pure pursuit": (PurePursuitGains, PurePursuitController, PURE_PURSUIT_GRID),
+}
+
+
 def tune_gains(
     sim: SteeringSim,
     paths: Sequence[ReferencePath],
@@ -218,6 +226,7 @@ def evaluate_stanley(sim: SteeringSim, gains: StanleyGains | PurePursuitGains, p
 
 
 __all__ = [
+    "TUNED",
     "PURE_PURSUIT_GRID",
     "STANLEY_FF_GRID",
     "PurePursuitController",
