@@ -496,19 +496,12 @@ def random_reference(
     n = max(int(round(length / ds)), 2) + 1
     s = np.linspace(0.0, length, n)
 
-    def knots(spacing: tuple[float, float], values) -> np.ndarray:
-        ks = [0.0]
-        while ks[-1] < length:
-            ks.append(ks[-1] + rng.uniform(*spacing))
-        ks = np.asarray(ks)
-        return _cosine_interp(s, ks, values(len(ks)))
-
     def curvature_values(m: int) -> np.ndarray:
         v = rng.uniform(-kappa_max, kappa_max, m) * (rng.uniform(size=m) > 1.0 / 3.0)
         v[0] = 0.0  # start straight: the car starts with its wheels straight, at the first point
         return v
 
-    kappa = knots((2.0, 6.0), curvature_values)
+    kappa = _knot_profile(s, rng, (2.0, 6.0), curvature_values)
     speed = _speed_profile(s, rng, speed_range, np.sqrt(max_lateral_accel / np.maximum(np.abs(kappa), 1e-9)), max_accel)
     step = np.diff(s)
     # Integrate the heading and the position (trapezoid on the heading's cosine and sine).
@@ -623,10 +616,7 @@ def _speed_profile(
 ) -> np.ndarray:
     """Random knots 4-10 m apart in ``speed_range`` (cosine-interpolated), capped by ``v_cap`` and rate-limited to
     ``max_accel`` both ways (forward and backward passes on v^2), every speed kept in ``speed_range``."""
-    knots_s = [0.0]
-    while knots_s[-1] < s[-1]:
-        knots_s.append(knots_s[-1] + rng.uniform(4.0, 10.0))
-    v_target = _cosine_interp(s, np.asarray(knots_s), rng.uniform(*speed_range, len(knots_s)))
+    v_target = _knot_profile(s, rng, (4.0, 10.0), lambda m: rng.uniform(*speed_range, m))
     v2 = np.clip(np.minimum(v_target, v_cap), *speed_range) ** 2
     step = np.diff(s)
     for i in range(1, len(s)):  # accelerating: v_i^2 <= v_{i-1}^2 + 2 a ds
@@ -634,6 +624,15 @@ def _speed_profile(
     for i in range(len(s) - 2, -1, -1):  # braking ahead of a slower stretch
         v2[i] = min(v2[i], v2[i + 1] + 2.0 * max_accel * step[i])
     return np.clip(np.sqrt(v2), *speed_range)
+
+
+def _knot_profile(s: np.ndarray, rng: np.random.Generator, spacing: tuple[float, float], values) -> np.ndarray:
+    """A profile over the arc lengths ``s``: knots ``spacing`` apart (uniform), from 0 to past the end, with the values
+    ``values(number of knots)``, cosine-interpolated."""
+    knots = [0.0]
+    while knots[-1] < s[-1]:
+        knots.append(knots[-1] + rng.uniform(*spacing))
+    return _cosine_interp(s, np.asarray(knots), values(len(knots)))
 
 
 def _cosine_interp(s: np.ndarray, knots_s: np.ndarray, values: np.ndarray) -> np.ndarray:
@@ -731,15 +730,6 @@ class TorchReference(Mapping):
         squeeze = idx.dim() == 1
         out = torch.gather(self._data[key], 1, idx[:, None] if squeeze else idx)
         return out[:, 0] if squeeze else out
-
-    def index_at_distance(self, idx: torch.Tensor, distances: Sequence[float] | torch.Tensor) -> torch.Tensor:
-        """Indices (B, K) of the first samples at least ``distances`` (K,) of arc length ahead of ``idx`` (B,)."""
-        import torch
-
-        d = torch.as_tensor(distances, dtype=self._data["s"].dtype, device=self._data["s"].device)
-        target = self.at("s", idx)[:, None] + d[None, :]
-        ahead = torch.searchsorted(self._data["s"], target.contiguous())
-        return torch.minimum(ahead, (self.n - 1)[:, None])
 
     def interp(self, key: str, s: torch.Tensor) -> torch.Tensor:
         """
