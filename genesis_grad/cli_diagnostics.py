@@ -1,8 +1,8 @@
 """
 `genesis-grad doctor SCRIPT.py` and `genesis-grad gradcheck SCRIPT.py:FUNC`.
 
-`register(subparsers)` adds both subcommands to an argparse subparsers object; each sets the default `func` to its
-handler, which takes the parsed arguments and returns the exit status (`sys.exit(args.func(args))`).
+Both are listed in `COMMANDS`, which `genesis_grad.cli` assembles; each handler takes the parsed arguments and
+returns the exit status.
 
 Conventions for the scripts (run with `runpy`, under the module name `__genesis_grad__`, so a
 `if __name__ == "__main__":` block does not run):
@@ -22,8 +22,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .cli import (
-    ArgumentParser,
+from genesis_grad.arguments import (
+    Subcommand,
     existing_file,
     identifier,
     non_negative_float,
@@ -110,15 +110,7 @@ def script_target(text: str) -> str:
     return text
 
 
-def register(subparsers) -> None:
-    """Add the `doctor` and `gradcheck` subcommands to an argparse subparsers object."""
-    doctor = subparsers.add_parser(
-        "doctor",
-        help="explain which parameters a script's loss reaches through the simulation",
-        description="Run SCRIPT.py and report the autograd graph behind its loss: simulation steps, state reads, "
-        "control inputs, and why each parameter without gradient gets none. The script defines main() returning "
-        "(loss, params), or the globals `loss` and `params` (or `model`).",
-    )
+def _doctor_arguments(doctor: argparse.ArgumentParser) -> None:
     doctor.add_argument("script", type=existing_file, help="the script to run (SCRIPT.py)")
     doctor.add_argument(
         "--main",
@@ -128,14 +120,9 @@ def register(subparsers) -> None:
         help="function returning (loss, params) (default: main)",
     )
     doctor.add_argument("--json", action="store_true", help="print the report as JSON")
-    doctor.set_defaults(func=run_doctor)
 
-    gradcheck = subparsers.add_parser(
-        "gradcheck",
-        help="compare a rollout's autograd gradient with finite differences",
-        description="Call FUNC() of SCRIPT.py, which returns (rollout, inputs[, options]), and compare the autograd "
-        "gradient of rollout(*inputs) with central finite differences on sampled input coordinates.",
-    )
+
+def _gradcheck_arguments(gradcheck: argparse.ArgumentParser) -> None:
     gradcheck.add_argument("target", type=script_target, help="SCRIPT.py:FUNC")
     gradcheck.add_argument("--eps", type=positive_float, default=1e-6, help="finite-difference step (default: 1e-6)")
     gradcheck.add_argument("--n-probe", type=positive_int, default=8, help="coordinates probed (default: 8)")
@@ -143,16 +130,24 @@ def register(subparsers) -> None:
     gradcheck.add_argument("--rtol", type=non_negative_float, default=1e-4, help="relative tolerance (default: 1e-4)")
     gradcheck.add_argument("--atol", type=non_negative_float, default=1e-8, help="absolute tolerance (default: 1e-8)")
     gradcheck.add_argument("--json", action="store_true", help="print the result as JSON")
-    gradcheck.set_defaults(func=run_gradcheck)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Stand-alone entry point (`python -m genesis_grad.cli_diagnostics doctor SCRIPT.py`)."""
-    parser = ArgumentParser(prog="genesis-grad")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+COMMANDS = (
+    Subcommand(
+        "doctor",
+        "explain which parameters a script's loss reaches through the simulation",
+        _doctor_arguments,
+        run_doctor,
+        description="Run SCRIPT.py and report the autograd graph behind its loss: simulation steps, state reads, "
+        "control inputs, and why each parameter without gradient gets none. The script defines main() returning "
+        "(loss, params), or the globals `loss` and `params` (or `model`).",
+    ),
+    Subcommand(
+        "gradcheck",
+        "compare a rollout's autograd gradient with finite differences",
+        _gradcheck_arguments,
+        run_gradcheck,
+        description="Call FUNC() of SCRIPT.py, which returns (rollout, inputs[, options]), and compare the autograd "
+        "gradient of rollout(*inputs) with central finite differences on sampled input coordinates.",
+    ),
+)

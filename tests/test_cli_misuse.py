@@ -41,7 +41,7 @@ def write_csv(path, rows, header=("pos_x", "pos_y", "yaw", "speed"), encoding="u
     return path
 
 
-# ------------------------------------------------------------------ item 12: checkpoints are loaded as weights only
+# ------------------------------------------------------------------ checkpoints are loaded as weights only
 
 
 class _WritesMarker:
@@ -95,7 +95,7 @@ def test_checkpoints_written_by_the_trainer_still_load(tmp_path):
         torch.testing.assert_close(loaded.flat_parameters(), policy.flat_parameters(), rtol=0.0, atol=0.0)
 
 
-# ------------------------------------------------------------------ item 15: unusable checkpoints, one line each
+# ------------------------------------------------------------------ unusable checkpoints, one line each
 
 
 def _bad_checkpoint(tmp_path, kind: str):
@@ -162,7 +162,7 @@ def test_checkpoint_errors_are_input_file_errors(tmp_path):
     assert isinstance(info.value, InputFileError)
 
 
-# ------------------------------------------------------------------ item 13: non-positive speeds
+# ------------------------------------------------------------------ non-positive speeds
 
 
 @pytest.mark.parametrize("speed", ["0", "-1", "0.5,0", "-0.0", "nan", "inf"])
@@ -195,7 +195,7 @@ def test_cli_refuses_a_zero_speed_csv_before_training(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
-# ------------------------------------------------------------------ item 14: every flag validated at parse time
+# ------------------------------------------------------------------ every flag validated at parse time
 
 
 @pytest.fixture
@@ -260,7 +260,7 @@ def test_valid_flags_parse_to_typed_values():
     assert train.speed == [0.5, 1.5, 3.0] and train.random_default == 32 and train.iterations == 400
 
 
-# ------------------------------------------------------------------ item 16: reference CSVs
+# ------------------------------------------------------------------ reference CSVs
 
 
 def test_csv_with_utf8_byte_order_mark_loads(tmp_path):
@@ -550,7 +550,7 @@ def test_ctrl_c_then_resume_gives_the_uninterrupted_run(tmp_path):
 
 
 def test_resume_refuses_other_flags_or_nothing_to_resume(tmp_path, capsys):
-    from genesis_grad.cli import build_parser, run_config
+    from genesis_grad.steering.cli import run_config
 
     out = tmp_path / "run"
     assert run_cli(["train", "--out", str(out), "--resume"]) == 2
@@ -566,8 +566,8 @@ def test_resume_refuses_other_flags_or_nothing_to_resume(tmp_path, capsys):
 
 def test_train_on_ones_own_reference_adds_no_random_references(tmp_path):
     """`train --reference my.csv` trains on that file alone; without it, the default recipe's 32 + 32 random ones."""
-    from genesis_grad.cli import _paths_from_args
     from genesis_grad.steering import paths as P
+    from genesis_grad.steering.cli import _paths_from_args
 
     csv = tmp_path / "mine.csv"
     P.save_reference_csv(P.sine(), csv)

@@ -6,7 +6,6 @@ The rollout is the report's, on a two-joint arm: an MLP maps the error state (do
 PD targets of the next step, and the loss sums the squared error state after each step.
 """
 
-import argparse
 import json
 import sys
 import types
@@ -19,7 +18,7 @@ import torch
 from helpers import build_diag_arm
 
 import genesis_grad_patch as ggp
-from genesis_grad.cli_diagnostics import register
+from genesis_grad.cli import COMMANDS, build_parser
 from genesis_grad_patch import strict
 from genesis_grad_patch.doctor import (
     AFTER_LAST_READ,
@@ -258,15 +257,14 @@ def test_cli_doctor(arm_scene, tmp_path, capsys):
     sys.modules[fixture.__name__] = fixture
     script = tmp_path / "train.py"
     try:
-        parser = argparse.ArgumentParser()
-        register(parser.add_subparsers(dest="command"))
+        parser = build_parser()
 
         script.write_text(
             "from diag_doctor_fixture import arm, make_mlp, rollout, scene\n\n\n"
             "def main():\n    model = make_mlp()\n    return rollout(scene, arm, model, '2.1'), model\n"
         )
         args = parser.parse_args(["doctor", str(script)])
-        assert args.func(args) == 1
+        assert COMMANDS[args.command].run(args) == 1
         out = capsys.readouterr().out
         assert "cut at a conversion/detach" in out and "test_doctor.py" in out
 
@@ -275,7 +273,7 @@ def test_cli_doctor(arm_scene, tmp_path, capsys):
             "model = make_mlp()\nloss = rollout(scene, arm, model)\n"
         )
         args = parser.parse_args(["doctor", str(script), "--json"])
-        assert args.func(args) == 0
+        assert COMMANDS[args.command].run(args) == 0
         assert json.loads(capsys.readouterr().out)["healthy"] is True
     finally:
         del sys.modules[fixture.__name__]

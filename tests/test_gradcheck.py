@@ -1,6 +1,5 @@
 """Rollout gradcheck: passes on a correct rollout, fails on a deliberately wrong gradient."""
 
-import argparse
 import json
 import sys
 import types
@@ -10,7 +9,7 @@ import torch
 from helpers import build_diag_arm
 
 import genesis_grad_patch as ggp
-from genesis_grad.cli_diagnostics import register
+from genesis_grad.cli import COMMANDS, build_parser
 from genesis_grad_patch.gradcheck import GradcheckResult
 from genesis_grad_patch.strict import GradientBreakWarning
 
@@ -123,11 +122,10 @@ def test_cli_gradcheck(arm_scene, tmp_path, capsys):
         "def good():\n    return make(False)\n\n\ndef bad():\n    return make(True)\n"
     )
     try:
-        parser = argparse.ArgumentParser()
-        register(parser.add_subparsers(dest="command"))
+        parser = build_parser()
         args = parser.parse_args(["gradcheck", f"{script}:good"])
-        assert args.func(args) == 0 and "PASSED" in capsys.readouterr().out
+        assert COMMANDS[args.command].run(args) == 0 and "PASSED" in capsys.readouterr().out
         args = parser.parse_args(["gradcheck", f"{script}:bad", "--json"])
-        assert args.func(args) == 1 and json.loads(capsys.readouterr().out)["passed"] is False
+        assert COMMANDS[args.command].run(args) == 1 and json.loads(capsys.readouterr().out)["passed"] is False
     finally:
         del sys.modules[fixture.__name__]

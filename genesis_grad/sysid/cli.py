@@ -1,6 +1,6 @@
 """
-``genesis-grad sysid generate | fit``: system identification from the command line (registered by
-``genesis_grad.cli``). Every flag is checked at parse time (one-line usage error, exit status 2); a trajectory
+``genesis-grad sysid generate | fit``: system identification from the command line (listed in ``COMMANDS``, which
+``genesis_grad.cli`` assembles). Every flag is checked at parse time (one-line usage error, exit status 2); a trajectory
 CSV or parameter file that cannot be used ends in one line on stderr and exit status 2. Genesis and torch are imported
 inside the handlers only.
 """
@@ -13,14 +13,14 @@ import sys
 import time
 from pathlib import Path
 
-from genesis_grad.cli import (
+from genesis_grad.arguments import (
+    Subcommand,
     existing_file,
     non_negative_float,
     output_dir,
     positive_float,
     positive_int,
     random_seed,
-    register,
 )
 
 from .errors import ParameterError
@@ -186,7 +186,6 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     f.add_argument("--no-progress", action="store_true", help="disable the tqdm progress bar")
 
 
-@register("sysid", "system identification: kp, kv, damping, armature per joint from a trajectory", _add_arguments)
 def _cmd_sysid(args) -> int:
     from .problem import GradientUnavailable
 
@@ -316,3 +315,13 @@ def _fit(args) -> int:
     report = write_report(out / "sysid_report.json", problem, result, rows, unc, extra)
     print(f"report: {report}; plot: {plot}")
     return 0
+
+
+COMMANDS = (
+    Subcommand(
+        "sysid",
+        "system identification: kp, kv, damping, armature per joint from a trajectory",
+        _add_arguments,
+        _cmd_sysid,
+    ),
+)
