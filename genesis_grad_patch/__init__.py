@@ -134,12 +134,10 @@ def uninstall(groups: tuple[str, ...] = GROUPS) -> None:
     if "strict" in groups:
         _uninstall_strict()
     if "core" in groups and patching.is_patched("core"):
-        from . import curved_contacts, getters, records, replay, torch_compile
+        from . import curved_contacts, records, torch_compile
 
         curved_contacts.restore()
         torch_compile.uninstall()
-        getters.uninstall()
-        replay.clear()
         records.clear()
         patching.revert()
         _uninstall_strict()

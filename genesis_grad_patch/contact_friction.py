@@ -27,7 +27,7 @@ torsional and rolling friction with `requires_grad`.
 import genesis as gs
 import quadrants as qd
 
-from . import params, patching
+from . import patching, records
 from .genesis_api import array_class, geom, rigid_solver
 
 _KERNEL = "kernel_manual_add_collision_constraints_bw"
@@ -114,7 +114,7 @@ def _collision_constraints_bw(dyn_state, collider_state, constraint_state, dyn_i
     # Only while a rollout tracks a friction (a kernel launch per reversed substep otherwise spent for nothing). The
     # gradients a skipped launch leaves in the contact slots from an earlier rollout reach only the geoms' friction
     # gradients, which no tracked value reads before the next launch overwrites them, and `scene.reset()` clears.
-    if params.friction_tracked and collider_state.contact_data.friction.has_grad():
+    if records.friction_tracked_anywhere() and collider_state.contact_data.friction.has_grad():
         kernel_contact_friction_bw(dyn_state, collider_state, constraint_state, dyn_info, rigid_info, rigid_config)
 
 

@@ -25,14 +25,13 @@ nearer first, and a wheel tilting through level then swapped them between steps,
 follow (3.7e-2 relative error measured on a rolling cylinder, 3e-11 with the disks in a fixed order).
 """
 
-import weakref
 from dataclasses import dataclass
 
 import genesis as gs
 import numpy as np
 import quadrants as qd
 
-from . import patching
+from . import patching, records
 from .genesis_api import Collider, array_class, contact
 from .genesis_api import geom as geom_utils
 
@@ -227,10 +226,6 @@ class _Pairs:
     feature: qd.Ndarray  # (max_contacts, n_envs) int32: which contact of its pair each appended slot holds
 
 
-# Collider -> _Pairs, or None for a collider with no such pair (or not differentiable).
-_colliders: "weakref.WeakKeyDictionary[Collider, _Pairs | None]" = weakref.WeakKeyDictionary()
-
-
 def plane_curved_pairs(collider: Collider) -> list[tuple[int, int, int]]:
     """The (plane geom, cylinder or capsule geom, collision pair index) pairs of a collider that may collide."""
     geoms = collider._solver.geoms
@@ -249,10 +244,13 @@ def plane_curved_pairs(collider: Collider) -> list[tuple[int, int, int]]:
 
 
 def _pairs_of(collider: Collider) -> "_Pairs | None":
-    if collider in _colliders:
-        return _colliders[collider]
-    state = None
+    """The collider's plane-curved pairs, or None where there are none (or the scene is not differentiable), looked up
+    once and kept in its solver's record."""
     solver = collider._solver
+    record = records.of_solver(solver)
+    if record.curved_pairs is not None:
+        return record.curved_pairs[0]
+    state = None
     found = plane_curved_pairs(collider) if solver._requires_grad else []
     if found:
         device_table = collider.collider_info.collision_pair_idx
@@ -267,7 +265,7 @@ def _pairs_of(collider: Collider) -> "_Pairs | None":
             first=qd.ndarray(dtype=qd.i32, shape=(solver._B,)),
             feature=qd.ndarray(dtype=qd.i32, shape=(max_contacts, solver._B)),
         )
-    _colliders[collider] = state
+    record.curved_pairs = (state,)
     return state
 
 
@@ -297,7 +295,8 @@ def _detection(stock):
 
 def _backward_narrowphase(self: Collider) -> None:
     """The reverse of the plane-curved contacts, then Genesis's reverse of every other contact."""
-    state = _colliders.get(self)
+    record = records.peek_solver(self._solver)
+    state = None if record is None or record.curved_pairs is None else record.curved_pairs[0]
     if state is not None:
         solver = self._solver
         collider_state = self.collider_state
@@ -320,12 +319,13 @@ def _backward_narrowphase(self: Collider) -> None:
 
 def restore() -> None:
     """Put the pairs back into Genesis's broad phase (used by `uninstall`)."""
-    for collider, state in list(_colliders.items()):
+    for solver, record in records.solver_records():
+        state = None if record.curved_pairs is None else record.curved_pairs[0]
         if state is not None:
-            device_table = collider.collider_info.collision_pair_idx
+            device_table = solver.collider.collider_info.collision_pair_idx
             for i_plane, i_body, i_pair in state.found:
                 device_table[min(i_plane, i_body), max(i_plane, i_body)] = i_pair
-    _colliders.clear()
+        record.curved_pairs = None
 
 
 def install() -> None:

@@ -41,8 +41,6 @@ from .genesis_api import (
 )
 from .genesis_api import geom as gu
 
-_subscribed: "weakref.WeakKeyDictionary[RigidSolver, Subscriber]" = weakref.WeakKeyDictionary()
-
 # Where Genesis reads state for itself: the build and the reset (geometry caches), and the step, whose scene-level
 # method runs the recorders (which log values, never differentiate them), the simulation step (sensors, couplers) and
 # the viewer's per-step update (its plugins, the mouse interaction). `Simulator.step` runs only inside these and inside
@@ -70,11 +68,10 @@ def read_state(solver: RigidSolver):
     cached = record.state_cache
     if cached is not None and cached[0] == key:
         return cached[1]
-    if solver not in _subscribed:
+    if record.state_subscriber is None:
         solver_ref = weakref.ref(solver)
-        subscriber = Subscriber(to=frozenset(StateChange), callback=lambda *_: _drop_cache(solver_ref))
-        solver.subscribe(subscriber)
-        _subscribed[solver] = subscriber
+        record.state_subscriber = Subscriber(to=frozenset(StateChange), callback=lambda *_: _drop_cache(solver_ref))
+        solver.subscribe(record.state_subscriber)
     state = _get_state_zerocopy(solver) if gs.use_zerocopy else solver.get_state()
     record.state_cache = (key, state)
     if params.pending_configuration(solver) and state.qpos.requires_grad:
@@ -147,13 +144,6 @@ def add_grad_from_state(self: RigidSolver, state) -> None:
         if grad is not None:
             # (n_envs, n, ...) as read, (n, n_envs, ...) as stored.
             records.view(self, name + ".grad", field).add_(grad.transpose(0, 1))
-
-
-def clear_caches() -> None:
-    """Forget every cached state and unsubscribe from the solvers (used by `uninstall`)."""
-    for solver, subscriber in list(_subscribed.items()):
-        solver._subscribers.discard(subscriber)
-    _subscribed.clear()
 
 
 def _own(tensor: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
@@ -397,7 +387,3 @@ def install() -> None:
     for owner, name, differentiable in _GENESIS_READERS:
         patching.patch(owner, name, callers.runs_genesis(getattr(owner, name), differentiable))
     patching.patch(RigidSolver, "add_grad_from_state", add_grad_from_state)
-
-
-def uninstall() -> None:
-    clear_caches()

@@ -42,7 +42,6 @@ constraint solver's reverse pass does not differentiate them).
 """
 
 import dataclasses
-import weakref
 from functools import wraps
 from inspect import signature
 from typing import NamedTuple
@@ -81,15 +80,6 @@ GEOM_PARAMETERS = {
     "set_geom_friction": ("dyn_info", "friction"),
     "set_geoms_friction_ratio": ("dyn_state", "friction_ratio"),
 }
-
-# Per solver: the parameter calls of the coming step, then of each taped step (by its first substep).
-_pending: "weakref.WeakKeyDictionary[RigidSolver, list]" = weakref.WeakKeyDictionary()
-_taped: "weakref.WeakKeyDictionary[RigidSolver, dict[int, list]]" = weakref.WeakKeyDictionary()
-# Solvers whose reverse pass ran since their last reset: only they have parameter gradients to clear.
-_reversed: "weakref.WeakSet[RigidSolver]" = weakref.WeakSet()
-# Solvers with a tracked friction coefficient or ratio in the current rollout: only their reverse pass needs the
-# contacts' friction gradients (`contact_friction.py`).
-friction_tracked: "weakref.WeakSet[RigidSolver]" = weakref.WeakSet()
 
 
 def _with_grad(data, cls: type, shape, dtypes: dict):
@@ -204,9 +194,6 @@ def _has_grad(solver: RigidSolver) -> bool:
     )
 
 
-_dofs_qs: "weakref.WeakKeyDictionary[RigidSolver, list]" = weakref.WeakKeyDictionary()
-
-
 def _field_grad(solver: RigidSolver, field: str, kind: str = "dofs") -> torch.Tensor:
     """Zero-copy view of a parameter field's gradient (`dyn_info.dofs`, `.links`, `.geoms` or `dyn_state.geoms`),
     environments first when batched."""
@@ -223,7 +210,8 @@ def _mask(solver: RigidSolver, idx, envs_idx, kind: str = "dofs") -> tuple:
 
 def _qs_of_dofs(solver: RigidSolver) -> list[tuple[int, ...]]:
     """The configuration entries each dof moves: one for hinges, slides and free translations, the quaternion else."""
-    qs = _dofs_qs.get(solver)
+    record = records.of_solver(solver)
+    qs = record.dofs_qs
     if qs is None:
         qs = [()] * solver.n_dofs
         for joint in solver.joints:
@@ -234,7 +222,7 @@ def _qs_of_dofs(solver: RigidSolver) -> list[tuple[int, ...]]:
                     qs[joint.dof_start + k] = tuple(range(joint.q_start, joint.q_start + 4))
                 else:
                     qs[joint.dof_start + k] = (joint.q_start + k,)
-        _dofs_qs[solver] = qs
+        record.dofs_qs = qs
     return qs
 
 
@@ -475,7 +463,7 @@ def parameter_setter(method: str, stock):
             tape_guards.refuse_unusable_values(method, (value,))
             records.note_tracked(self.sim)
             if method in GEOM_PARAMETERS:
-                friction_tracked.add(self)
+                records.of_solver(self).friction_tracked = True
         elif method in STATE_SETTERS and self.sim.cur_step_global > 0:
             _warn_between_steps(self, method, "configuration")
         elif method in LINK_PARAMETERS and self.sim.cur_step_global > 0:
@@ -491,7 +479,9 @@ def parameter_setter(method: str, stock):
             mass_new = _link_values(self, "inertial_mass", idx, envs_idx)
             extra = (mass_old, mass_new, _link_values(self, "inertial_i", idx, envs_idx))
         # Taped for the coming step, tracked or not: its reversal clears the gradient of what it wrote.
-        _pending.setdefault(self, []).append(_Call(method, value if tracked else None, idx, envs_idx, extra))
+        records.of_solver(self).pending_parameters.append(
+            _Call(method, value if tracked else None, idx, envs_idx, extra)
+        )
         return result
 
     return wrapper
@@ -502,17 +492,17 @@ def _process_input(stock):
 
     def process_input(self: RigidSolver, in_backward: bool = False):
         inputs = stock(self, in_backward=in_backward)
-        # Nothing set since the last step and nothing taped in this rollout (the usual step): nothing to do. (`.data`:
-        # the dictionaries' own length, without the Python-level `__len__` of `WeakKeyDictionary`.)
-        if in_backward or not (_pending.data or _taped.data):
+        record = None if in_backward else records.peek_solver(self)
+        # Nothing set since the last step and nothing taped in this rollout (the usual step): nothing to do.
+        if record is None or not (record.pending_parameters or record.taped_parameters):
             return inputs
-        calls = _pending.pop(self, None)
+        calls, record.pending_parameters = record.pending_parameters, []
         first_substep = self.sim.cur_substep_global
         if calls:
-            _taped.setdefault(self, {})[first_substep] = calls
+            record.taped_parameters[first_substep] = calls
             inputs = [*inputs, *(call.value for call in calls if call.value is not None)]
-        elif (taped := _taped.get(self)) is not None:
-            taped.pop(first_substep, None)
+        else:
+            record.taped_parameters.pop(first_substep, None)
         return inputs
 
     return process_input
@@ -520,7 +510,8 @@ def _process_input(stock):
 
 def process_input_grad(self: RigidSolver):
     pairs = patching.original(RigidSolver, "process_input_grad")(self)
-    calls = _taped.get(self, {}).get(self.sim.cur_substep_global)
+    record = records.peek_solver(self)
+    calls = None if record is None else record.taped_parameters.get(self.sim.cur_substep_global)
     # Reverse order of the calls: a later call on the same dofs overwrote an earlier one.
     for call in reversed(calls or ()):
         grad = _consume(self, call)
@@ -531,24 +522,26 @@ def process_input_grad(self: RigidSolver):
 
 def note_reverse(solver: RigidSolver) -> None:
     """A step of `solver` is about to be reversed: its parameter gradients are filled from now on."""
-    _reversed.add(solver)
+    records.of_solver(solver).reversed = True
 
 
 def pending_configuration(solver: RigidSolver) -> list[str]:
     """The tracked configuration setters called since the last step of `solver` (none taped yet)."""
-    calls = _pending.get(solver) if _pending.data else None
-    return [c.method for c in calls or () if c.value is not None and c.method in STATE_SETTERS]
+    record = records.peek_solver(solver)
+    calls = () if record is None else record.pending_parameters
+    return [c.method for c in calls if c.value is not None and c.method in STATE_SETTERS]
 
 
 def clear_grads(solver: RigidSolver) -> list:
     """Drop the parameter gradients and the taped calls of the last rollout (at `scene.reset()`). Returns the calls
     made since the last step, which no step taped."""
-    pending = _pending.pop(solver, None) or []
-    _taped.pop(solver, None)
-    friction_tracked.discard(solver)
+    record = records.of_solver(solver)
+    pending, record.pending_parameters = record.pending_parameters, []
+    record.taped_parameters.clear()
+    record.friction_tracked = False
     # Genesis fills them only while reversing: a rollout that was not differentiated has none to clear.
-    if solver in _reversed and _has_grad(solver):
-        _reversed.discard(solver)
+    if record.reversed and _has_grad(solver):
+        record.reversed = False
         for field in GRAD_FIELDS:
             _field_grad(solver, field).zero_()
         for field in LINK_GRAD_FIELDS:

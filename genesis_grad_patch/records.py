@@ -1,6 +1,8 @@
 """
-What the plugin remembers per simulator: kept in a `WeakKeyDictionary` beside Genesis's objects, never as attributes
-on them, so that a destroyed scene takes its record with it and `uninstall()` forgets everything at once.
+What the plugin remembers per simulator and per rigid solver: one record each, kept in a `WeakKeyDictionary` beside
+Genesis's objects, never as attributes on them, so that a destroyed scene takes its records with it and `uninstall()`
+forgets everything at once (`clear`). The modules that fill a record own the meaning of its fields; nothing else
+keeps per-scene state.
 """
 
 import weakref
@@ -27,7 +29,26 @@ class SimRecord:
 
 @dataclass
 class SolverRecord:
-    """The plugin's caches of one rigid solver."""
+    """The plugin's state of one rigid solver: what the reverse pass replays, the parameter tape, the caches."""
+
+    #: What each step ran with, for the reverse pass to write back (`replay.ReplayRecord`, made on first use).
+    replay: Any = None
+    #: The parameter setter calls since the last step (`params`), taped by the coming one.
+    pending_parameters: list = field(default_factory=list)
+    #: First substep of a taped step -> the parameter setter calls it ran after (`params`).
+    taped_parameters: dict[int, list] = field(default_factory=dict)
+    #: Whether a step was reversed since the last reset: only then are there parameter gradients to clear (`params`).
+    reversed: bool = False
+    #: Whether the current rollout tracks a friction coefficient or ratio: only then does the reverse pass need the
+    #: contacts' friction gradients (`contact_friction`).
+    friction_tracked: bool = False
+    #: The configuration entries each dof moves (`params`).
+    dofs_qs: list | None = None
+    #: The subscriber that drops `state_cache` when Genesis changes the state (`getters`).
+    state_subscriber: Any = None
+    #: (the plane-curved contact pairs the plugin computes, or None if there are none), once looked up
+    #: (`curved_contacts`).
+    curved_pairs: tuple | None = None
 
     #: ((step, rollout), state read at that step): the getters read the state once per step.
     state_cache: tuple | None = None
@@ -87,6 +108,21 @@ def view(solver, name: str, array_of: Callable[[Any], Any]):
     return found
 
 
+def peek_solver(solver) -> SolverRecord | None:
+    """The record of a rigid solver if it has one (no allocation on the hot path)."""
+    return _solvers.get(solver)
+
+
+def solver_records() -> list[tuple[Any, SolverRecord]]:
+    """Every (rigid solver, record) alive."""
+    return list(_solvers.items())
+
+
+def friction_tracked_anywhere() -> bool:
+    """Whether some solver's current rollout tracks a friction (the reverse kernels are not told which solver runs)."""
+    return any(record.friction_tracked for record in _solvers.values())
+
+
 def peek_sim(sim) -> SimRecord | None:
     """The record of a simulator if it has one (no allocation on the hot path)."""
     return _sims.get(sim)
@@ -106,7 +142,11 @@ def has_tracked_inputs(sim) -> bool:
 
 
 def clear() -> None:
-    """Forget every record (used by `uninstall`)."""
+    """Forget every record and unsubscribe the plugin from every solver (used by `uninstall`)."""
+    for solver, record in solver_records():
+        for subscriber in (record.state_subscriber, getattr(record.replay, "subscriber", None)):
+            if subscriber is not None:
+                solver._subscribers.discard(subscriber)
     _sims.clear()
     _solvers.clear()
     _tracked_epochs.clear()

@@ -23,7 +23,6 @@ call that wrote it. After the reverse pass the solver holds the data of the earl
 """
 
 import bisect
-import weakref
 
 import genesis as gs
 import torch
@@ -207,17 +206,20 @@ def _start(version: tuple[int, torch.Tensor]) -> int:
     return version[0]
 
 
-_records: "weakref.WeakKeyDictionary[RigidSolver, ReplayRecord]" = weakref.WeakKeyDictionary()
-
-
 _tracked_epochs = records.tracked_epochs
 
 
 def record_of(solver: RigidSolver) -> ReplayRecord:
-    record = _records.get(solver)
-    if record is None:
-        record = _records[solver] = ReplayRecord(solver)
-    return record
+    """The replay record of a solver (in its `records.SolverRecord`), made on first use."""
+    solver_record = records.of_solver(solver)
+    if solver_record.replay is None:
+        solver_record.replay = ReplayRecord(solver)
+    return solver_record.replay
+
+
+def _peek(solver: RigidSolver) -> ReplayRecord | None:
+    solver_record = records.peek_solver(solver)
+    return None if solver_record is None else solver_record.replay
 
 
 def _save_ckpt(stock):
@@ -247,13 +249,13 @@ def load_ckpt(self: RigidSolver, ckpt_name: str) -> None:
 def restored(solver: RigidSolver, ckpt_name: str) -> None:
     """The checkpoint `ckpt_name` of `solver` was just restored: write back the data its step ran with."""
     params.note_reverse(solver)
-    record = _records.get(solver)
+    record = _peek(solver)
     if record is not None:
         record.before_replay(int(ckpt_name))
 
 
 def reset_grad(self: RigidSolver) -> None:
-    record = _records.get(self)
+    record = _peek(self)
     if record is not None:
         record.restart()
     tape_guards.drop_pending(self, params.clear_grads(self))
@@ -265,10 +267,3 @@ def install() -> None:
     patching.patch(RigidSolver, "save_ckpt", _save_ckpt(RigidSolver.save_ckpt))
     patching.patch(RigidSolver, "load_ckpt", load_ckpt)
     patching.patch(RigidSolver, "reset_grad", reset_grad)
-
-
-def clear() -> None:
-    """Forget every record and unsubscribe from the solvers (used by `uninstall`)."""
-    for solver, record in list(_records.items()):
-        solver._subscribers.discard(record.subscriber)
-    _records.clear()

@@ -138,3 +138,80 @@ def test_private_genesis_names_exist_on_the_installed_release():
 
     scene, _ = make_scene(gs.morphs.MJCF(file=PLANAR_CAR))
     assert genesis_api.audit(scene) == []
+
+
+def _defined_by_plugin(value) -> bool:
+    """Whether `value` (a function, method, property, or a wrapper of one) comes from the plugin."""
+    for _ in range(8):  # a wrapper's chain of `__wrapped__`
+        try:
+            value = getattr(value, "__func__", None) or getattr(value, "fget", None) or value
+            if str(getattr(value, "__module__", "")).startswith("genesis_grad_patch"):
+                return True
+            value = getattr(value, "__wrapped__", None)
+        except Exception:  # torch's lazy namespaces raise on unknown attributes
+            return False
+        if value is None:
+            return False
+    return False
+
+
+def _plugin_objects_on_genesis_torch_and_quadrants() -> list[str]:
+    """The attributes of Genesis's, quadrants's and torch's modules and classes that the plugin defined: what a patch
+    would have left behind (read with `vars`, which neither imports nor triggers deprecation shims)."""
+    import sys
+
+    owners = [torch, torch.Tensor, torch.nn.Parameter, torch.nn.functional]
+    for module_name, module in list(sys.modules.items()):
+        if module is not None and module_name.startswith(("genesis.", "quadrants")):
+            owners.append(module)
+            owners += [
+                cls
+                for cls in vars(module).values()
+                if isinstance(cls, type) and getattr(cls, "__module__", None) == module_name
+            ]
+    return sorted(
+        f"{getattr(owner, '__name__', owner)}.{name}"
+        for owner in owners
+        for name, value in list(vars(owner).items())
+        if _defined_by_plugin(value)
+    )
+
+
+def test_uninstall_leaves_nothing_of_the_plugin_behind():
+    """After a rollout that filled every kind of per-solver record (replay, parameter tape, friction tracking, state
+    cache, curved contacts), `uninstall()` leaves no plugin object on Genesis, torch or quadrants, no record, and no
+    subscriber on the solver."""
+    from genesis_grad_patch import records
+
+    scene = gs.Scene(
+        sim_options=gs.options.SimOptions(dt=0.01, requires_grad=True),
+        rigid_options=gs.options.RigidOptions(tolerance=1e-12, iterations=200),
+        show_viewer=False,
+    )
+    scene.add_entity(gs.morphs.Plane())
+    body = scene.add_entity(gs.morphs.Cylinder(radius=0.1, height=0.2, pos=(0, 0, 0.0999)))
+    scene.build()
+    solver = scene.sim.rigid_solver
+    stock_subscribers = set(solver._subscribers)
+    force = torch.tensor([1.0, 0.0, 0.0, 0.0, 0.0, 0.0], dtype=torch.float64, requires_grad=True)
+    friction = torch.tensor(0.8, dtype=torch.float64, requires_grad=True)
+    body.set_friction(friction)
+    for _ in range(3):
+        body.control_dofs_force(force, dofs_idx_local=list(range(6)))
+        scene.step()
+    body.get_qpos()[0].backward()
+    assert force.grad is not None and friction.grad is not None
+    record = records.peek_solver(solver)
+    assert record.replay is not None and record.taped_parameters and record.friction_tracked
+    assert record.state_subscriber is not None and record.curved_pairs[0] is not None
+    assert _plugin_objects_on_genesis_torch_and_quadrants(), "the scan finds nothing even while installed"
+
+    ggp.uninstall()
+    try:
+        assert _plugin_objects_on_genesis_torch_and_quadrants() == []
+        assert not _skipped_by_dynamo()
+        assert records.solver_records() == [] and records.peek_sim(scene.sim) is None
+        assert set(solver._subscribers) == stock_subscribers
+    finally:
+        ggp.install()
+        scene.reset()
