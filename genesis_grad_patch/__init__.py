@@ -134,11 +134,12 @@ def uninstall(groups: tuple[str, ...] = GROUPS) -> None:
     if "strict" in groups:
         _uninstall_strict()
     if "core" in groups and patching.is_patched("core"):
-        from . import curved_contacts, records, torch_compile
+        from . import curved_contacts, detach_watch, records, torch_compile
 
         curved_contacts.restore()
         torch_compile.uninstall()
         records.clear()
+        detach_watch.forget_scenes()
         patching.revert()
         _uninstall_strict()
 

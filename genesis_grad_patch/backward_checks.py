@@ -8,7 +8,7 @@ from collections.abc import Callable
 from functools import wraps
 from types import FrameType
 
-from . import accuracy, breaks, patching, records
+from . import accuracy, breaks, detach_watch, patching, records
 from .breaks import GradientBreakError, Location, user_frame
 from .genesis_api import Simulator
 
@@ -72,8 +72,10 @@ def reset_grad(self: "Simulator") -> None:
     record = records.peek_sim(self)
     if record is not None:
         record.no_grad_steps.clear()
-    if self._requires_grad and breaks.checking:
-        records.of_sim(self).reset_at = Location.of(user_frame(sys._getframe(1)))
+    if self._requires_grad:
+        detach_watch.watch(self)
+        if breaks.checking:
+            records.of_sim(self).reset_at = Location.of(user_frame(sys._getframe(1)))
 
 
 def install(strict: bool = False) -> None:

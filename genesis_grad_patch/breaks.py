@@ -139,7 +139,8 @@ _INTERNAL_DIRS = (_GENESIS_DIR, os.path.dirname(os.path.abspath(torch.__file__))
 _internal_files: dict[str, bool] = {}
 
 
-def _is_internal_file(filename: str) -> bool:
+def is_internal_file(filename: str) -> bool:
+    """Whether a code file is Genesis's, torch's or the plugin's (looked up once per file)."""
     internal = _internal_files.get(filename)
     if internal is None:
         internal = not filename.startswith("<") and os.path.abspath(filename).startswith(_INTERNAL_DIRS)
@@ -150,7 +151,7 @@ def _is_internal_file(filename: str) -> bool:
 def user_frame(frame: FrameType | None = None) -> FrameType | None:
     """The first frame from `frame` (the caller's by default) outwards that is outside genesis/, torch/, the plugin."""
     frame = sys._getframe(1) if frame is None else frame
-    while frame is not None and _is_internal_file(frame.f_code.co_filename):
+    while frame is not None and is_internal_file(frame.f_code.co_filename):
         frame = frame.f_back
     return frame
 
@@ -235,12 +236,7 @@ _MAX_EVENTS = 512
 _events: deque = deque(maxlen=_MAX_EVENTS)
 _seq = itertools.count()
 
-_READ_GETTERS_ATTR = "_grad_patch_getters"  # ReadNodeBackward -> [(getter, filename, lineno)]
-
-# Tensors returned by `gs.from_torch(..., detach=True)` of a tracked tensor: id -> (weakref, Location, source).
-_detached: dict[int, tuple] = {}
-# Call sites whose caller's locals were scanned for the tracked source of a detached input: (file, line) -> rollout.
-_scanned_sites: dict[tuple[str, int], int] = {}
+READ_GETTERS_ATTR = "_grad_patch_getters"  # ReadNodeBackward -> [(getter, filename, lineno)]
 
 
 def events(sim: "Simulator | None" = None, epoch: int | None = None) -> list[BreakEvent]:
@@ -283,7 +279,7 @@ def read_getters(node) -> list[tuple[str, Location]]:
     """The getters a read node (`ReadNodeBackward`) served, with the user's line of each call."""
     return [
         (name, Location(filename, lineno, linecache.getline(filename, lineno).strip()))
-        for name, filename, lineno in getattr(node, _READ_GETTERS_ATTR, ())
+        for name, filename, lineno in getattr(node, READ_GETTERS_ATTR, ())
     ]
 
 
@@ -335,7 +331,7 @@ def report(
     code = f" `{location.source}`" if location.source else ""
     message = f"Gradient break at {location}{code}: {cause} {fix}"
     if record:
-        _record(kind, call, location, cause, fix, message, sim, step, _sources(sources))
+        _record(kind, call, location, cause, fix, message, sim, step, sources_of(sources))
     if not warn:
         return
     if _mode == "raise":
@@ -355,7 +351,7 @@ def report(
     )
 
 
-def _sources(values: Iterable) -> list:
+def sources_of(values: Iterable) -> list:
     """The graph nodes (or leaf tensors) that tracked values come from."""
     sources = []
     for value in values:
@@ -368,7 +364,5 @@ def _sources(values: Iterable) -> list:
 
 
 def clear() -> None:
-    """Forget every break, detach and scanned call site (used by `uninstall`)."""
+    """Forget every break (used by `uninstall`)."""
     _events.clear()
-    _detached.clear()
-    _scanned_sites.clear()

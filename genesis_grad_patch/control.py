@@ -91,7 +91,7 @@ def _consume_ctrl_grads(entity: RigidEntity, method: str, dofs_idx_local, envs_i
     return {"position": buffer, "velocity": velocity}
 
 
-def _grad_like(grad: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def grad_like(grad: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """
     Bring the gradient of a full input back to the input the user gave.
 
@@ -138,13 +138,13 @@ def entity_process_input_grad(self: RigidEntity) -> list[tuple[torch.Tensor, tor
             for arg, field in CONSUMED[method]:
                 target = kwargs.get(arg)
                 if _is_tracked(target):
-                    inputs_grad.append((target, _grad_like(grads[field], target)))
+                    inputs_grad.append((target, grad_like(grads[field], target)))
     finally:
         self._tgt_buffer[index] = taped
     return inputs_grad
 
 
-def _indices_on_host(idx, size: int, name: str) -> tuple[int, ...]:
+def indices_on_host(idx, size: int, name: str) -> tuple[int, ...]:
     """
     The indices given to a solver-level call, as a tuple of ints read on the host.
 
@@ -193,7 +193,7 @@ def _columns(value, cols: torch.Tensor, n_cols: int):
 
 def _route_to_entities(solver: RigidSolver, method: str, targets: dict, dofs_idx, envs_idx) -> None:
     """Split a solver-level control call into entity calls, so that Genesis tapes it like any entity call."""
-    dofs = _indices_on_host(dofs_idx, solver.n_dofs, "dofs_idx")
+    dofs = indices_on_host(dofs_idx, solver.n_dofs, "dofs_idx")
     # The user's call was checked at the solver: the entity calls record their inputs without reporting again.
     with callers.calling_as(callers.Origin.PLUGIN):
         for entity, cols, local in _control_split(solver, dofs):

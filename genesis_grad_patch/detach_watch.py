@@ -11,7 +11,9 @@ and the doctor gives the parameters behind it that reason.
 Only these few methods are wrapped, not every torch function: a `TorchFunctionMode` doing the same cost 16.8% of a
 100-step unbatched rollout with a small MLP policy and two getters per step (77 -> 90 ms), the wrapped methods 0.4%
 (measured side by side on the 2-core CPU machine). The wrappers do nothing more than the stock method unless strict mode
-is on and the tensor tracks gradients. The constructors are wrapped from the first recorded cut on: before it there is
+is on and the tensor tracks gradients. They are in place only while a differentiable scene is alive (from its build
+until it is collected, `watch`): importing the plugin changes nothing in torch, and neither does a process that builds
+only plain scenes. The constructors are wrapped from the first recorded cut on: before it there is
 nothing a tensor could be rebuilt from, and Genesis calls `torch.tensor` at every step (its index masks), so a rollout
 without cuts does not pay for the watch. (A constructor looked up before that, `from torch import tensor` run after the
 plugin's import, is not watched; `torch.tensor(...)` always is.)
@@ -27,7 +29,9 @@ Python numbers is not followed.
 import sys
 import weakref
 from collections import deque
+from collections.abc import Callable
 from functools import wraps
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -46,6 +50,26 @@ DETACHING = {
 # Constructors that turn Python numbers, lists or arrays back into a tensor.
 REBUILDING = ("tensor", "as_tensor", "from_numpy")
 
+
+class Cut(NamedTuple):
+    """A value cut from a tracked tensor: where, from what, and how the user would read the cut."""
+
+    ref: Callable[[], Any]  # the cut value (a weak reference, or a closure for values that cannot have one)
+    location: "breaks.Location"
+    source: Any  # the graph node or leaf tensor the value was cut from
+    how: str  # "`.detach()`", "`.item()` then `.tolist()`", ...
+
+    @property
+    def description(self) -> str:
+        if self.how == FROM_TORCH:
+            return f"{FROM_TORCH} at {self.location}"
+        return f"{self.how} of a tracked tensor at {self.location}"
+
+
+FROM_TORCH = "gs.from_torch(..., detach=True)"
+
+# The record of cuts: id(value) -> Cut. Strict mode's per-process state, with `_strong_keys`; `clear` forgets it.
+_cuts: dict[int, Cut] = {}
 # Results that cannot be weakly referenced (Python floats, lists) are kept alive for their id to stay theirs, up to
 # this many at a time: a loop logging `loss.item()` every step must not grow the record without bound.
 _MAX_STRONG = 4096
@@ -54,9 +78,13 @@ _strong_keys: deque[int] = deque()
 _MAX_SCANNED = 64
 
 
-# Whether strict mode's patches are in (`install`), and whether the constructors are wrapped yet (`record`).
+# Whether strict mode is installed (`install`); whether torch's methods are wrapped (while a differentiable scene is
+# alive, `watch`), and its constructors (from the first recorded cut on, `record_cut`).
 _installed = False
+_torch_wrapped = False
 _watching_rebuilds = False
+# The differentiable simulators alive since strict mode was installed: torch is wrapped while there is one.
+_watched: "weakref.WeakSet" = weakref.WeakSet()
 
 
 class _CutPropagation(TorchFunctionMode):
@@ -67,7 +95,7 @@ class _CutPropagation(TorchFunctionMode):
         # Integer and boolean results (indices, masks: a nearest-point search on a detached position) carry no value
         # of the cut tensor to a control; nor do operations that take only the dtype, device or shape of an argument.
         if (
-            breaks._detached
+            _cuts
             and isinstance(out, torch.Tensor)
             and not out.requires_grad
             and out.is_floating_point()
@@ -95,8 +123,8 @@ _METADATA_ONLY = frozenset(
 def _first_recorded(args: tuple) -> tuple | None:
     for arg in args:
         if isinstance(arg, torch.Tensor):
-            entry = breaks._detached.get(id(arg))
-            if entry is not None and entry[0]() is arg:
+            entry = _cuts.get(id(arg))
+            if entry is not None and entry.ref() is arg:
                 return entry
         elif isinstance(arg, (list, tuple)) and arg and isinstance(arg[0], torch.Tensor):
             entry = _first_recorded(tuple(arg[:_MAX_SCANNED]))
@@ -105,20 +133,34 @@ def _first_recorded(args: tuple) -> tuple | None:
     return None
 
 
-def _record_derived(out: torch.Tensor, entry: tuple) -> None:
+def _record_derived(out: torch.Tensor, entry: Cut) -> None:
     key = id(out)
-    if key not in breaks._detached:
-        breaks._detached[key] = (weakref.ref(out, lambda _, key=key: breaks._detached.pop(key, None)), *entry[1:])
+    if key not in _cuts:
+        _cuts[key] = Cut(weakref.ref(out, lambda _, key=key: _cuts.pop(key, None)), *entry[1:])
 
 
 _propagation: _CutPropagation | None = None
 
 
-def record(key: int, entry: tuple) -> None:
-    """Record a value cut from a tracked tensor (`breaks._detached[key] = entry`), watching rebuilds from now on."""
+def has_cuts() -> bool:
+    """Whether a cut is on record (what a value given to Genesis could come from)."""
+    return bool(_cuts)
+
+
+def record_cut(out, source: torch.Tensor, location: "breaks.Location", how: str) -> None:
+    """Record `out`, a value cut from the tracked tensor `source` at the user's `location`, watching rebuilds and
+    arithmetic on it from now on."""
     global _watching_rebuilds, _propagation
-    breaks._detached[key] = entry
-    if _installed and not _watching_rebuilds:
+    key = id(out)
+    try:
+        ref = weakref.ref(out, lambda _, key=key: _cuts.pop(key, None))
+    except TypeError:
+        ref = lambda out=out: out  # noqa: E731 (a float or a list: kept alive while it is in the record)
+        _strong_keys.append(key)
+        if len(_strong_keys) > _MAX_STRONG:
+            _cuts.pop(_strong_keys.popleft(), None)
+    _cuts[key] = Cut(ref, location, breaks.sources_of((source,))[0], how)
+    if _torch_wrapped and not _watching_rebuilds:
         _watching_rebuilds = True
         for name in REBUILDING:
             patching.patch(torch, name, _rebuilding(name), group="strict")
@@ -127,23 +169,13 @@ def record(key: int, entry: tuple) -> None:
 
 
 def _register(out, source: torch.Tensor, how: str) -> None:
-    frame = breaks.user_frame(sys._getframe(2))
-    location = breaks.Location.of(frame)
-    key = id(out)
-    try:
-        ref = weakref.ref(out, lambda _, key=key: breaks._detached.pop(key, None))
-    except TypeError:
-        ref = lambda out=out: out  # noqa: E731 (a float or a list: kept alive while it is in the record)
-        _strong_keys.append(key)
-        if len(_strong_keys) > _MAX_STRONG:
-            breaks._detached.pop(_strong_keys.popleft(), None)
-    record(key, (ref, location, breaks._sources((source,))[0], f"{how} of a tracked tensor at {location}"))
+    record_cut(out, source, breaks.Location.of(breaks.user_frame(sys._getframe(2))), how)
 
 
-def registered(value) -> tuple | None:
-    """The record entry of a value cut from a tracked tensor (the value itself, or an element of a list of them)."""
-    entry = breaks._detached.get(id(value))
-    if entry is not None and entry[0]() is value:
+def registered(value) -> Cut | None:
+    """The record of a value cut from a tracked tensor (the value itself, or an element of a list of them)."""
+    entry = _cuts.get(id(value))
+    if entry is not None and entry.ref() is value:
         return entry
     # Python numbers from `.item()` / `.tolist()` are the only entries a list can hold: none recorded, nothing to scan.
     # The scan looks at the first elements only, so a long list (mesh data, say) costs nothing.
@@ -155,12 +187,9 @@ def registered(value) -> tuple | None:
     return None
 
 
-_known_internal = breaks._internal_files.get
-
-
 def _internal_caller() -> bool:
     """Whether the wrapped method was called by Genesis, torch or the plugin (two frames up), not by the user."""
-    return breaks._is_internal_file(sys._getframe(2).f_code.co_filename)
+    return breaks.is_internal_file(sys._getframe(2).f_code.co_filename)
 
 
 def _detaching(name: str):
@@ -174,11 +203,11 @@ def _detaching(name: str):
         # detaches of tracked tensors (the step token, once per step) are no user's cut either: the caller's file is
         # looked up first (known after its first call), without a call.
         if self.requires_grad:
-            if breaks.checking and not _known_internal(sys._getframe(1).f_code.co_filename) and not _internal_caller():
+            if breaks.checking and not breaks.is_internal_file(sys._getframe(1).f_code.co_filename):
                 _register(out, self, how)
-        elif breaks._detached and (entry := registered(self)) is not None and not _internal_caller():
+        elif _cuts and (entry := registered(self)) is not None and not _internal_caller():
             # `x.detach().numpy()`, `x.detach().tolist()`: the cut is carried on to the conversion.
-            _register(out, entry[2], f"{entry[3].split(' of a tracked tensor')[0]} then {how}")
+            _register(out, entry.source, f"{entry.how} then {how}")
         return out
 
     return wrapper
@@ -206,33 +235,80 @@ def _rebuilding(name: str):
     def wrapper(data, *args, **kwargs):
         out = stock(data, *args, **kwargs)
         # Nothing recorded (no user cut yet): nothing can be rebuilt from one.
-        if breaks._detached and isinstance(data, (float, list, tuple, np.ndarray)) and not _internal_caller():
+        if _cuts and isinstance(data, (float, list, tuple, np.ndarray)) and not _internal_caller():
             entry = registered(data)
             if entry is not None and not out.requires_grad:
-                how = entry[3].split(" of a tracked tensor")[0]
-                _register(out, entry[2], f"a tensor rebuilt from {how}")
+                _register(out, entry.source, f"a tensor rebuilt from {entry.how}")
         return out
 
     return wrapper
 
 
 def install() -> None:
+    """Strict mode is installed: torch is wrapped while a differentiable scene is alive (`watch`)."""
     global _installed
-    for name in DETACHING:
-        patching.patch(torch.Tensor, name, _detaching(name), group="strict")
-    patching.patch(torch.Tensor, "data", _data_property(), group="strict")
     _installed = True
+    if _watched:
+        _wrap_torch()
 
 
-def clear() -> None:
-    """Forget every recorded detach (used by `uninstall`, after strict mode's patches are reverted)."""
-    global _installed, _watching_rebuilds, _propagation
-    _installed = _watching_rebuilds = False
+def watch(sim) -> None:
+    """A differentiable simulator starts a rollout (its build, each `scene.reset()`): wrap torch's detaching methods
+    while it, or another differentiable simulator, is alive. Importing the plugin alone changes nothing in torch, and a
+    process that builds no differentiable scene never pays for the watch. (A cut made before the first differentiable
+    scene is built is not seen; the control call's scan of the caller's locals still finds `.detach()` and `.data`.)"""
+    if sim not in _watched:
+        _watched.add(sim)
+        weakref.finalize(sim, _unwatch_if_none_left)
+    if _installed:
+        _wrap_torch()
+
+
+def _wrap_torch() -> None:
+    global _torch_wrapped
+    if not _torch_wrapped:
+        _torch_wrapped = True
+        for name in DETACHING:
+            patching.patch(torch.Tensor, name, _detaching(name), group="strict")
+        patching.patch(torch.Tensor, "data", _data_property(), group="strict")
+
+
+def _unwatch_if_none_left() -> None:
+    # Called as a simulator is collected, possibly before the `WeakSet` drops its dead reference: iterating yields the
+    # live ones only.
+    if next(iter(_watched), None) is None:
+        _unwrap_torch()
+
+
+def _unwrap_torch() -> None:
+    """Put torch's methods and constructors back and forget the cuts (no scene left to give them to)."""
+    global _torch_wrapped, _watching_rebuilds, _propagation
+    for owner, names in ((torch.Tensor, (*DETACHING, "data")), (torch, REBUILDING)):
+        for name in names:
+            patching.restore(owner, name)
+    _torch_wrapped = _watching_rebuilds = False
     if _propagation is not None:
         # Popped from the torch function stack if it is still there (a mode entered later by the user stays).
         stack = torch_function_modes()
         if stack and stack[-1] is _propagation:
             _propagation.__exit__(None, None, None)
         _propagation = None
-    breaks._detached.clear()
+    _cuts.clear()
     _strong_keys.clear()
+
+
+def is_watching() -> bool:
+    """Whether torch's detaching methods are wrapped now."""
+    return _torch_wrapped
+
+
+def clear() -> None:
+    """Unwrap torch and forget every recorded detach (used when strict mode is taken out)."""
+    global _installed
+    _installed = False
+    _unwrap_torch()
+
+
+def forget_scenes() -> None:
+    """Forget the differentiable scenes seen (used by `uninstall`; a scene is seen again at its next reset)."""
+    _watched.clear()

@@ -227,7 +227,7 @@ def _free_root_dofs(solver: RigidSolver, links_idx) -> torch.Tensor | None:
     """
     # The link indices are read on the host: `indices_to_mask` puts a list of 2 or more on `gs.device`, which a host
     # `arange` cannot be indexed with on CUDA, and a device round trip would synchronize every getter call.
-    links = control._indices_on_host(links_idx, solver.n_links, "links_idx")
+    links = control.indices_on_host(links_idx, solver.n_links, "links_idx")
     free_dofs = _dofs_map(solver).free_dofs
     if any(i_l not in free_dofs for i_l in links):
         return None

@@ -102,16 +102,16 @@ def _detached_source(value, frame: FrameType | None, epoch: int):
     """
     entry = detach_watch.registered(value)
     if entry is not None:
-        return (entry[3] if len(entry) > 3 else f"gs.from_torch(..., detach=True) at {entry[1]}"), entry[2]
+        return entry.description, entry.source
     if frame is None or not isinstance(value, (torch.Tensor, np.ndarray)):
         return None
     # The caller's locals are scanned once per call site and rollout: a detach at a line shows at its first call, and
     # a module-level loop would otherwise scan every global of the script at every step. The site is the direct
     # caller's line (cheap); the user's frame is looked for only when it is scanned.
     site = (frame.f_code, frame.f_lineno)
-    if breaks._scanned_sites.get(site) == epoch:
+    if _scanned_sites.get(site) == epoch:
         return None
-    breaks._scanned_sites[site] = epoch
+    _scanned_sites[site] = epoch
     frame = user_frame(frame)
     if frame is None:
         return None
@@ -265,7 +265,7 @@ def note_read(solver, name: str, out: torch.Tensor) -> None:
         return
     # On the node itself (a custom Function's context takes attributes): it lives as long as the graph.
     entry = (name, user.f_code.co_filename, user.f_lineno)
-    getters = node.__dict__.setdefault(breaks._READ_GETTERS_ATTR, [])
+    getters = node.__dict__.setdefault(breaks.READ_GETTERS_ATTR, [])
     if entry not in getters:
         getters.append(entry)
 
@@ -288,6 +288,15 @@ def report_read_under_no_grad(solver, name: str) -> None:
         sim,
         sim.cur_step_global,
     )
+
+
+# Call sites whose caller's locals were scanned for the tracked source of a detached input: (code, line) -> rollout.
+_scanned_sites: dict[tuple, int] = {}
+
+
+def scanned_in(frame, epoch: int) -> bool:
+    """Whether the call site of `frame` was scanned in rollout `epoch` (a scan is due otherwise)."""
+    return _scanned_sites.get((frame.f_code, frame.f_lineno)) == epoch
 
 
 # Call sites of non-differentiable reads already reported: (file, line, getter) -> (simulator weakref, rollout).
@@ -373,11 +382,7 @@ def note_from_torch(tensor, out: torch.Tensor) -> None:
     """`gs.from_torch(..., detach=True)` of a tracked tensor: record the cut result and report it."""
     user = user_frame(sys._getframe(2))
     location = Location.of(user)
-    key = id(out)
-    detach_watch.record(
-        key,
-        (weakref.ref(out, lambda _, key=key: breaks._detached.pop(key, None)), location, breaks._sources((tensor,))[0]),
-    )
+    detach_watch.record_cut(out, tensor, location, detach_watch.FROM_TORCH)
     report(
         BreakKind.CUT_AT_DETACH,
         "gs.from_torch",
@@ -392,5 +397,6 @@ def note_from_torch(tensor, out: torch.Tensor) -> None:
 
 
 def clear() -> None:
-    """Forget the reported call sites (used by `uninstall`)."""
+    """Forget the reported and scanned call sites (used by `uninstall`)."""
     _reported_reads.clear()
+    _scanned_sites.clear()

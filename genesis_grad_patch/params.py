@@ -50,7 +50,7 @@ import genesis as gs
 import torch
 
 from . import input_checks, patching, records, tape_guards
-from .control import _grad_like
+from .control import grad_like
 from .genesis_api import RigidSolver, args_hasher, array_class, indices_to_mask, qd_to_torch
 
 # Setter -> (info field, component or None, sign) per term of its gradient. The fields are those of `dyn_info.dofs`.
@@ -516,7 +516,7 @@ def process_input_grad(self: RigidSolver):
     for call in reversed(calls or ()):
         grad = _consume(self, call)
         if call.value is not None:
-            pairs.append((call.value, _grad_like(grad, call.value)))
+            pairs.append((call.value, grad_like(grad, call.value)))
     return pairs
 
 

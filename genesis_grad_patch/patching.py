@@ -64,6 +64,18 @@ def revert(groups: tuple[str, ...] | None = None) -> None:
         _resolved.pop(key, None)
 
 
+def restore(owner: Any, name: str) -> None:
+    """Put back the one attribute `owner.name` if it is replaced (for patches scoped to less than the install)."""
+    saved = _originals.pop((owner, name), None)
+    if saved is None:
+        return
+    if saved[0] is _MISSING:
+        delattr(owner, name)
+    else:
+        setattr(owner, name, saved[0])
+    _resolved.pop((owner, name), None)
+
+
 def is_patched(group: str | None = None) -> bool:
     """Whether any patch (of `group`, if given) is currently applied."""
     return any(group is None or g == group for _, g in _originals.values())

@@ -16,13 +16,12 @@ from inspect import signature
 
 import torch
 
-from . import breaks, callers, catalog, input_checks, patching, records, signatures, tape_guards
+from . import breaks, callers, catalog, detach_watch, input_checks, patching, records, signatures, tape_guards
 from .callers import Origin
 from .catalog import ENTITY, SOLVER, Method, Status
 from .input_checks import arguments, detached_args, tracked_check
 
 _origin = callers.get
-_scanned_sites = breaks._scanned_sites
 _tracked_epochs = records.tracked_epochs
 _set_origin = callers.set_origin
 _reset_origin = callers.reset
@@ -111,7 +110,7 @@ def _entity_input(row: Method, stock: Callable) -> Callable:
             if origin is None and breaks.checking:
                 frame = sys._getframe(_CALLER)
                 sim = self._solver._sim
-                if breaks._detached or _scanned_sites.get((frame.f_code, frame.f_lineno)) != sim._grad_epoch:
+                if detach_watch.has_cuts() or not input_checks.scanned_in(frame, sim._grad_epoch):
                     input_checks.check_inputs(
                         type(self).__name__, name, category, self._solver, arguments(names, args, kwargs), frame, True
                     )

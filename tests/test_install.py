@@ -215,3 +215,36 @@ def test_uninstall_leaves_nothing_of_the_plugin_behind():
     finally:
         ggp.install()
         scene.reset()
+
+
+SCOPED_TORCH = """
+import gc, torch
+stock = torch.Tensor.detach
+import genesis as gs
+import genesis_grad_patch
+from genesis_grad_patch import detach_watch
+gs.init(backend=gs.cpu, precision="64", logging_level="warning")
+assert torch.Tensor.detach is stock, "torch wrapped at import"
+plain = gs.Scene(sim_options=gs.options.SimOptions(requires_grad=False), show_viewer=False)
+plain.add_entity(gs.morphs.Plane())
+plain.build()
+assert torch.Tensor.detach is stock, "torch wrapped for a scene without gradients"
+scene = gs.Scene(sim_options=gs.options.SimOptions(requires_grad=True), show_viewer=False)
+scene.add_entity(gs.morphs.Plane())
+scene.build()
+assert torch.Tensor.detach is not stock and detach_watch.is_watching(), "torch not watched in a differentiable scene"
+del scene
+gc.collect()
+assert torch.Tensor.detach is stock and not detach_watch.is_watching(), "torch still wrapped with no scene left"
+print("ok")
+"""
+
+
+def test_torch_is_wrapped_only_while_a_differentiable_scene_is_alive():
+    """Importing the plugin leaves torch as it is; strict mode's detach watch wraps torch's detaching methods from the
+    build of a differentiable scene until the last one is collected."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", SCOPED_TORCH], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-2000:]

@@ -108,6 +108,11 @@ def test_from_torch_detach_of_tracked_tensor(grad_arm):
     message = only_break(record)
     assert where in message and f"gs.from_torch(..., detach=True) at {where_convert}" in message
 
+    # Carried on to numpy, the cut keeps its name.
+    with pytest.warns(GradientBreakWarning) as record:
+        arm.control_dofs_position(target.numpy())
+    assert "gs.from_torch(..., detach=True) then `.numpy()`" in only_break(record)
+
     # Without detach=True, or of an untracked tensor: no break.
     with warnings.catch_warnings():
         warnings.simplefilter("error", GradientBreakWarning)
