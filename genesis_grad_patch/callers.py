@@ -79,4 +79,4 @@ def runs_genesis(inner: Callable, differentiable: Callable | None = None) -> Cal
         "_gp_set": _origin.set,
         "_gp_reset": _origin.reset,
     }
-    return signatures.front(inner, _RUNS_GENESIS, namespace)
+    return signatures.front(inner, "runs_genesis", _RUNS_GENESIS, namespace)

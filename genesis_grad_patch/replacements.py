@@ -68,8 +68,8 @@ _UNSUPPORTED_READ_FRONT = """\
 """
 
 
-def _fronted(stock: Callable, slow: Callable, body: str, **names) -> Callable:
-    """The front of `slow` with `stock`'s signature (`body` is one of the `_*_FRONT` above)."""
+def _fronted(stock: Callable, slow: Callable, kind: str, body: str, **names) -> Callable:
+    """The front of `slow` with `stock`'s signature (`body` is one of the `_*_FRONT` above, `kind` its name)."""
     namespace = {
         "_gp_stock": stock,
         "_gp_slow": slow,
@@ -81,7 +81,7 @@ def _fronted(stock: Callable, slow: Callable, body: str, **names) -> Callable:
         "_gp_grad_enabled": torch.is_grad_enabled,
         **{f"_gp_{key}": value for key, value in names.items()},
     }
-    return signatures.front(stock, body, namespace)
+    return signatures.front(stock, kind, body, namespace)
 
 
 def _entity_input(row: Method, stock: Callable) -> Callable:
@@ -185,7 +185,7 @@ def _entity_input(row: Method, stock: Callable) -> Callable:
         tape_guards.refuse_unusable_values(name, bound.values())
         return run(self, Origin.PLUGIN, *args, **kwargs)
 
-    return _fronted(stock, replacement, _ENTITY_FRONT, replay=not unsupported, run=run)
+    return _fronted(stock, replacement, "entity", _ENTITY_FRONT, replay=not unsupported, run=run)
 
 
 def _solver_input(row: Method, stock: Callable, impl: Callable | None) -> Callable:
@@ -230,7 +230,7 @@ def _solver_input(row: Method, stock: Callable, impl: Callable | None) -> Callab
             args, kwargs = detached_args(args, kwargs)
         return impl(self, *args, **kwargs)
 
-    return _fronted(stock, replacement, _SOLVER_FRONT, parameter=parameter)
+    return _fronted(stock, replacement, "solver", _SOLVER_FRONT, parameter=parameter)
 
 
 def _refused_input(row: Method, stock: Callable, unsupported: Callable) -> Callable:
@@ -275,7 +275,7 @@ def _differentiable_read(row: Method, stock: Callable, impl: Callable, different
             input_checks.note_read(self, name, out)
         return out
 
-    return _fronted(stock, replacement, _READ_FRONT)
+    return _fronted(stock, replacement, "read", _READ_FRONT)
 
 
 def _unsupported_read(row: Method, stock: Callable) -> Callable:
@@ -296,7 +296,7 @@ def _unsupported_read(row: Method, stock: Callable) -> Callable:
             _reset_origin(token)
 
     solver = "{self}._solver" if entity_level else "{self}"
-    return _fronted(stock, replacement, _UNSUPPORTED_READ_FRONT.replace("SOLVER", solver))
+    return _fronted(stock, replacement, "unsupported_read", _UNSUPPORTED_READ_FRONT.replace("SOLVER", solver))
 
 
 def install(strict: bool = False) -> None:

@@ -5,6 +5,7 @@ passed on as given, the value test skipping index arguments, frames counted as t
 Plain Python functions stand for Genesis's methods: no scene is built.
 """
 
+import functools
 import inspect
 import sys
 
@@ -31,8 +32,16 @@ def _method(self, value, dofs_idx=None, envs_idx=None, *, relative=False):
     return value, dofs_idx, envs_idx, relative
 
 
+def _compiled(stock, body: str, namespace: dict):
+    """A front of a plain function: the rendered source compiled here (Genesis's come from the generated module)."""
+    source, defaults = signatures.render(stock, body)
+    scope = {**signatures._NAMESPACE, **namespace, **defaults}
+    exec(compile(source, signatures.__file__, "exec"), scope)
+    return functools.wraps(stock)(scope[stock.__name__])
+
+
 def _forward(stock):
-    return signatures.front(stock, "    return _gp_stock({self}, {call})\n", {"_gp_stock": stock})
+    return _compiled(stock, "    return _gp_stock({self}, {call})\n", {"_gp_stock": stock})
 
 
 def _params(fn) -> list[tuple]:
@@ -80,7 +89,7 @@ def test_front_raises_as_a_python_function_does():
 
 def _value_tests(stock):
     body = "    return {untracked}, {untracked_tensors}\n"
-    return signatures.front(stock, body, {})
+    return _compiled(stock, body, {})
 
 
 def _with_packed(self, value, dofs_idx=None, *args, **kwargs):
@@ -114,6 +123,34 @@ def test_front_frames_are_the_plugins():
 
     front = _forward(stock)
     assert front("self", 1.0) is sys._getframe(0)
+
+
+def test_genesis_fronts_run_from_the_generated_module():
+    """The fronts of Genesis's methods are the generated module's functions: a reader, a debugger and a traceback see
+    real lines of a real file, in the plugin's directory."""
+    from genesis.engine.entities.rigid_entity.rigid_entity import RigidEntity
+    from genesis.engine.solvers.rigid.rigid_solver import RigidSolver
+
+    from genesis_grad_patch import _generated_fronts
+
+    for method in (RigidEntity.control_dofs_position, RigidSolver.get_qpos, RigidSolver.set_dofs_kp):
+        assert method.__code__.co_filename == _generated_fronts.__file__, method
+
+
+def test_generated_fronts_are_up_to_date():
+    """`_generated_fronts.py` is what `scripts/generate_fronts.py` writes from the installed Genesis and the plugin's
+    front bodies (a stale module also fails the install, naming the front)."""
+    from pathlib import Path
+
+    import genesis_grad_patch as ggp
+    from genesis_grad_patch import _generated_fronts
+
+    ggp.uninstall()
+    try:
+        text = signatures.generate_module()
+    finally:
+        ggp.install()
+    assert text == Path(_generated_fronts.__file__).read_text(), "run `python scripts/generate_fronts.py`"
 
 
 def test_reserved_names_are_refused():
