@@ -12,12 +12,12 @@ Statuses of the public methods:
 - ``differentiable parameter``: a model parameter or the initial configuration, taped per step like a control and
   replayed by the reverse pass with the value each step ran with (`params.py`, `replay.py`);
 - ``differentiable read``: a getter whose result is a torch function of the differentiable state (`getters.py`);
-- ``unsupported input``: the value is used, the gradient is not computed; a tracked tensor is reported (strict mode)
-  and given to Genesis detached;
-- ``refused input``: a parameter acting only through constraint rows whose reverse pass Genesis 1.4.5 does not
+- ``input, gradient dropped (reported)``: the value is used, the gradient is not computed; a tracked tensor is
+  reported (strict mode) and given to Genesis detached;
+- ``input, tracked value refused``: a parameter acting only through constraint rows whose reverse pass Genesis 1.4.5 does not
   differentiate (torsional and rolling friction, friction loss, joint limits, solver parameters): a tracked tensor in a
   differentiable scene is refused at the call with the reason;
-- ``unsupported read``: the stock value, outside the graph; reported when the user reads it in grad mode.
+- ``read, outside the graph (reported)``: the stock value; reported when the user reads it in grad mode.
 
 Rows with status ``machinery`` are the internal Genesis methods the plugin replaces to implement the above.
 """
@@ -30,9 +30,10 @@ class Status(str, enum.Enum):
     DIFFERENTIABLE_INPUT = "differentiable input"
     DIFFERENTIABLE_PARAMETER = "differentiable parameter"
     DIFFERENTIABLE_READ = "differentiable read"
-    UNSUPPORTED_INPUT = "unsupported input"
-    REFUSED_INPUT = "refused input"
-    UNSUPPORTED_READ = "unsupported read"
+    # Named for what the user sees: the value is used without its gradient (and reported), or a tracked value raises.
+    UNSUPPORTED_INPUT = "input, gradient dropped (reported)"
+    REFUSED_INPUT = "input, tracked value refused"
+    UNSUPPORTED_READ = "read, outside the graph (reported)"
     MACHINERY = "machinery"
 
 
@@ -68,9 +69,9 @@ def _rows(owner: str, names: tuple[str, ...], status: Status, module: str = "", 
 
 CONTROLS = ("control_dofs_force", "control_dofs_velocity", "control_dofs_position", "control_dofs_position_velocity")
 # Entity setters Genesis tapes (`@tracked`) besides the controls.
-STATE_SETTERS = ("set_pos", "set_quat", "set_dofs_velocity")
+TAPED_STATE_SETTERS = ("set_pos", "set_quat", "set_dofs_velocity")
 # Dof parameters and initial configuration, differentiated by params.py.
-PARAMETERS = (
+PARAMETER_SETTERS = (
     "set_dofs_kp",
     "set_dofs_kv",
     "set_dofs_damping",
@@ -107,8 +108,8 @@ ENTITY_READS = (
 )
 
 _NO_GRADIENT = "its gradient is supported neither by Genesis nor by genesis-grad-patch"
-_DOF_PARAMETERS = ("set_dofs_act_gain", "set_dofs_act_bias", "set_dofs_force_range")
-_UNSUPPORTED_BOTH = _DOF_PARAMETERS
+_UNSUPPORTED_DOF_SETTERS = ("set_dofs_act_gain", "set_dofs_act_bias", "set_dofs_force_range")
+_UNSUPPORTED_BOTH = _UNSUPPORTED_DOF_SETTERS
 _WHY_FRICTIONLOSS = (
     "a friction loss acts through the dof friction constraint rows alone, whose bounds the reverse pass of Genesis "
     "1.4.5's constraint solver does not differentiate, so the gradient would be zero"
@@ -139,9 +140,9 @@ _OTHER_FRICTION_ENTITY = ("set_friction_torsional", "set_friction_rolling")
 ROWS: tuple[Method, ...] = (
     *_rows(ENTITY, CONTROLS, Status.DIFFERENTIABLE_INPUT, "control"),
     *_rows(SOLVER, CONTROLS, Status.DIFFERENTIABLE_INPUT, "control"),
-    *_rows(ENTITY, STATE_SETTERS, Status.DIFFERENTIABLE_INPUT, "control"),
-    *_rows(ENTITY, (*PARAMETERS, "set_mass"), Status.DIFFERENTIABLE_PARAMETER, "params"),
-    *_rows(SOLVER, PARAMETERS, Status.DIFFERENTIABLE_PARAMETER, "params"),
+    *_rows(ENTITY, TAPED_STATE_SETTERS, Status.DIFFERENTIABLE_INPUT, "control"),
+    *_rows(ENTITY, (*PARAMETER_SETTERS, "set_mass"), Status.DIFFERENTIABLE_PARAMETER, "params"),
+    *_rows(SOLVER, PARAMETER_SETTERS, Status.DIFFERENTIABLE_PARAMETER, "params"),
     *_rows(SOLVER, SOLVER_READS, Status.DIFFERENTIABLE_READ, "getters"),
     *_rows(ENTITY, ENTITY_READS, Status.DIFFERENTIABLE_READ, "", "reads through the solver getter"),
     *_rows(

@@ -35,8 +35,8 @@ CONTROL_TARGETS: dict[str, tuple[tuple[str, str], ...]] = {
 # the start of their step, belongs to them (tracked) or to no one (untracked: the overwritten value reaches nothing).
 # Stock Genesis read, and so cut, it only for tracked inputs: an untracked `set_dofs_velocity` mid-rollout passed the
 # gradient of the velocity it replaced on to the earlier steps (0.39 relative error on a 2-link arm).
-STATE_SETTERS: dict[str, tuple[tuple[str, str], ...]] = {"set_dofs_velocity": (("velocity", "dofs_vel"),)}
-CONSUMED = CONTROL_TARGETS | STATE_SETTERS
+VELOCITY_SETTERS: dict[str, tuple[tuple[str, str], ...]] = {"set_dofs_velocity": (("velocity", "dofs_vel"),)}
+CONSUMED = CONTROL_TARGETS | VELOCITY_SETTERS
 
 
 def _is_tracked(value) -> bool:

@@ -37,7 +37,7 @@ tracked configuration or inertial property set between steps (the link poses and
 from the overwritten value pass their gradient on to it, in Genesis 1.4.5's reverse pass: set it after
 `scene.reset()`, before the first step); a tracked `set_dofs_position` of the rotational dofs of a free or ball joint
 (their configuration is a quaternion: use `set_qpos`); and tracked torsional or rolling friction (off in differentiable
-scenes), friction loss, joint limits and solver parameters (`refuse_tracked`, catalog status "refused input": the
+scenes), friction loss, joint limits and solver parameters (`refuse_tracked`, catalog status "input, tracked value refused": the
 constraint solver's reverse pass does not differentiate them).
 """
 
@@ -54,7 +54,7 @@ from .control import grad_like
 from .genesis_api import RigidSolver, args_hasher, array_class, indices_to_mask, qd_to_torch
 
 # Setter -> (info field, component or None, sign) per term of its gradient. The fields are those of `dyn_info.dofs`.
-PARAMETERS: dict[str, tuple[tuple[str, int | None, float], ...]] = {
+DOF_PARAMETERS: dict[str, tuple[tuple[str, int | None, float], ...]] = {
     "set_dofs_kp": (("act_gain", None, 1.0), ("act_bias", 1, -1.0)),
     "set_dofs_kv": (("act_bias", 2, -1.0),),
     "set_dofs_damping": (("damping", None, 1.0),),
@@ -62,10 +62,10 @@ PARAMETERS: dict[str, tuple[tuple[str, int | None, float], ...]] = {
     "set_dofs_stiffness": (("stiffness", None, 1.0),),
 }
 # Configuration setters: their gradient is that of `rigid_info.qpos` at the start of the step they precede.
-STATE_SETTERS = ("set_qpos", "set_dofs_position")
+CONFIGURATION_SETTERS = ("set_qpos", "set_dofs_position")
 # Fields written by a setter but carrying no gradient of its own value: cleared with the rest (kp zeroes act_bias[0]).
 _CLEARED = {"set_dofs_kp": (("act_bias", 0),)}
-GRAD_FIELDS = frozenset(field for terms in PARAMETERS.values() for field, _, _ in terms)
+GRAD_FIELDS = frozenset(field for terms in DOF_PARAMETERS.values() for field, _, _ in terms)
 # Link setter -> the field of `dyn_info.links` it writes (mass, inertia in the inertial frame, center of mass).
 LINK_PARAMETERS = {
     "set_links_mass": "inertial_mass",
@@ -292,7 +292,7 @@ def _consume_geom(solver: RigidSolver, call: "_Call") -> torch.Tensor:
 def _consume(solver: RigidSolver, call: "_Call") -> torch.Tensor:
     """Read, then clear, the gradient of the value one parameter call wrote, in the layout of its selection."""
     method, dofs_idx, envs_idx = call.method, call.idx, call.envs_idx
-    if method in STATE_SETTERS:
+    if method in CONFIGURATION_SETTERS:
         return _consume_state(solver, method, dofs_idx, envs_idx, call.value is not None)
     if method in LINK_PARAMETERS:
         return _consume_link(solver, call)
@@ -300,7 +300,7 @@ def _consume(solver: RigidSolver, call: "_Call") -> torch.Tensor:
         return _consume_geom(solver, call)
     mask = _mask(solver, dofs_idx, envs_idx)
     grad = None
-    for field, component, sign in PARAMETERS[method]:
+    for field, component, sign in DOF_PARAMETERS[method]:
         view = _field_grad(solver, field)
         index = (*mask, ..., component) if component is not None else mask
         term = sign * view[index].clone()
@@ -336,7 +336,7 @@ _LINK_WHAT = {
 
 
 def _refuse_unsupported(solver: RigidSolver, method: str, idx) -> None:
-    if method in STATE_SETTERS and solver.sim.cur_step_global > 0:
+    if method in CONFIGURATION_SETTERS and solver.sim.cur_step_global > 0:
         gs.raise_exception(
             f"{method} got a tensor that tracks gradients between steps of a differentiable rollout (step "
             f"{solver.sim.cur_step_global}): the link poses the previous step derived from the configuration it "
@@ -464,7 +464,7 @@ def parameter_setter(method: str, stock):
             records.note_tracked(self.sim)
             if method in GEOM_PARAMETERS:
                 records.of_solver(self).friction_tracked = True
-        elif method in STATE_SETTERS and self.sim.cur_step_global > 0:
+        elif method in CONFIGURATION_SETTERS and self.sim.cur_step_global > 0:
             _warn_between_steps(self, method, "configuration")
         elif method in LINK_PARAMETERS and self.sim.cur_step_global > 0:
             _warn_between_steps(self, method, "inertial")
@@ -529,7 +529,7 @@ def pending_configuration(solver: RigidSolver) -> list[str]:
     """The tracked configuration setters called since the last step of `solver` (none taped yet)."""
     record = records.peek_solver(solver)
     calls = () if record is None else record.pending_parameters
-    return [c.method for c in calls if c.value is not None and c.method in STATE_SETTERS]
+    return [c.method for c in calls if c.value is not None and c.method in CONFIGURATION_SETTERS]
 
 
 def clear_grads(solver: RigidSolver) -> list:

@@ -30,7 +30,7 @@ _ENTITY, _GENESIS = Origin.ENTITY, Origin.GENESIS
 _CALLER = 2
 
 # Entity methods Genesis tapes (`@tracked`): a call that raises must be taken off the tape again (tape_guards).
-_TAPED = frozenset((*catalog.CONTROLS, *catalog.STATE_SETTERS))
+_TAPED = frozenset((*catalog.CONTROLS, *catalog.TAPED_STATE_SETTERS))
 
 # The fronts (see `signatures.front`): `_gp_slow` is the full replacement, `_gp_stock` the stock method.
 _ENTITY_FRONT = """\

@@ -10,9 +10,9 @@ Every way a differentiable rollout can lose its gradient without an error is det
 - a list of tracked tensors given to a control (Genesis builds a new tensor from it, outside the graph);
 - a differentiable getter called under `torch.no_grad()` / `torch.inference_mode()` during a rollout whose inputs
   track gradients;
-- a getter whose gradient is not supported (`catalog`: "unsupported read") called by the user in grad mode in a
+- a getter whose gradient is not supported (`catalog`: "read, outside the graph (reported)") called by the user in grad mode in a
   differentiable scene: it returns the stock value, reported once per call site and rollout;
-- a setter whose gradient is not supported (`catalog`: "unsupported input") given a tracked tensor;
+- a setter whose gradient is not supported (`catalog`: "input, gradient dropped (reported)") given a tracked tensor;
 - backward after `scene.reset()`, backward twice, backward after `scene.destroy()`.
 
 `set_mode("warn")` (default) issues a `GradientBreakWarning` pointing at the user's line, `set_mode("raise")` raises a
