@@ -34,7 +34,7 @@ import genesis as gs
 import torch
 
 import genesis_grad_patch as ggp
-from genesis_grad_patch import curved_contacts
+from genesis_grad_patch._impl import curved_contacts
 
 ROOT = Path(__file__).parents[1]
 PLANAR_CAR = str(ROOT / "tests" / "assets" / "planar_car.xml")

@@ -12,7 +12,9 @@ of the tape gets a clear error.
 Public surface: `install` / `uninstall` / `patched` (scoped, reversible patching, groups "core" and "strict"),
 `set_mode` / `get_mode`, `doctor`, `gradcheck`, and the types users filter on or read (`GradientBreakWarning`,
 `GradientBreakError`, `BreakKind`, `BreakEvent`, `DoctorReport`, `GradcheckResult`, `UnsupportedGenesisVersion`).
-The modules are the plugin's machinery, one per concern (see CONTRIBUTING.md).
+The public modules are this package, `strict` (strict mode's services and types), `doctor` / `doctor_report`,
+`gradcheck`, `catalog` (what is differentiable) and `version`; the machinery, one module per concern, is the private
+`_impl` subpackage (see CONTRIBUTING.md).
 
 Setting `GENESIS_GRAD_PATCH_DISABLE=1` makes the import a no-op (used to test the upstream patch, which makes the
 plugin moot).
@@ -22,8 +24,8 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from . import patching
-from .breaks import BreakEvent, BreakKind, GradientBreakError, GradientBreakWarning, get_mode, set_mode
+from ._impl import patching
+from ._impl.breaks import BreakEvent, BreakKind, GradientBreakError, GradientBreakWarning, get_mode, set_mode
 from .doctor import DoctorReport, doctor
 from .gradcheck import GradcheckResult, gradcheck
 from .version import SUPPORTED_GENESIS_VERSION, UnsupportedGenesisVersion, check_genesis_version
@@ -68,11 +70,11 @@ def install(strict: bool = True) -> None:
         Also install strict mode (the reports of gradient breaks, the record of detaches, the backward-misuse errors).
         Without it the gradients are the same; misuse is not reported. Defaults to True.
     """
-    from . import breaks
+    from ._impl import breaks
 
     if not patching.is_patched("core"):
         check_genesis_version()
-        from . import (
+        from ._impl import (
             backward_checks,
             compat,
             contact_friction,
@@ -100,7 +102,7 @@ def install(strict: bool = True) -> None:
         backward_checks.install()
         torch_compile.install()
     if strict and not patching.is_patched("strict"):
-        from . import accuracy, backward_checks, detach_watch, replacements
+        from ._impl import accuracy, backward_checks, detach_watch, replacements
 
         replacements.install(strict=True)
         accuracy.install()
@@ -112,7 +114,7 @@ def install(strict: bool = True) -> None:
 
 
 def _uninstall_strict() -> None:
-    from . import breaks, detach_watch, input_checks
+    from ._impl import breaks, detach_watch, input_checks
 
     patching.revert(("strict",))
     breaks.set_enabled(False)
@@ -134,7 +136,7 @@ def uninstall(groups: tuple[str, ...] = GROUPS) -> None:
     if "strict" in groups:
         _uninstall_strict()
     if "core" in groups and patching.is_patched("core"):
-        from . import curved_contacts, detach_watch, records, torch_compile
+        from ._impl import curved_contacts, detach_watch, records, torch_compile
 
         curved_contacts.restore()
         torch_compile.uninstall()

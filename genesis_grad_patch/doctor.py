@@ -16,8 +16,8 @@ from typing import Any
 import genesis as gs
 import torch
 
-from . import accuracy, breaks, patching
-from .breaks import BreakKind
+from ._impl import accuracy, breaks, patching
+from ._impl.breaks import BreakKind
 from .doctor_report import (
     AFTER_LAST_READ,
     CUT_AT_DETACH,

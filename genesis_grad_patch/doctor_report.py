@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .breaks import BreakKind
+from ._impl.breaks import BreakKind
 
 
 class Reason(str, enum.Enum):

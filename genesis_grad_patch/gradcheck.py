@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from . import breaks
+from ._impl import breaks
 
 
 @dataclass

@@ -26,8 +26,8 @@ break, the record), `input_checks` (the services the replacements call), `backwa
 Genesis method (`replacements.py`), not wrappers around it.
 """
 
-from . import records
-from .breaks import (
+from ._impl import records
+from ._impl.breaks import (
     MODE_ENV_VAR,
     MODES,
     BreakEvent,
@@ -45,7 +45,7 @@ from .breaks import (
     set_mode,
     user_frame,
 )
-from .input_checks import report_approximate_gradient, report_non_differentiable_read
+from ._impl.input_checks import report_approximate_gradient, report_non_differentiable_read
 
 # The kinds of break by their former names (`strict.CUT_AT_DETACH` is `BreakKind.CUT_AT_DETACH`).
 SCENE_NOT_DIFFERENTIABLE = BreakKind.SCENE_NOT_DIFFERENTIABLE

@@ -1,5 +1,5 @@
 """
-Write `genesis_grad_patch/_generated_fronts.py`: the fronts of the replaced Genesis methods (see
+Write `genesis_grad_patch/_impl/generated_fronts.py`: the fronts of the replaced Genesis methods (see
 `genesis_grad_patch/signatures.py`), rendered from the installed Genesis's signatures.
 
 Run after changing a front's body or the set of replaced methods, or for another Genesis release:
@@ -19,9 +19,9 @@ os.environ["GENESIS_GRAD_PATCH_DISABLE"] = "1"
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", RuntimeWarning)
     import genesis_grad_patch
-    from genesis_grad_patch import signatures
+    from genesis_grad_patch._impl import signatures
 
 if __name__ == "__main__":
-    target = Path(genesis_grad_patch.__file__).parent / "_generated_fronts.py"
+    target = Path(genesis_grad_patch.__file__).parent / "_impl" / "generated_fronts.py"
     target.write_text(signatures.generate_module())
     print(f"wrote {target}", file=sys.stderr)

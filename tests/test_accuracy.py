@@ -12,7 +12,7 @@ from helpers import UPSTREAM_MODE, stock_genesis
 
 import genesis_grad_patch as ggp
 from genesis_grad_patch import strict
-from genesis_grad_patch.accuracy import pair_error
+from genesis_grad_patch._impl.accuracy import pair_error
 
 pytestmark = pytest.mark.plugin_only
 
@@ -153,7 +153,7 @@ def test_untracked_rollout_is_not_observed(ellipsoid_on_plane):
     for _ in range(3):
         ellipsoid.control_dofs_force(FORCE, dofs_idx_local=list(range(6)))
         scene.step()
-    monitor = ggp.records.of_solver(scene.sim.rigid_solver).accuracy
+    monitor = ggp._impl.records.of_solver(scene.sim.rigid_solver).accuracy
     assert monitor is None or monitor.epoch != scene.sim._grad_epoch
 
 

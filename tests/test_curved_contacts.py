@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import genesis_grad_patch as ggp
-from genesis_grad_patch import curved_contacts
+from genesis_grad_patch._impl import curved_contacts
 
 pytestmark = pytest.mark.plugin_only
 

@@ -111,12 +111,12 @@ def test_every_private_genesis_name_is_in_the_adapter():
     import ast
     from pathlib import Path
 
-    from genesis_grad_patch import genesis_api
+    from genesis_grad_patch._impl import genesis_api
 
     package = Path(ggp.__file__).parent
     listed = {name for attributes in genesis_api.PRIVATE_ATTRIBUTES.values() for name in attributes}
     defined, used = set(), {}
-    for path in package.glob("*.py"):
+    for path in package.rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
                 defined.add(node.name)
@@ -134,7 +134,7 @@ def test_every_private_genesis_name_is_in_the_adapter():
 
 
 def test_private_genesis_names_exist_on_the_installed_release():
-    from genesis_grad_patch import genesis_api
+    from genesis_grad_patch._impl import genesis_api
 
     scene, _ = make_scene(gs.morphs.MJCF(file=PLANAR_CAR))
     assert genesis_api.audit(scene) == []
@@ -181,7 +181,7 @@ def test_uninstall_leaves_nothing_of_the_plugin_behind():
     """After a rollout that filled every kind of per-solver record (replay, parameter tape, friction tracking, state
     cache, curved contacts), `uninstall()` leaves no plugin object on Genesis, torch or quadrants, no record, and no
     subscriber on the solver."""
-    from genesis_grad_patch import records
+    from genesis_grad_patch._impl import records
 
     scene = gs.Scene(
         sim_options=gs.options.SimOptions(dt=0.01, requires_grad=True),
@@ -222,7 +222,7 @@ import gc, torch
 stock = torch.Tensor.detach
 import genesis as gs
 import genesis_grad_patch
-from genesis_grad_patch import detach_watch
+from genesis_grad_patch._impl import detach_watch
 gs.init(backend=gs.cpu, precision="64", logging_level="warning")
 assert torch.Tensor.detach is stock, "torch wrapped at import"
 plain = gs.Scene(sim_options=gs.options.SimOptions(requires_grad=False), show_viewer=False)

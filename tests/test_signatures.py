@@ -1,5 +1,5 @@
 """
-The fronts with the stock method's own signature (`genesis_grad_patch.signatures`): same parameters, every argument
+The fronts with the stock method's own signature (`genesis_grad_patch._impl.signatures`): same parameters, every argument
 passed on as given, the value test skipping index arguments, frames counted as the plugin's.
 
 Plain Python functions stand for Genesis's methods: no scene is built.
@@ -14,7 +14,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from genesis_grad_patch import breaks, signatures
+from genesis_grad_patch._impl import breaks, signatures
 
 pytestmark = pytest.mark.plugin_only
 
@@ -131,26 +131,26 @@ def test_genesis_fronts_run_from_the_generated_module():
     from genesis.engine.entities.rigid_entity.rigid_entity import RigidEntity
     from genesis.engine.solvers.rigid.rigid_solver import RigidSolver
 
-    from genesis_grad_patch import _generated_fronts
+    from genesis_grad_patch._impl import generated_fronts
 
     for method in (RigidEntity.control_dofs_position, RigidSolver.get_qpos, RigidSolver.set_dofs_kp):
-        assert method.__code__.co_filename == _generated_fronts.__file__, method
+        assert method.__code__.co_filename == generated_fronts.__file__, method
 
 
 def test_generated_fronts_are_up_to_date():
-    """`_generated_fronts.py` is what `scripts/generate_fronts.py` writes from the installed Genesis and the plugin's
+    """`_impl/generated_fronts.py` is what `scripts/generate_fronts.py` writes from the installed Genesis and the plugin's
     front bodies (a stale module also fails the install, naming the front)."""
     from pathlib import Path
 
     import genesis_grad_patch as ggp
-    from genesis_grad_patch import _generated_fronts
+    from genesis_grad_patch._impl import generated_fronts
 
     ggp.uninstall()
     try:
         text = signatures.generate_module()
     finally:
         ggp.install()
-    assert text == Path(_generated_fronts.__file__).read_text(), "run `python scripts/generate_fronts.py`"
+    assert text == Path(generated_fronts.__file__).read_text(), "run `python scripts/generate_fronts.py`"
 
 
 def test_reserved_names_are_refused():

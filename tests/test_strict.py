@@ -11,7 +11,8 @@ import torch
 from helpers import build_diag_arm
 
 import genesis_grad_patch as ggp
-from genesis_grad_patch import patching, strict
+from genesis_grad_patch import strict
+from genesis_grad_patch._impl import patching
 from genesis_grad_patch.strict import GradientBreakError, GradientBreakWarning
 
 pytestmark = pytest.mark.plugin_only

@@ -26,7 +26,7 @@ class GradientUnavailable(RuntimeError):
     def __init__(self, detail: str):
         super().__init__(
             f"the model parameters got no gradient ({detail}): this install lacks differentiable parameter setters "
-            "(genesis_grad_patch.params); use a gradient-free method (cma, nelder-mead)"
+            "(the plugin, or the upstream series with its parameter patch); use a gradient-free method (cma, nelder-mead)"
         )
 
 

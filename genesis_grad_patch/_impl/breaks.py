@@ -133,7 +133,8 @@ def get_mode() -> str:
 # Where the user's code is: the first frame outside Genesis, the plugin and torch.
 # ------------------------------------------------------------------------------------------------------------------
 
-_PLUGIN_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+# The package's directory (this module is in its private `_impl`): the public modules' frames are the plugin's too.
+_PLUGIN_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
 _GENESIS_DIR = os.path.dirname(os.path.abspath(gs.__file__)) + os.sep
 _INTERNAL_DIRS = (_GENESIS_DIR, os.path.dirname(os.path.abspath(torch.__file__)) + os.sep, _PLUGIN_DIR)
 _internal_files: dict[str, bool] = {}

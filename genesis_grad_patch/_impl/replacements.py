@@ -16,9 +16,10 @@ from inspect import signature
 
 import torch
 
-from . import breaks, callers, catalog, detach_watch, input_checks, patching, records, signatures, tape_guards
+from .. import catalog
+from ..catalog import ENTITY, SOLVER, Method, Status
+from . import breaks, callers, detach_watch, input_checks, patching, records, signatures, tape_guards
 from .callers import Origin
-from .catalog import ENTITY, SOLVER, Method, Status
 from .input_checks import arguments, detached_args, tracked_check
 
 _origin = callers.get

@@ -12,7 +12,7 @@ replacement (`replacements.py`), with the same arguments.
 The front is generated from `inspect.signature(stock)`, as `dataclasses` generates `__init__`: the parameter names are
 Genesis's own (checked to be identifiers), the defaults are passed by reference (never written into the source), and
 the names the body uses start with `_gp_`, which no Genesis parameter does. The generated code is a real module,
-`_generated_fronts.py`, one factory per front, written by `scripts/generate_fronts.py` for the supported Genesis
+`_impl/generated_fronts.py`, one factory per front, written by `scripts/generate_fronts.py` for the supported Genesis
 release, so that a reader, a debugger and a static tool see the code that runs. `front` takes the factory from there
 and checks that it was generated from the same source (a test checks that the module is up to date).
 """
@@ -129,12 +129,12 @@ function with the stock method's own signature that decides the common cases and
 
 
 def generate_module() -> str:
-    """The text of `_generated_fronts.py`: the factories of every front the install makes, core and strict. Installs
+    """The text of `_impl/generated_fronts.py`: the factories of every front the install makes, core and strict. Installs
     the plugin and uninstalls it again: call it with the plugin uninstalled."""
     global collected
     import genesis_grad_patch
 
-    from .version import SUPPORTED_GENESIS_VERSION
+    from ..version import SUPPORTED_GENESIS_VERSION
 
     if genesis_grad_patch.is_installed():
         raise RuntimeError("generate_module() installs the plugin itself: uninstall it first.")
@@ -155,7 +155,7 @@ def front(stock: Callable, kind: str, body: str, namespace: dict) -> Callable:
 
     Raises if the module was generated from another body or another signature: run `python scripts/generate_fronts.py`.
     """
-    from . import _generated_fronts
+    from . import generated_fronts
 
     source, defaults = render(stock, body)
     scope = {**_NAMESPACE, **namespace, **defaults}
@@ -166,10 +166,10 @@ def front(stock: Callable, kind: str, body: str, namespace: dict) -> Callable:
         exec(compile(factory_source, "<generating fronts>", "exec"), compiled)  # noqa: S102 (the generator's run only)
         factory = compiled[factory_name(stock, kind)]
     else:
-        factory = getattr(_generated_fronts, factory_name(stock, kind), None)
+        factory = getattr(generated_fronts, factory_name(stock, kind), None)
         if factory is None or f"(source {_digest(source)})" not in (factory.__doc__ or ""):
             raise RuntimeError(
                 f"The generated front of {stock.__qualname__} ({kind}) is missing or stale: regenerate "
-                "genesis_grad_patch/_generated_fronts.py with `python scripts/generate_fronts.py`."
+                "genesis_grad_patch/_impl/generated_fronts.py with `python scripts/generate_fronts.py`."
             )
     return wraps(stock)(factory(scope))

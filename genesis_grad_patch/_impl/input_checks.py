@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from . import breaks, catalog, detach_watch, records
+from .. import catalog
+from . import breaks, detach_watch, records
 from .breaks import BreakKind, Location, report, user_frame
 
 if TYPE_CHECKING:
