@@ -153,14 +153,8 @@ def run_contacts(steps: int, repeats: int) -> None:
                 plugin_bw.append(t_plugin)
         return statistics.median(stock_bw), statistics.median(plugin_bw)
 
-    collider = scene.sim.rigid_solver.collider
-
     def use_closed_form(on: bool) -> None:
-        # The plugin's switch for the pairs: restored to Genesis's broad phase and marked as having none (off), or
-        # left to be taken out again at the next detection (on).
-        curved_contacts.restore()
-        if not on:
-            curved_contacts._colliders[collider] = None
+        curved_contacts.use_closed_form(scene.sim.rigid_solver, on)
 
     def contacts_side_by_side() -> tuple[tuple[float, float], tuple[float, float]]:
         times = {False: ([], []), True: ([], [])}

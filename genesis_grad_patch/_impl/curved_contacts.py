@@ -273,6 +273,9 @@ def _detection(stock):
     """`Collider.detection`: Genesis's detection, then the plane-curved contacts of a differentiable scene."""
 
     def detection(self: Collider) -> None:
+        if not self._solver._requires_grad:
+            # A plain scene: Genesis's contacts (no record looked up at every step).
+            return stock(self)
         state = _pairs_of(self)
         stock(self)
         if state is not None:
@@ -326,6 +329,14 @@ def restore() -> None:
             for i_plane, i_body, i_pair in state.found:
                 device_table[min(i_plane, i_body), max(i_plane, i_body)] = i_pair
         record.curved_pairs = None
+
+
+def use_closed_form(solver, on: bool) -> None:
+    """Compare the two paths (benchmarks): the pairs go back to Genesis's broad phase; with `on` they are taken out
+    again at the next detection, without it the solver is marked as having none (Genesis's own contacts)."""
+    restore()
+    if not on:
+        records.of_solver(solver).curved_pairs = (None,)
 
 
 def install() -> None:

@@ -492,7 +492,8 @@ def _process_input(stock):
 
     def process_input(self: RigidSolver, in_backward: bool = False):
         inputs = stock(self, in_backward=in_backward)
-        record = None if in_backward else records.peek_solver(self)
+        # Parameter calls are taped in differentiable scenes only: a plain scene's step does not look for any.
+        record = None if in_backward or not self._requires_grad else records.peek_solver(self)
         # Nothing set since the last step and nothing taped in this rollout (the usual step): nothing to do.
         if record is None or not (record.pending_parameters or record.taped_parameters):
             return inputs
