@@ -48,7 +48,9 @@ class Method:
     owner: str  # "RigidEntity", "RigidSolver", or the dotted owner of a machinery row
     name: str
     status: Status
-    #: The plugin module implementing it ("" for a public method left stock: it reaches a replaced solver method).
+    #: The plugin module implementing it (in `genesis_grad_patch._impl`; for a public method, the module's
+    #: `implementation(row, stock)` gives what the replacement calls), "" for a public method left stock: it reaches a
+    #: replaced solver method.
     module: str = ""
     #: For an unsupported method: why. For machinery: what the replacement is for.
     note: str = ""

@@ -221,5 +221,10 @@ def solver_control(method: str, stock):
     return routed
 
 
+def implementation(row, stock):
+    """The catalog's hook: the solver-level controls are routed to the entities; the entity methods are Genesis's."""
+    return solver_control(row.name, stock) if row.owner == "RigidSolver" else None
+
+
 def install() -> None:
     patching.patch(RigidEntity, "process_input_grad", entity_process_input_grad)

@@ -49,6 +49,7 @@ from typing import NamedTuple
 import genesis as gs
 import torch
 
+from ..catalog import Status
 from . import input_checks, patching, records, tape_guards
 from .control import grad_like
 from .genesis_api import RigidSolver, args_hasher, array_class, indices_to_mask, qd_to_torch
@@ -551,6 +552,14 @@ def clear_grads(solver: RigidSolver) -> list:
             _field_grad(solver, "friction", "geoms").zero_()
             _field_grad(solver, "friction_ratio").zero_()
     return pending
+
+
+def implementation(row, stock):
+    """The catalog's hook: the solver-level parameter setters are taped (`parameter_setter`); the entity setters, and
+    the setters whose tracked input is refused, are Genesis's."""
+    if row.owner == "RigidSolver" and row.status is Status.DIFFERENTIABLE_PARAMETER:
+        return parameter_setter(row.name, stock)
+    return None
 
 
 def refuse_tracked(call: str, why: str, args: tuple, kwargs: dict) -> None:

@@ -12,6 +12,7 @@ nothing. They cost a few attribute tests and the stock call; the other calls go 
 import sys
 from collections.abc import Callable
 from functools import wraps
+from importlib import import_module
 from inspect import signature
 
 import torch
@@ -300,13 +301,41 @@ def _unsupported_read(row: Method, stock: Callable) -> Callable:
     return _fronted(stock, replacement, "unsupported_read", _UNSUPPORTED_READ_FRONT.replace("SOLVER", solver))
 
 
+def _input(row: Method, stock: Callable, impl: Callable | None) -> Callable:
+    """An input or parameter setter: the entity-level replacement, or the solver-level one around `impl`."""
+    return _entity_input(row, stock) if row.owner == ENTITY else _solver_input(row, stock, impl)
+
+
+def _refused(row: Method, stock: Callable, impl: Callable | None) -> Callable:
+    """A setter whose tracked input is refused: untracked calls take the path of an unsupported input."""
+    return _refused_input(row, stock, _input(Method(row.owner, row.name, Status.UNSUPPORTED_INPUT), stock, impl))
+
+
+def _read(row: Method, stock: Callable, impl: Callable | None) -> Callable:
+    from . import getters
+
+    return _differentiable_read(row, stock, impl, getters.DIFFERENTIABLE_FOR.get(row.name))
+
+
+# How each status of a public row is replaced: (builder, patch group). A builder takes the row, the stock method and
+# the implementation the row's module gives (`implementation(row, stock)`, None for the stock method itself).
+_BUILDERS = {
+    Status.DIFFERENTIABLE_INPUT: (_input, "core"),
+    Status.DIFFERENTIABLE_PARAMETER: (_input, "core"),
+    Status.UNSUPPORTED_INPUT: (_input, "core"),
+    Status.REFUSED_INPUT: (_refused, "core"),
+    Status.DIFFERENTIABLE_READ: (_read, "core"),
+    Status.UNSUPPORTED_READ: (lambda row, stock, impl: _unsupported_read(row, stock), "strict"),
+}
+
+
 def install(strict: bool = False) -> None:
     """
-    Replace every public method of the catalog that the plugin implements (once each).
+    Replace every public method of the catalog that the plugin implements (once each): the row's status picks the
+    replacement, the row's module (`control`, `params`, `getters`, `input_checks`) gives the implementation.
 
     With `strict`, replace only those that exist for strict mode alone (the unsupported reads, reported).
     """
-    from . import control, getters, params
     from .genesis_api import RigidEntity, RigidSolver
 
     owners = {ENTITY: RigidEntity, SOLVER: RigidSolver}
@@ -314,28 +343,9 @@ def install(strict: bool = False) -> None:
         cls = owners.get(row.owner)
         if cls is None or not row.replaced or row.status is Status.MACHINERY or not hasattr(cls, row.name):
             continue
-        if (row.status is Status.UNSUPPORTED_READ) != strict:
+        build, group = _BUILDERS[row.status]
+        if (group == "strict") != strict:
             continue
         stock = getattr(cls, row.name)
-        group = "core"
-        if row.status is Status.UNSUPPORTED_READ:
-            new, group = _unsupported_read(row, stock), "strict"
-        elif row.status is Status.DIFFERENTIABLE_READ:
-            new = _differentiable_read(row, stock, getters.GETTERS[row.name], getters.DIFFERENTIABLE_FOR.get(row.name))
-        elif row.status is Status.REFUSED_INPUT:
-            as_unsupported = Method(row.owner, row.name, Status.UNSUPPORTED_INPUT, row.module, row.note)
-            fallback = (
-                _entity_input(as_unsupported, stock)
-                if cls is RigidEntity
-                else _solver_input(as_unsupported, stock, None)
-            )
-            new = _refused_input(row, stock, fallback)
-        elif cls is RigidEntity:
-            new = _entity_input(row, stock)
-        elif row.status is Status.DIFFERENTIABLE_PARAMETER:
-            new = _solver_input(row, stock, params.parameter_setter(row.name, stock))
-        elif row.status is Status.DIFFERENTIABLE_INPUT:
-            new = _solver_input(row, stock, control.solver_control(row.name, stock))
-        else:
-            new = _solver_input(row, stock, None)
-        patching.patch(cls, row.name, new, group=group)
+        impl = import_module(f"{__package__}.{row.module}").implementation(row, stock)
+        patching.patch(cls, row.name, build(row, stock, impl), group=group)
