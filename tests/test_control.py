@@ -250,3 +250,23 @@ def test_stock_force_gradient_is_stale(single):
     (fixed,) = torch.autograd.grad(rollout(scene, apply, x, 20, observe_state), x)
     assert_grad_close(fixed.reshape(-1)[[18]], fd)
     assert abs(stock.reshape(-1)[18] - fd[0]) > 0.1 * abs(fd[0])
+
+
+@pytest.mark.plugin_only
+def test_control_split_cache_is_bounded():
+    """A solver-level control call's split over the entities is cached per index set, 64 sets at most: a policy that
+    draws new index sets at every call does not grow it without bound."""
+    from genesis_grad_patch._impl import control, records
+
+    class Entity:
+        dof_start, n_dofs = 0, 8
+
+    class Solver:
+        entities = [Entity()]
+
+    solver = Solver()
+    for i in range(200):
+        dofs = (i % 8, (i // 8) % 8, (i // 64) % 8)
+        split = control._control_split(solver, dofs)
+        assert split[0][2] == list(dofs)
+    assert 0 < len(records.of_solver(solver).control_split) <= 64

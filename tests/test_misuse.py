@@ -163,7 +163,16 @@ def _in_a_fresh_process(body: str) -> subprocess.CompletedProcess:
     return result
 
 
-RELOADED = ["_impl.control", "_impl.getters", "_impl.replay", "_impl.tape_guards", "_impl.compat", "strict", "doctor", "gradcheck"]
+RELOADED = [
+    "_impl.control",
+    "_impl.getters",
+    "_impl.replay",
+    "_impl.tape_guards",
+    "_impl.compat",
+    "strict",
+    "doctor",
+    "gradcheck",
+]
 
 
 @pytest.mark.plugin_only

@@ -161,6 +161,10 @@ def indices_on_host(idx, size: int, name: str) -> tuple[int, ...]:
     return tuple(values)
 
 
+# Index sets whose split is kept per solver.
+_MAX_CONTROL_SPLITS = 64
+
+
 def _control_split(solver: RigidSolver, dofs: tuple[int, ...]) -> list[tuple[RigidEntity, torch.Tensor, list[int]]]:
     """
     How a solver-level control call on `dofs` splits over the entities: (entity, columns of the input, local dofs).
@@ -178,6 +182,9 @@ def _control_split(solver: RigidSolver, dofs: tuple[int, ...]) -> list[tuple[Rig
             if cols:
                 local = [dofs[i_col] - start for i_col in cols]
                 split.append((entity, torch.tensor(cols, dtype=torch.long, device=gs.device), local))
+        if len(cache) >= _MAX_CONTROL_SPLITS:
+            # A policy uses a few index sets; one drawing new ones every call must not grow the cache without bound.
+            cache.clear()
         cache[dofs] = split
     return split
 
