@@ -301,7 +301,6 @@ def _tracked_steps(scene, arm, n=3):
     return x
 
 
-@pytest.mark.plugin_only
 def test_genesis_sensor_reads_take_the_stock_path():
     # Was: the raycaster's 'get_links_pos' inside 'scene.step()' returned differentiable tensors, which it copies into
     # its persistent pose buffer: the buffer carried autograd history (and kept the rollout's graph alive).
@@ -343,7 +342,6 @@ class _ReadingViewer:
         self.reads.append(self.link.get_vel())
 
 
-@pytest.mark.plugin_only
 def test_viewer_reads_take_the_stock_path(scene_2envs):
     # Was: the viewer's 'link.get_vel()' of a non-base link raised in a differentiable scene in grad mode.
     scene, _, arm, _ = scene_2envs
