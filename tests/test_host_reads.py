@@ -6,7 +6,8 @@ On a GPU every read of device data on the host (`.item()`, `.tolist()`, `bool(te
 one. The reads the plugin's own code makes (the immediate caller is a module of `genesis_grad_patch`) are counted over
 rollouts of two lengths: their count must not grow with the horizon. Reads made once per rollout (the accuracy report
 at backward, caches made at the first step) are allowed; Genesis's own reads (its error flags every few steps, the
-NaN check of each reversed substep) are not the plugin's.
+NaN check of each reversed substep) are not the plugin's. Against the upstream patch, the reads counted are those of
+the modules the series adds to Genesis (the replay record, the parameter tape).
 
 On CPU these reads cost nothing, which is why the count, not a timing, is what keeps the property.
 """
@@ -17,16 +18,18 @@ from pathlib import Path
 import genesis as gs
 import pytest
 import torch
-from helpers import DIAG_ARM, make_scene
+from helpers import DIAG_ARM, UPSTREAM_MODE, make_scene
 
-pytestmark = pytest.mark.plugin_only
-
-PLUGIN_DIR = str(Path(__import__("genesis_grad_patch").__file__).parent)
+if UPSTREAM_MODE:
+    _RIGID_DIR = Path(gs.__file__).parent / "engine" / "solvers" / "rigid"
+    COUNTED = tuple(str(_RIGID_DIR / name) for name in ("replay.py", "params_grad.py"))
+else:
+    COUNTED = (str(Path(__import__("genesis_grad_patch").__file__).parent),)
 READS = ("item", "tolist", "__bool__", "__int__", "__float__", "__index__")
 
 
 class HostReads:
-    """Counts the reads of tensor values on the host made directly by the plugin's code, while active."""
+    """Counts the reads of tensor values on the host made directly by the counted code, while active."""
 
     def __init__(self):
         self.count = 0
@@ -35,7 +38,7 @@ class HostReads:
     def _counting(self, stock):
         def read(*args, **kwargs):
             caller = sys._getframe(1).f_code
-            if caller.co_filename.startswith(PLUGIN_DIR):
+            if caller.co_filename.startswith(COUNTED):
                 self.count += 1
                 self.where.append(f"{Path(caller.co_filename).name}:{caller.co_name}")
             return stock(*args, **kwargs)
