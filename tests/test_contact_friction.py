@@ -3,7 +3,7 @@ Contact friction: d loss / d friction coefficient through the friction pyramid o
 central finite differences (float64, 1e-6 relative, box contacts), for every friction setter, batched, with two
 dynamic bodies in contact, and under any schedule of friction calls (a property test). Stock Genesis 1.4.5 gives the
 coefficient no gradient (its `.grad` stays None: the contact rows' reverse pass leaves it out); the plugin before this
-change refused the call. Both modes: the plugin and patch 0009.
+change refused the call. Both modes: the plugin and patch 0011.
 """
 
 from dataclasses import dataclass

@@ -178,9 +178,9 @@ def test_stock_path_in_non_differentiable_scene():
     assert not scene.sim.rigid_solver.get_links_pos().requires_grad
 
 
-# Copies and differentiable centers of mass are in the upstream patch too (patches/0007). Still plugin-only (see
-# patches/README.md, "Differences"): non-base link velocities warn instead of raising, and Genesis's own reads inside
-# the step take the stock path.
+# Copies and differentiable centers of mass are in the upstream patch too (patches/0009). Still plugin-only (see
+# patches/README.md, "Differences"): non-base link velocities warn instead of raising. Genesis's own reads inside the
+# step take the stock path in both.
 
 
 @pytest.mark.parametrize("layout", ["scene_single", "scene_2envs"])

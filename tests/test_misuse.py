@@ -1,7 +1,7 @@
 """
 Misuse of the differentiable rollout: each gets a clear error at the point of misuse and leaves nothing behind. Each
 test fails without its guard (noted per test). The plugin does it in `tape_guards.py`, the
-upstream series in patch 0003; both run these tests (the reload test is the plugin's alone).
+upstream series in patches 0003-0005; both run these tests (the reload test is the plugin's alone).
 """
 
 import subprocess
@@ -39,7 +39,7 @@ def test_tracked_inputs_are_written_by_value(arms3):
     The fields take only the value of a tracked input (its gradient goes through the tape). Written as is into a
     zero-copy view of a field, the input gave the cached view an autograd history, and the next plain write to it failed
     with "a leaf Variable that requires grad is being used in an in-place operation" (stock 1.4.5: this test raises
-    there; patch 0004 upstream).
+    there; patch 0006 upstream).
     """
     if not gs.use_zerocopy:
         pytest.skip("The fields are only written through torch views with zero-copy.")

@@ -1,7 +1,7 @@
 """
 Differentiable model parameters, against central finite differences: the dof parameters (kp, kv, damping,
 armature, stiffness), the inertial properties of the links (mass, inertia, center of mass, `set_mass`) and the initial
-configuration; and the refusals of what is not differentiable. Both modes: the plugin and patch 0008; the strict-mode
+configuration; and the refusals of what is not differentiable. Both modes: the plugin and patch 0010; the strict-mode
 reports are plugin-only.
 """
 

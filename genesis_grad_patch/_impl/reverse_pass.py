@@ -96,7 +96,7 @@ def compute_gradients(constraint_state, rigid_info) -> None:
     Genesis serializes every loop on the CPU (`PARA_LEVEL.NEVER`: one thread does the work, parallelism is across
     processes), through `qd.loop_config(serialize=...)` in each kernel; this kernel has none, so each of its five loops
     is handed to quadrants's thread pool and waited for, ~60 us apiece whatever the work (car, 16 contact rows: 400 us
-    for the kernel, 2.45 -> 2.15 ms per reversed step serialized, bit-identical gradients). Upstream: patch 0012.
+    for the kernel, 2.45 -> 2.15 ms per reversed step serialized, bit-identical gradients). Upstream: patch 0014.
     """
     if gs.backend == gs.cpu:
         kernel_compute_gradients_serial(constraint_state, rigid_info)
