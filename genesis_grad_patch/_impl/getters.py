@@ -3,8 +3,11 @@ Differentiable state getters.
 
 `RigidSolver.get_state()` is already part of the autograd graph of a differentiable scene: its tensors are the outputs
 of a read node of the current step (`genesis.grad.bridge.ReadNode`), and the reverse pass hands their gradients to the
-solver. The getters below are torch functions of that state, so autograd carries their gradients back to it. Entity
-getters (`get_qpos`, `get_pos`, `get_quat`, `get_vel`, ...) call these solver getters and so need no patch of their own.
+solver. The getters below return tensors of such a state, so autograd carries their gradients back to it. Besides
+`get_state()`'s tensors, the state holds the dof positions and centers of mass that forward kinematics writes: their
+gradients go to those fields' gradients, and Genesis's reverse of forward kinematics, which every reversed step runs,
+carries them back to qpos (no kinematics is redone in torch). Entity getters (`get_qpos`, `get_pos`, `get_quat`,
+`get_vel`, ...) call these solver getters and so need no patch of their own.
 
 The state is read once per step however many getters are called: the cache is keyed by the step and the rollout, and
 any solver setter drops it (through Genesis's own mutation notifications). Each getter returns its own tensor, as stock
@@ -22,12 +25,11 @@ rollout, a `GradientBreakError` in "raise" mode.
 
 import weakref
 from operator import attrgetter
-from typing import NamedTuple
 
 import genesis as gs
 import torch
 
-from . import callers, control, input_checks, params, patching, records
+from . import callers, control, input_checks, kernels, params, patching, records
 from .genesis_api import (
     RigidSolver,
     Scene,
@@ -72,7 +74,7 @@ def read_state(solver: RigidSolver):
         solver_ref = weakref.ref(solver)
         record.state_subscriber = Subscriber(to=frozenset(StateChange), callback=lambda *_: _drop_cache(solver_ref))
         solver.subscribe(record.state_subscriber)
-    state = _get_state_zerocopy(solver) if gs.use_zerocopy else solver.get_state()
+    state = _read_getter_state(solver)
     record.state_cache = (key, state)
     if params.pending_configuration(solver) and state.qpos.requires_grad:
         # Read between a tracked configuration setter and the step that tapes it: a backward before that step would
@@ -84,66 +86,87 @@ def read_state(solver: RigidSolver):
 
 class GetterState:
     """
-    The part of a `RigidSolverState` that carries gradient back into the rigid solver.
+    The part of a `RigidSolverState` that carries gradient back into the rigid solver, and what forward kinematics
+    derives from it.
 
     `KinematicSolver.add_grad_from_state`, which the rigid solver inherits, reads the gradients of `qpos`, `dofs_vel`,
     `links_pos` and `links_quat` only: the `dofs_acc` and `friction_ratio` of a full state would be copied, taped and
-    given a gradient that nothing reads, on every step a getter is called.
+    given a gradient that nothing reads, on every step a getter is called. The dof positions and the centers of mass
+    (`dofs.pos`, `links.i_pos`, `links.root_COM`) are what forward kinematics computes from those: their gradients are
+    added to the solver's gradient fields too, and the reverse of the step's forward kinematics, which Genesis runs
+    anyway, carries them back to `qpos`.
     """
 
-    __slots__ = ("scene", "_s_global", "qpos", "dofs_vel", "links_pos", "links_quat")
+    __slots__ = (
+        "scene",
+        "_s_global",
+        "qpos",
+        "dofs_vel",
+        "links_pos",
+        "links_quat",
+        "dofs_pos",
+        "links_i_pos",
+        "links_root_COM",
+    )
 
     @property
     def grad_tensors(self) -> tuple[torch.Tensor, ...]:
-        return (self.qpos, self.dofs_vel, self.links_pos, self.links_quat)
+        return tuple(getattr(self, name) for name, _ in _STATE_FIELDS)
 
     @property
     def s_global(self) -> int:
         return self._s_global
 
 
-def _get_state_zerocopy(solver: RigidSolver) -> GetterState:
-    """
-    The differentiable fields of `RigidSolver.get_state()`, as torch copies of the zero-copy field views.
+# The fields of a `GetterState`, with the solver arrays they are read from (their gradients go to `<array>.grad`).
+_STATE_FIELDS = (
+    ("qpos", "rigid_info.qpos"),
+    ("dofs_vel", "dyn_state.dofs.vel"),
+    ("links_pos", "dyn_state.links.pos"),
+    ("links_quat", "dyn_state.links.quat"),
+    ("dofs_pos", "dyn_state.dofs.pos"),
+    ("links_i_pos", "dyn_state.links.i_pos"),
+    ("links_root_COM", "dyn_state.links.root_COM"),
+)
 
-    Same values, same registration (read node of the current step, gradients handed back by `add_grad_from_state`),
+
+def _read_getter_state(solver: RigidSolver) -> GetterState:
+    """
+    The fields of a `GetterState`, as torch copies of the solver arrays, registered as a state read at this step.
+
+    Same registration as `get_state()` (read node of the current step, gradients handed back by `add_grad_from_state`),
     but a few tensor copies cost far less than the launch of a kernel with six array arguments on the CPU backend.
     """
     solver.update_forward_pos()
     state = GetterState()
     state.scene, state._s_global = solver._scene, solver.sim.cur_step_global
-    dofs, links = solver.dyn_state.dofs, solver.dyn_state.links
-    fields = (solver.rigid_info.qpos, dofs.vel, links.pos, links.quat)
-    copies = (qd_to_torch(field, transpose=True).clone(memory_format=torch.contiguous_format) for field in fields)
-    state.qpos, state.dofs_vel, state.links_pos, state.links_quat = copies
+    for name, array in _STATE_FIELDS:
+        field = attrgetter(array)(solver)
+        setattr(state, name, qd_to_torch(field, transpose=True).clone(memory_format=torch.contiguous_format))
     solver._queried_states.append(state)
     return state
-
-
-# The fields of a `GetterState`, with the solver arrays whose gradient they carry.
-_STATE_GRADS = (
-    ("qpos", attrgetter("rigid_info.qpos.grad")),
-    ("dofs_vel", attrgetter("dyn_state.dofs.vel.grad")),
-    ("links_pos", attrgetter("dyn_state.links.pos.grad")),
-    ("links_quat", attrgetter("dyn_state.links.quat.grad")),
-)
 
 
 def add_grad_from_state(self: RigidSolver, state) -> None:
     """
     `RigidSolver.add_grad_from_state` (once per state read, per reversed step): the gradients of a getter state added
-    to the solver's gradient fields through their zero-copy views.
+    to the solver's gradient fields, through their zero-copy views (one kernel launch without zero-copy).
 
     The stock method launches a kernel given four fresh tensors, which re-binds every array of the solver state it
     takes (~150 us on CPU). Any other state (a `get_state()` of the user's) goes to the stock method.
     """
-    if not (isinstance(state, GetterState) and gs.use_zerocopy):
+    if not isinstance(state, GetterState):
         return patching.original(RigidSolver, "add_grad_from_state")(self, state)
-    for name, field in _STATE_GRADS:
+    if not gs.use_zerocopy:
+        grads = (getattr(state, name) for name, _ in _STATE_FIELDS)
+        grads = [torch.zeros_like(tensor) if tensor.grad is None else tensor.grad for tensor in grads]
+        kernels.kernel_add_getter_state_grad(*grads, self.dyn_state, self.rigid_info, self.rigid_config)
+        return
+    for name, array in _STATE_FIELDS:
         grad = getattr(state, name).grad
         if grad is not None:
             # (n_envs, n, ...) as read, (n, n_envs, ...) as stored.
-            records.view(self, name + ".grad", field).add_(grad.transpose(0, 1))
+            records.view(self, name + ".grad", attrgetter(array + ".grad")).add_(grad.transpose(0, 1))
 
 
 def _own(tensor: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
@@ -163,59 +186,17 @@ def _select(solver: RigidSolver, tensor: torch.Tensor, envs_idx, idx) -> torch.T
     return _own(out[0] if solver.n_envs == 0 else out, tensor)
 
 
-class _DofsMap(NamedTuple):
-    """Where forward kinematics takes each dof position from in qpos."""
-
-    lin_dofs: torch.Tensor  # dofs whose position is one qpos entry ...
-    lin_qs: torch.Tensor
-    lin_is_offset: torch.Tensor  # ... minus its rest value for hinges and slides, as is for free translations
-    rot_dofs: torch.Tensor  # first of three dofs whose position is the xyz angles of a quaternion in qpos ...
-    rot_qs: torch.Tensor
-    rot_is_normalized: torch.Tensor  # ... normalized first for free joints, not for ball joints
-    free_dofs: dict[int, int]  # base link of a free joint -> its first dof
-
-
-def _dofs_map(solver: RigidSolver) -> _DofsMap:
+def _free_base_dofs(solver: RigidSolver) -> dict[int, int]:
+    """Base link of each free joint -> its first dof."""
     record = records.of_solver(solver)
-    dofs_map = record.dofs_map
-    if dofs_map is not None:
-        return dofs_map
-    lin, rot, free_dofs = [], [], {}
-    for joint in (joint for entity in solver.entities for joint in entity.joints):
-        if joint.type == gs.JOINT_TYPE.FREE:
-            lin += [(joint.dof_start + i, joint.q_start + i, False) for i in range(3)]
-            rot.append((joint.dof_start + 3, joint.q_start + 3, True))
-            free_dofs[joint.link.idx] = joint.dof_start
-        elif joint.type == gs.JOINT_TYPE.SPHERICAL:
-            rot.append((joint.dof_start, joint.q_start, False))
-        elif joint.type in (gs.JOINT_TYPE.REVOLUTE, gs.JOINT_TYPE.PRISMATIC):
-            lin.append((joint.dof_start, joint.q_start, True))
-
-    def columns(rows, dtypes):
-        return [
-            torch.tensor(col, dtype=dtype, device=gs.device)
-            for col, dtype in zip(zip(*rows, strict=True), dtypes, strict=True)
-        ]
-
-    idx_types = (torch.long, torch.long, torch.bool)
-    lin_cols = columns(lin, idx_types) if lin else [torch.zeros(0, dtype=t, device=gs.device) for t in idx_types]
-    rot_cols = columns(rot, idx_types) if rot else [torch.zeros(0, dtype=t, device=gs.device) for t in idx_types]
-    dofs_map = _DofsMap(*lin_cols, *rot_cols, free_dofs)
-    record.dofs_map = dofs_map
-    return dofs_map
-
-
-def _dofs_position(solver: RigidSolver, qpos: torch.Tensor) -> torch.Tensor:
-    """The dofs' positions as forward kinematics derives them from qpos, as a torch function of qpos."""
-    m = _dofs_map(solver)
-    dofs_pos = qpos.new_zeros((qpos.shape[0], solver.n_dofs))
-    qpos0 = qd_to_torch(solver.rigid_info.qpos0, transpose=True)[..., m.lin_qs]
-    dofs_pos[:, m.lin_dofs] = qpos[:, m.lin_qs] - torch.where(m.lin_is_offset, qpos0, 0.0)
-    if len(m.rot_dofs):
-        quat = qpos[:, m.rot_qs[:, None] + torch.arange(4, device=gs.device)]
-        quat = torch.where(m.rot_is_normalized[:, None], quat / quat.norm(dim=-1, keepdim=True), quat)
-        dofs_pos[:, m.rot_dofs[:, None] + torch.arange(3, device=gs.device)] = gu.quat_to_xyz(quat)
-    return dofs_pos
+    if record.free_base_dofs is None:
+        record.free_base_dofs = {
+            joint.link.idx: joint.dof_start
+            for entity in solver.entities
+            for joint in entity.joints
+            if joint.type == gs.JOINT_TYPE.FREE
+        }
+    return record.free_base_dofs
 
 
 def _free_root_dofs(solver: RigidSolver, links_idx) -> torch.Tensor | None:
@@ -228,40 +209,10 @@ def _free_root_dofs(solver: RigidSolver, links_idx) -> torch.Tensor | None:
     # The link indices are read on the host: `indices_to_mask` puts a list of 2 or more on `gs.device`, which a host
     # `arange` cannot be indexed with on CUDA, and a device round trip would synchronize every getter call.
     links = control.indices_on_host(links_idx, solver.n_links, "links_idx")
-    free_dofs = _dofs_map(solver).free_dofs
+    free_dofs = _free_base_dofs(solver)
     if any(i_l not in free_dofs for i_l in links):
         return None
     return torch.tensor([free_dofs[i_l] for i_l in links], dtype=torch.long, device=gs.device)
-
-
-def _links_inertial(solver: RigidSolver, name: str, n_envs: int) -> torch.Tensor:
-    """A link inertial field (`inertial_pos`, `inertial_mass`) as (n_envs, n_links, ...), batched or not."""
-    tensor = qd_to_torch(getattr(solver.dyn_info.links, name), transpose=True)
-    if not solver._options.batch_links_info:
-        tensor = tensor.expand(n_envs, *tensor.shape)
-    return tensor
-
-
-def _links_com(solver: RigidSolver, state: GetterState, ref: int) -> torch.Tensor:
-    """
-    World position of the center of mass of each link (`link_COM`) or of its kinematic root (`root_COM`), as torch
-    functions of the differentiable link poses: what forward kinematics computes (`func_COM_root_sum`), (n_envs,
-    n_links, 3).
-    """
-    links_pos, links_quat = state.links_pos, state.links_quat
-    n_envs = links_pos.shape[0]
-    inertial_pos = _links_inertial(solver, "inertial_pos", n_envs).to(links_pos.dtype)
-    com = links_pos + gu.transform_by_quat(inertial_pos.expand_as(links_pos), links_quat)
-    if ref == link_ref_frame.link_COM:
-        return com
-    mass = _links_inertial(solver, "inertial_mass", n_envs).to(links_pos.dtype)
-    root_idx = qd_to_torch(solver.dyn_info.links.root_idx, transpose=True).to(torch.long)
-    root_idx = root_idx[0] if root_idx.ndim > 1 else root_idx  # the tree structure is the same in every env
-    mass_sum = mass.new_zeros(mass.shape).index_add(1, root_idx, mass)
-    com_sum = com.new_zeros(com.shape).index_add(1, root_idx, mass[..., None] * com)
-    # A massless root takes its own center of mass, as the kernel does; the clamp keeps NaN out of the unused branch.
-    root_com = torch.where((mass_sum > gs.EPS)[..., None], com_sum / mass_sum.clamp_min(gs.EPS)[..., None], com)
-    return root_com[:, root_idx]
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -285,16 +236,16 @@ def get_dofs_velocity(self: RigidSolver, dofs_idx=None, envs_idx=None):
 
 
 def get_dofs_position(self: RigidSolver, dofs_idx=None, envs_idx=None):
-    return _select(self, _dofs_position(self, read_state(self).qpos), envs_idx, dofs_idx)
+    return _select(self, read_state(self).dofs_pos, envs_idx, dofs_idx)
 
 
 def get_links_pos(self: RigidSolver, links_idx=None, envs_idx=None, *, ref=link_ref_frame.link_origin, relative=False):
     ref_frame = self._sanitize_ref_frame(ref)
     state = read_state(self)
     if ref_frame != link_ref_frame.link_origin:
-        # Centers of mass are functions of the link poses; the offset only applies to the link origin (as stock).
-        tensor = _links_com(self, state, ref_frame)[indices_to_mask(envs_idx, links_idx)]
-        return tensor[0] if self.n_envs == 0 else tensor
+        # As stock: the offset only applies to the link origin, and a link's COM is stored relative to its root's.
+        com = state.links_root_COM if ref_frame == link_ref_frame.root_COM else state.links_root_COM + state.links_i_pos
+        return _select(self, com, envs_idx, links_idx)
     tensor = state.links_pos[indices_to_mask(envs_idx, links_idx)]
     idx = links_idx if isinstance(links_idx, int) else slice(None)
     if relative and not self._links_offset_pos_is_identity[idx].all():

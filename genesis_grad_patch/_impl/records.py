@@ -52,8 +52,8 @@ class SolverRecord:
 
     #: ((step, rollout), state read at that step): the getters read the state once per step.
     state_cache: tuple | None = None
-    #: Where forward kinematics takes each dof position from in qpos (getters).
-    dofs_map: Any = None
+    #: Base link of each free joint -> its first dof (`getters`).
+    free_base_dofs: dict | None = None
     #: Dof index tuple -> how a solver-level control call splits over the entities (control).
     control_split: dict = field(default_factory=dict)
     #: What the steps of the current rollout left for `accuracy.report` (approximate contacts, unconverged solves).
