@@ -9,7 +9,7 @@ Runs against whichever Genesis is imported, so the same script measures the plug
 
 Both runs are alternated within one process and the ratio of their medians is printed, so that machine noise hits
 both alike. The workload is the one of `benchmarks/overhead.py` (planar car, 4 environments, a PD target every step,
-`get_qpos`, `get_dofs_velocity`, `get_pos`, `get_quat` after each step).
+`get_qpos`, `get_dofs_velocity`, `get_pos`, `get_quat` after each step; the targets track gradients).
 """
 
 import argparse
@@ -38,7 +38,8 @@ def main() -> None:
     )
     car = scene.add_entity(gs.morphs.MJCF(file=CAR))
     scene.build(n_envs=args.n_envs)
-    targets = 0.2 * torch.ones((args.steps, args.n_envs, 2), dtype=torch.float64)
+    # Tracked targets: the plugin's getters build the graph only in a rollout with a tracked input.
+    targets = torch.full((args.steps, args.n_envs, 2), 0.2, dtype=torch.float64, requires_grad=True)
 
     def rollout(with_getters: bool) -> float:
         start = time.perf_counter()
