@@ -266,7 +266,6 @@ ROWS: tuple[Method, ...] = (
         "contact_friction",
         "adds the reverse of the contact rows with respect to the friction coefficient",
     ),
-    Method("args_hasher", "dataclass_to_repr", Status.MACHINERY, "params", "a kernel cache key per storage layout"),
     Method("StepNode", "forward", Status.MACHINERY, "tape_guards", "saves the inputs (in-place edits detected)"),
     Method("StepNode", "backward", Status.MACHINERY, "tape_guards", "no double backward; recovers; runs as Genesis"),
     Method("Simulator", "track_state", Status.MACHINERY, "tape_guards", "names the steps run under no_grad"),

@@ -190,6 +190,24 @@ def test_getter_under_no_grad_during_tracked_rollout(grad_arm):
         assert arm.get_qpos().requires_grad
 
 
+def test_break_in_code_without_a_file_warns(grad_arm):
+    """
+    Code with no file (`python -c`, a script piped to stdin) runs as `__main__` whose loader is the built-in importer,
+    which raises ImportError when asked for source. The warning is given without its line of source, not that error
+    (it was the ImportError, at the first break of such a script).
+    """
+    import importlib.machinery
+
+    scene, arm = grad_arm
+    scene.reset()
+    arm.control_dofs_position(tracked(0.2, 0.1) * 1.0)
+    scene.step()
+    code = compile("with torch.no_grad():\n    arm.get_qpos()\n", "<string>", "exec")
+    namespace = {"__name__": "__main__", "__loader__": importlib.machinery.BuiltinImporter, "torch": torch, "arm": arm}
+    with pytest.warns(GradientBreakWarning, match="Gradient break at <string>:2: 'get_qpos' was called under"):
+        exec(code, namespace)
+
+
 def test_non_differentiable_getter_during_tracked_rollout(grad_arm):
     scene, arm = grad_arm
     scene.reset()

@@ -38,19 +38,17 @@ Genesis compiles its kernels with Quadrants, which caches them under ``QD_OFFLIN
    them lazily, without the lock (``load_ckd``); the SHA-256 trailer of ``CompiledKernelDataFile::load`` rejects a
    torn file, which is then recompiled. The L1 entry is grown by an unlocked read-modify-write
    (``persist_l1_and_set_l2_key``): the last writer wins and the others' fields are lost (cache misses).
-4. Keys that do not cover the launch layout. The L2 key hashes the dataclass fields a kernel reads, but the launch
-   layout also depends on the gradient storage of fields it does not read: an artifact compiled for one layout is then
-   launched with another, a segfault in a kernel launch. This project met it for ``DofsInfo``
-   (``genesis_grad_patch/params.py``, worked around there). A long-lived shared cache holds the artifacts of every
-   configuration any process compiled (plain and differentiable scenes, stock Genesis, earlier plugin versions, the
-   patched tree of ``make check-upstream``); a fresh private cache holds only those of the job itself.
+4. A cache holds every configuration any process compiled (plain and differentiable scenes, stock Genesis, earlier
+   plugin versions, the patched tree of ``make check-upstream``). Their memory layouts do not mix up: the L2 key
+   hashes each array a kernel reads with its gradient storage (the ``-g`` tag in ``args_hasher.py``), and
+   ``tests/test_kernel_cache.py`` runs a plain and a differentiable scene from one fresh cache in both orders (with
+   the tag taken out of the key, the second process segfaults in a kernel launch).
 
-The segfault itself was not reproduced here (four attempts: 2 processes building and back-propagating through the
+No crash of a shared cache was reproduced here (four attempts: 2 processes building and back-propagating through the
 differentiable car scene at once on an empty cache; 2 more started while a first pair was writing at exit; plain and
-differentiable scenes in turn on one cache, once with the key fix of ``params.py`` undone; 2 processes at once on a
-copy of this machine's shared ``~/.cache`` cache, 158 kernels from other runs): they produced the lock failures of 2.
-and recompilations, no crash. The likeliest cause of the reported crashes is 4., which a shared cache exposes a
-process to and a fresh one does not; 1. to 3. make concurrent use of one cache unreliable in any case.
+differentiable scenes in turn on one cache; 2 processes at once on a copy of this machine's shared ``~/.cache`` cache,
+158 kernels from other runs): they produced the lock failures of 2. and recompilations. 1. to 3. make concurrent use
+of one cache unreliable in any case.
 
 So the ranks of a job never share a cache directory: ``use_private_kernel_cache`` gives rank 0 the configured cache
 (warm from single-process runs, and written by no other process of the job) and every other rank a directory of its

@@ -348,7 +348,9 @@ def report(
         location.lineno,
         module=module_globals.get("__name__"),
         registry=module_globals.setdefault("__warningregistry__", {}),
-        module_globals=module_globals,
+        # The module's loader finds the line of code to show (notebooks, zip imports). Code with no file (`python -c`,
+        # stdin) has the built-in importer as `__main__`'s loader, whose `get_source` raises ImportError.
+        module_globals=None if location.filename.startswith("<") else module_globals,
     )
 
 

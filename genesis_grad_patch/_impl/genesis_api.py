@@ -25,7 +25,6 @@ from genesis.engine.solvers.rigid.rigid_solver import RigidSolver
 from genesis.grad.bridge import StepNode
 from genesis.utils.array_class import ArrayItem, DataKind
 from genesis.utils.misc import broadcast_tensor, data_to_array, indices_to_mask, qd_to_torch
-from quadrants.lang._fast_caching import args_hasher
 
 # Torch's private view of the torch-function mode stack: strict mode's cut propagation leaves it only from its top.
 from torch.overrides import _get_current_function_mode_stack as torch_function_modes
@@ -42,7 +41,6 @@ __all__ = [
     "StateChange",
     "StepNode",
     "Subscriber",
-    "args_hasher",
     "array_class",
     "audit",
     "broadcast_tensor",

@@ -52,7 +52,7 @@ import torch
 from ..catalog import Status
 from . import input_checks, patching, records, tape_guards
 from .control import grad_like
-from .genesis_api import RigidSolver, args_hasher, array_class, indices_to_mask, qd_to_torch
+from .genesis_api import RigidSolver, array_class, indices_to_mask, qd_to_torch
 
 # Setter -> (info field, component or None, sign) per term of its gradient. The fields are those of `dyn_info.dofs`.
 DOF_PARAMETERS: dict[str, tuple[tuple[str, int | None, float], ...]] = {
@@ -83,14 +83,18 @@ GEOM_PARAMETERS = {
 }
 
 
-def _with_grad(data, cls: type, shape, dtypes: dict):
+def _with_grad(data, shape, dtypes: dict):
     """
-    `data` (a stock dataclass of arrays) as `cls`, the fields of `dtypes` allocated afresh as the stock allocation does,
-    plus gradient storage. `cls` is the layout's own type: see `DofsInfoWithGrad`.
+    `data` (a stock dataclass of arrays) with the fields of `dtypes` allocated afresh as the stock allocation does,
+    plus gradient storage.
+
+    The two layouts (with and without gradient storage) share one on-disk kernel cache safely: quadrants keys each
+    ndarray a kernel reads by its gradient storage too (`_fast_caching/args_hasher.py`), and the fields a kernel does
+    not read are not part of its launch (`tests/test_kernel_cache.py` runs both layouts from one cache, both orders).
     """
     values = {field.name: getattr(data, field.name) for field in dataclasses.fields(data)}
     values |= {name: array_class.V(dtype=dtype, shape=shape, needs_grad=True) for name, dtype in dtypes.items()}
-    return cls(**values)
+    return type(data)(**values)
 
 
 def _get_dofs_info(solver):
@@ -100,7 +104,7 @@ def _get_dofs_info(solver):
         return info
     shape = (solver.n_dofs_, solver._B) if solver._options.batch_dofs_info else (solver.n_dofs_,)
     dtypes = {name: gs.qd_vec3 if name == "act_bias" else gs.qd_float for name in GRAD_FIELDS}
-    return _with_grad(info, DofsInfoWithGrad, shape, dtypes)
+    return _with_grad(info, shape, dtypes)
 
 
 def _get_links_info(solver):
@@ -110,7 +114,7 @@ def _get_links_info(solver):
         return info
     shape = (solver.n_links_, solver._B) if solver._options.batch_links_info else solver.n_links_
     dtypes = {"inertial_mass": gs.qd_float, "inertial_i": gs.qd_mat3, "inertial_pos": gs.qd_vec3}
-    return _with_grad(info, LinksInfoWithGrad, shape, dtypes)
+    return _with_grad(info, shape, dtypes)
 
 
 def _get_geoms_info(solver, is_active=True):
@@ -118,7 +122,7 @@ def _get_geoms_info(solver, is_active=True):
     info = patching.original(array_class, "get_geoms_info")(solver, is_active)
     if not (solver._requires_grad and is_active):
         return info
-    return _with_grad(info, GeomsInfoWithGrad, (solver.n_geoms_,), {"friction": gs.qd_float})
+    return _with_grad(info, (solver.n_geoms_,), {"friction": gs.qd_float})
 
 
 def _get_geoms_state(solver, is_active=True):
@@ -126,7 +130,7 @@ def _get_geoms_state(solver, is_active=True):
     state = patching.original(array_class, "get_geoms_state")(solver, is_active)
     if not (solver._requires_grad and is_active):
         return state
-    return _with_grad(state, GeomsStateWithGrad, (solver.n_geoms_, solver._B), {"friction_ratio": gs.qd_float})
+    return _with_grad(state, (solver.n_geoms_, solver._B), {"friction_ratio": gs.qd_float})
 
 
 def _get_contact_data(solver, max_candidate_contacts, requires_grad):
@@ -135,56 +139,7 @@ def _get_contact_data(solver, max_candidate_contacts, requires_grad):
     if not requires_grad:
         return data
     shape = (max(max_candidate_contacts, 1), solver._B)
-    return _with_grad(data, ContactDataWithGrad, shape, {"friction": gs.qd_float})
-
-
-class GeomsInfoWithGrad(array_class.GeomsInfo):
-    """`GeomsInfo` whose friction carries gradient storage (see `DofsInfoWithGrad`)."""
-
-
-class GeomsStateWithGrad(array_class.GeomsState):
-    """`GeomsState` whose friction ratio carries gradient storage (see `DofsInfoWithGrad`)."""
-
-
-class ContactDataWithGrad(array_class.ContactData):
-    """`ContactData` whose friction coefficient carries gradient storage (see `DofsInfoWithGrad`)."""
-
-
-class LinksInfoWithGrad(array_class.LinksInfo):
-    """`LinksInfo` whose inertial fields carry gradient storage: a type of its own for the reason `DofsInfoWithGrad`
-    gives."""
-
-
-class DofsInfoWithGrad(array_class.DofsInfo):
-    """
-    `DofsInfo` whose parameter fields carry gradient storage (same fields, a type of its own).
-
-    Quadrants's on-disk kernel cache keys a kernel by the fields it reads, so the gradient storage of the fields it does
-    not read is left out of the key, yet the launch layout depends on it: a kernel compiled for the stock layout was
-    loaded for this one and crashed (`kernel_set_dofs_position`: a segfault, in either order, with one cache shared by
-    differentiable and plain scenes). `_dataclass_to_repr` gives a `DynInfo` holding this type a key of its own.
-    """
-
-
-# Kernel argument attribute -> the type it holds when its parameters have gradient storage.
-_WITH_GRAD = (
-    ("dofs", DofsInfoWithGrad),
-    ("links", LinksInfoWithGrad),
-    ("geoms", (GeomsInfoWithGrad, GeomsStateWithGrad)),
-    ("contact_data", ContactDataWithGrad),
-)
-
-
-def _dataclass_to_repr(*args, **kwargs):
-    """Quadrants's fastcache key of a dataclass argument, made distinct for the layouts with gradient storage."""
-    key = patching.original(args_hasher, "dataclass_to_repr")(*args, **kwargs)
-    arg = args[2] if len(args) > 2 else kwargs["arg"]
-    # Marked at the level of the kernel argument (`dyn_info`, `dyn_state`, `collider_state`), which is hashed whatever
-    # fields the kernel reads. The tag names every layout: a cache written when fewer fields had gradient storage must
-    # not be loaded either.
-    if isinstance(key, str) and any(isinstance(getattr(arg, name, None), cls) for name, cls in _WITH_GRAD):
-        key = f"{key}, [genesis-grad-patch: dofs, links, geoms and contact parameters with gradients]"
-    return key
+    return _with_grad(data, shape, {"friction": gs.qd_float})
 
 
 def _has_grad(solver: RigidSolver) -> bool:
@@ -579,7 +534,6 @@ def install() -> None:
     patching.patch(array_class, "get_geoms_info", _get_geoms_info)
     patching.patch(array_class, "get_geoms_state", _get_geoms_state)
     patching.patch(array_class, "get_contact_data", _get_contact_data)
-    patching.patch(args_hasher, "dataclass_to_repr", _dataclass_to_repr)
     # The stock method given at install (a replacement called at every substep skips the lookup).
     patching.patch(RigidSolver, "process_input", _process_input(RigidSolver.process_input))
     patching.patch(RigidSolver, "process_input_grad", process_input_grad)
