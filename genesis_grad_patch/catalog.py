@@ -72,13 +72,19 @@ def _rows(owner: str, names: tuple[str, ...], status: Status, module: str = "", 
 CONTROLS = ("control_dofs_force", "control_dofs_velocity", "control_dofs_position", "control_dofs_position_velocity")
 # Entity setters Genesis tapes (`@tracked`) besides the controls.
 TAPED_STATE_SETTERS = ("set_pos", "set_quat", "set_dofs_velocity")
-# Dof parameters and initial configuration, differentiated by params.py.
+# Dof parameters: setter -> the terms of its gradient, each (field of `dyn_info.dofs` it writes, component or None,
+# sign). The reverse pass leaves the gradients of those fields, and `_impl/params.py` sums the terms into the gradient
+# of the setter's value. A new dof parameter is one entry here.
+DOF_PARAMETERS: dict[str, tuple[tuple[str, int | None, float], ...]] = {
+    "set_dofs_kp": (("act_gain", None, 1.0), ("act_bias", 1, -1.0)),
+    "set_dofs_kv": (("act_bias", 2, -1.0),),
+    "set_dofs_damping": (("damping", None, 1.0),),
+    "set_dofs_armature": (("armature", None, 1.0),),
+    "set_dofs_stiffness": (("stiffness", None, 1.0),),
+}
+# Dof and link parameters and the initial configuration, differentiated by params.py.
 PARAMETER_SETTERS = (
-    "set_dofs_kp",
-    "set_dofs_kv",
-    "set_dofs_damping",
-    "set_dofs_armature",
-    "set_dofs_stiffness",
+    *DOF_PARAMETERS,
     "set_links_mass",
     "set_links_inertia",
     "set_links_COM",

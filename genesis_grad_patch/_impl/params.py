@@ -49,19 +49,11 @@ from typing import NamedTuple
 import genesis as gs
 import torch
 
-from ..catalog import Status
+from ..catalog import DOF_PARAMETERS, Status
 from . import input_checks, patching, records, tape_guards
 from .control import grad_like
 from .genesis_api import RigidSolver, array_class, indices_to_mask, qd_to_torch
 
-# Setter -> (info field, component or None, sign) per term of its gradient. The fields are those of `dyn_info.dofs`.
-DOF_PARAMETERS: dict[str, tuple[tuple[str, int | None, float], ...]] = {
-    "set_dofs_kp": (("act_gain", None, 1.0), ("act_bias", 1, -1.0)),
-    "set_dofs_kv": (("act_bias", 2, -1.0),),
-    "set_dofs_damping": (("damping", None, 1.0),),
-    "set_dofs_armature": (("armature", None, 1.0),),
-    "set_dofs_stiffness": (("stiffness", None, 1.0),),
-}
 # Configuration setters: their gradient is that of `rigid_info.qpos` at the start of the step they precede.
 CONFIGURATION_SETTERS = ("set_qpos", "set_dofs_position")
 # Fields written by a setter but carrying no gradient of its own value: cleared with the rest (kp zeroes act_bias[0]).
