@@ -111,22 +111,26 @@ class GetterState:
 
     @property
     def grad_tensors(self) -> tuple[torch.Tensor, ...]:
-        return tuple(getattr(self, name) for name, _ in _STATE_FIELDS)
+        return tuple(getattr(self, name) for name, _, _ in _STATE_FIELDS)
 
     @property
     def s_global(self) -> int:
         return self._s_global
 
 
-# The fields of a `GetterState`, with the solver arrays they are read from (their gradients go to `<array>.grad`).
-_STATE_FIELDS = (
-    ("qpos", "rigid_info.qpos"),
-    ("dofs_vel", "dyn_state.dofs.vel"),
-    ("links_pos", "dyn_state.links.pos"),
-    ("links_quat", "dyn_state.links.quat"),
-    ("dofs_pos", "dyn_state.dofs.pos"),
-    ("links_i_pos", "dyn_state.links.i_pos"),
-    ("links_root_COM", "dyn_state.links.root_COM"),
+# The fields of a `GetterState`: (name, the solver array it is read from, that array's gradient). The first four are
+# those `KinematicSolver.add_grad_from_state` reads from a full state.
+_STATE_FIELDS = tuple(
+    (name, attrgetter(array), attrgetter(array + ".grad"))
+    for name, array in (
+        ("qpos", "rigid_info.qpos"),
+        ("dofs_vel", "dyn_state.dofs.vel"),
+        ("links_pos", "dyn_state.links.pos"),
+        ("links_quat", "dyn_state.links.quat"),
+        ("dofs_pos", "dyn_state.dofs.pos"),
+        ("links_i_pos", "dyn_state.links.i_pos"),
+        ("links_root_COM", "dyn_state.links.root_COM"),
+    )
 )
 
 
@@ -140,9 +144,8 @@ def _read_getter_state(solver: RigidSolver) -> GetterState:
     solver.update_forward_pos()
     state = GetterState()
     state.scene, state._s_global = solver._scene, solver.sim.cur_step_global
-    for name, array in _STATE_FIELDS:
-        field = attrgetter(array)(solver)
-        setattr(state, name, qd_to_torch(field, transpose=True).clone(memory_format=torch.contiguous_format))
+    for name, array_of, _ in _STATE_FIELDS:
+        setattr(state, name, qd_to_torch(array_of(solver), transpose=True).clone(memory_format=torch.contiguous_format))
     solver._queried_states.append(state)
     return state
 
@@ -150,7 +153,7 @@ def _read_getter_state(solver: RigidSolver) -> GetterState:
 def add_grad_from_state(self: RigidSolver, state) -> None:
     """
     `RigidSolver.add_grad_from_state` (once per state read, per reversed step): the gradients of a getter state added
-    to the solver's gradient fields, through their zero-copy views (one kernel launch without zero-copy).
+    to the solver's gradient fields, through their zero-copy views (two kernel launches without zero-copy).
 
     The stock method launches a kernel given four fresh tensors, which re-binds every array of the solver state it
     takes (~150 us on CPU). Any other state (a `get_state()` of the user's) goes to the stock method.
@@ -158,15 +161,17 @@ def add_grad_from_state(self: RigidSolver, state) -> None:
     if not isinstance(state, GetterState):
         return patching.original(RigidSolver, "add_grad_from_state")(self, state)
     if not gs.use_zerocopy:
-        grads = (getattr(state, name) for name, _ in _STATE_FIELDS)
+        # No torch view of the fields to add to: Genesis's kernel for the first four, the plugin's for the others.
+        patching.original(RigidSolver, "add_grad_from_state")(self, state)
+        grads = (getattr(state, name) for name, _, _ in _STATE_FIELDS[4:])
         grads = [torch.zeros_like(tensor) if tensor.grad is None else tensor.grad for tensor in grads]
-        kernels.kernel_add_getter_state_grad(*grads, self.dyn_state, self.rigid_info, self.rigid_config)
+        kernels.kernel_add_kinematics_grad(*grads, self.dyn_state, self.rigid_config)
         return
-    for name, array in _STATE_FIELDS:
+    for name, _, grad_of in _STATE_FIELDS:
         grad = getattr(state, name).grad
         if grad is not None:
             # (n_envs, n, ...) as read, (n, n_envs, ...) as stored.
-            records.view(self, name + ".grad", attrgetter(array + ".grad")).add_(grad.transpose(0, 1))
+            records.view(self, name + ".grad", grad_of).add_(grad.transpose(0, 1))
 
 
 def _own(tensor: torch.Tensor, source: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Quadrants kernels of the plugin: the PD control targets' gradients read out, a getter state's gradients added in."""
+"""Quadrants kernels of the plugin: PD target gradients read out, getter-state kinematics gradients added in."""
 
 import genesis as gs
 import quadrants as qd
@@ -32,42 +32,27 @@ def kernel_get_dofs_ctrl_pd_grad(
 
 
 @qd.kernel(fastcache=True)
-def kernel_add_getter_state_grad(
-    qpos_grad: qd.types.ndarray(),
-    dofs_vel_grad: qd.types.ndarray(),
-    links_pos_grad: qd.types.ndarray(),
-    links_quat_grad: qd.types.ndarray(),
+def kernel_add_kinematics_grad(
     dofs_pos_grad: qd.types.ndarray(),
     links_i_pos_grad: qd.types.ndarray(),
     links_root_COM_grad: qd.types.ndarray(),
     dyn_state: array_class.DynState,
-    rigid_info: array_class.RigidInfo,
     rigid_config: qd.template(),
 ):
     """
-    Add the gradients of the state the getters read, (n_envs, n, ...) each, to the solver's gradient fields.
-
-    `kernel_get_state_grad` with the dof positions and centers of mass besides: the reverse of the step's forward
-    kinematics carries those back to qpos. Used without zero-copy, where the fields have no torch view to add to.
+    Add the gradients of the dof positions and centers of mass a getter state holds, (n_envs, n, ...) each, to the
+    solver's gradient fields, which the reverse of forward kinematics carries back to qpos. Used without zero-copy,
+    where the fields have no torch view to add to (`kernel_get_state_grad` adds the state's other four).
     """
     qd.loop_config(serialize=rigid_config.para_level < gs.PARA_LEVEL.PARTIAL)
-    for i_q, i_b in qd.ndrange(qpos_grad.shape[1], qpos_grad.shape[0]):
-        rigid_info.qpos.grad[i_q, i_b] = rigid_info.qpos.grad[i_q, i_b] + qpos_grad[i_b, i_q]
-    qd.loop_config(serialize=rigid_config.para_level < gs.PARA_LEVEL.PARTIAL)
-    for i_d, i_b in qd.ndrange(dofs_vel_grad.shape[1], dofs_vel_grad.shape[0]):
-        dyn_state.dofs.vel.grad[i_d, i_b] = dyn_state.dofs.vel.grad[i_d, i_b] + dofs_vel_grad[i_b, i_d]
+    for i_d, i_b in qd.ndrange(dofs_pos_grad.shape[1], dofs_pos_grad.shape[0]):
         dyn_state.dofs.pos.grad[i_d, i_b] = dyn_state.dofs.pos.grad[i_d, i_b] + dofs_pos_grad[i_b, i_d]
     qd.loop_config(serialize=rigid_config.para_level < gs.PARA_LEVEL.PARTIAL)
-    for i_l, i_b in qd.ndrange(links_pos_grad.shape[1], links_pos_grad.shape[0]):
+    for i_l, i_b in qd.ndrange(links_i_pos_grad.shape[1], links_i_pos_grad.shape[0]):
         for j in qd.static(range(3)):
-            dyn_state.links.pos.grad[i_l, i_b][j] = dyn_state.links.pos.grad[i_l, i_b][j] + links_pos_grad[i_b, i_l, j]
             dyn_state.links.i_pos.grad[i_l, i_b][j] = (
                 dyn_state.links.i_pos.grad[i_l, i_b][j] + links_i_pos_grad[i_b, i_l, j]
             )
             dyn_state.links.root_COM.grad[i_l, i_b][j] = (
                 dyn_state.links.root_COM.grad[i_l, i_b][j] + links_root_COM_grad[i_b, i_l, j]
-            )
-        for j in qd.static(range(4)):
-            dyn_state.links.quat.grad[i_l, i_b][j] = (
-                dyn_state.links.quat.grad[i_l, i_b][j] + links_quat_grad[i_b, i_l, j]
             )
