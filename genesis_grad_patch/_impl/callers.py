@@ -1,6 +1,6 @@
 """
-Who is calling a replaced Genesis method: the user, the plugin on the user's behalf, a Genesis entity method on the
-user's behalf, or Genesis for its own purposes.
+Who is calling a replaced Genesis method: the user, the plugin on the user's behalf, or Genesis itself (its own work,
+or one Genesis method calling another for the user).
 
 The answer decides what a replacement does (route a solver-level control to the entities, check and report an input,
 make a read differentiable), so it must be cheap and exact: a context variable set by the callers that know, never an
@@ -21,10 +21,10 @@ class Origin(enum.Enum):
     #: The plugin calls Genesis for a user call it has already checked (a solver-level control split into entity
     #: calls, the doctor or gradcheck reading state): record, do not report again.
     PLUGIN = "plugin"
-    #: A Genesis entity method calls the solver on the user's behalf (`entity.control_dofs_position` calls
-    #: `solver.control_dofs_position`): the entity-level replacement did the checks.
-    ENTITY = "entity"
-    #: Genesis runs its own work (a step with its sensors, the viewer, the recorders): the stock path, nothing reported.
+    #: Genesis's own work: its step (sensors, viewer, recorders, the tape it replays), its reverse pass, and the calls
+    #: one Genesis method makes to another on the user's behalf (`entity.control_dofs_position` calls
+    #: `solver.control_dofs_position` once the entity-level replacement has checked the user's call): the stock path,
+    #: nothing reported again.
     GENESIS = "genesis"
 
 

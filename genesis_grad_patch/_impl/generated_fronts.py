@@ -119,8 +119,7 @@ def RigidEntity__control_dofs_position_velocity__entity(_gp_names):
 
 
 def RigidSolver__control_dofs_force__solver(_gp_names):
-    """RigidSolver.control_dofs_force, solver front (source d39e198ebba5a82f)."""
-    _gp_ENTITY = _gp_names['_gp_ENTITY']
+    """RigidSolver.control_dofs_force, solver front (source 169b46ce21bd47b7)."""
     _gp_GENESIS = _gp_names['_gp_GENESIS']
     _gp_Tensor = _gp_names['_gp_Tensor']
     _gp_default_1 = _gp_names['_gp_default_1']
@@ -135,7 +134,7 @@ def RigidSolver__control_dofs_force__solver(_gp_names):
     def control_dofs_force(self, force, dofs_idx=_gp_default_1, envs_idx=_gp_default_2):
         if self._requires_grad:
             _gp_from = _gp_origin()
-            if (_gp_from is _gp_ENTITY or _gp_from is _gp_GENESIS) and not _gp_parameter and (not force.requires_grad if force.__class__ is _gp_Tensor else not _gp_tracked_tensor(force)):
+            if _gp_from is _gp_GENESIS and not _gp_parameter and (not force.requires_grad if force.__class__ is _gp_Tensor else not _gp_tracked_tensor(force)):
                 return _gp_stock(self, force, dofs_idx, envs_idx)
         elif (not force.requires_grad if force.__class__ is _gp_Tensor else not _gp_tracks(force)):
             return _gp_stock(self, force, dofs_idx, envs_idx)
@@ -145,8 +144,7 @@ def RigidSolver__control_dofs_force__solver(_gp_names):
 
 
 def RigidSolver__control_dofs_velocity__solver(_gp_names):
-    """RigidSolver.control_dofs_velocity, solver front (source fcec481fed8580e2)."""
-    _gp_ENTITY = _gp_names['_gp_ENTITY']
+    """RigidSolver.control_dofs_velocity, solver front (source 3aed005ba40e90e0)."""
     _gp_GENESIS = _gp_names['_gp_GENESIS']
     _gp_Tensor = _gp_names['_gp_Tensor']
     _gp_default_1 = _gp_names['_gp_default_1']
@@ -161,7 +159,7 @@ def RigidSolver__control_dofs_velocity__solver(_gp_names):
     def control_dofs_velocity(self, velocity, dofs_idx=_gp_default_1, envs_idx=_gp_default_2):
         if self._requires_grad:
             _gp_from = _gp_origin()
-            if (_gp_from is _gp_ENTITY or _gp_from is _gp_GENESIS) and not _gp_parameter and (not velocity.requires_grad if velocity.__class__ is _gp_Tensor else not _gp_tracked_tensor(velocity)):
+            if _gp_from is _gp_GENESIS and not _gp_parameter and (not velocity.requires_grad if velocity.__class__ is _gp_Tensor else not _gp_tracked_tensor(velocity)):
                 return _gp_stock(self, velocity, dofs_idx, envs_idx)
         elif (not velocity.requires_grad if velocity.__class__ is _gp_Tensor else not _gp_tracks(velocity)):
             return _gp_stock(self, velocity, dofs_idx, envs_idx)
@@ -171,8 +169,7 @@ def RigidSolver__control_dofs_velocity__solver(_gp_names):
 
 
 def RigidSolver__control_dofs_position__solver(_gp_names):
-    """RigidSolver.control_dofs_position, solver front (source b119c167603a058e)."""
-    _gp_ENTITY = _gp_names['_gp_ENTITY']
+    """RigidSolver.control_dofs_position, solver front (source 0753fb134b7a6b44)."""
     _gp_GENESIS = _gp_names['_gp_GENESIS']
     _gp_Tensor = _gp_names['_gp_Tensor']
     _gp_default_1 = _gp_names['_gp_default_1']
@@ -187,7 +184,7 @@ def RigidSolver__control_dofs_position__solver(_gp_names):
     def control_dofs_position(self, position, dofs_idx=_gp_default_1, envs_idx=_gp_default_2):
         if self._requires_grad:
             _gp_from = _gp_origin()
-            if (_gp_from is _gp_ENTITY or _gp_from is _gp_GENESIS) and not _gp_parameter and (not position.requires_grad if position.__class__ is _gp_Tensor else not _gp_tracked_tensor(position)):
+            if _gp_from is _gp_GENESIS and not _gp_parameter and (not position.requires_grad if position.__class__ is _gp_Tensor else not _gp_tracked_tensor(position)):
                 return _gp_stock(self, position, dofs_idx, envs_idx)
         elif (not position.requires_grad if position.__class__ is _gp_Tensor else not _gp_tracks(position)):
             return _gp_stock(self, position, dofs_idx, envs_idx)
@@ -197,8 +194,7 @@ def RigidSolver__control_dofs_position__solver(_gp_names):
 
 
 def RigidSolver__control_dofs_position_velocity__solver(_gp_names):
-    """RigidSolver.control_dofs_position_velocity, solver front (source 06dc334cca639940)."""
-    _gp_ENTITY = _gp_names['_gp_ENTITY']
+    """RigidSolver.control_dofs_position_velocity, solver front (source d129397dc9141f17)."""
     _gp_GENESIS = _gp_names['_gp_GENESIS']
     _gp_Tensor = _gp_names['_gp_Tensor']
     _gp_default_2 = _gp_names['_gp_default_2']
@@ -213,7 +209,7 @@ def RigidSolver__control_dofs_position_velocity__solver(_gp_names):
     def control_dofs_position_velocity(self, position, velocity, dofs_idx=_gp_default_2, envs_idx=_gp_default_3):
         if self._requires_grad:
             _gp_from = _gp_origin()
-            if (_gp_from is _gp_ENTITY or _gp_from is _gp_GENESIS) and not _gp_parameter and (not position.requires_grad if position.__class__ is _gp_Tensor else not _gp_tracked_tensor(position)) and (not velocity.requires_grad if velocity.__class__ is _gp_Tensor else not _gp_tracked_tensor(velocity)):
+            if _gp_from is _gp_GENESIS and not _gp_parameter and (not position.requires_grad if position.__class__ is _gp_Tensor else not _gp_tracked_tensor(position)) and (not velocity.requires_grad if velocity.__class__ is _gp_Tensor else not _gp_tracked_tensor(velocity)):
                 return _gp_stock(self, position, velocity, dofs_idx, envs_idx)
         elif (not position.requires_grad if position.__class__ is _gp_Tensor else not _gp_tracks(position)) and (not velocity.requires_grad if velocity.__class__ is _gp_Tensor else not _gp_tracks(velocity)):
             return _gp_stock(self, position, velocity, dofs_idx, envs_idx)
@@ -623,8 +619,7 @@ def RigidEntity__set_mass__entity(_gp_names):
 
 
 def RigidSolver__set_dofs_kp__solver(_gp_names):
-    """RigidSolver.set_dofs_kp, solver front (source 60acd0b0f4f72e0c)."""
-    _gp_ENTITY = _gp_names['_gp_ENTITY']
+    """RigidSolver.set_dofs_kp, solver front (source 88ffa735bc0cec0f)."""
     _gp_GENESIS = _gp_names['_gp_GENESIS']
     _gp_Tensor = _gp_names['_gp_Tensor']
     _gp_default_1 = _gp_names['_gp_default_1']
@@ -639,7 +634,7 @@ def RigidSolver__set_dofs_kp__solver(_gp_names):
     def set_dofs_kp(self, kp, dofs_idx=_gp_default_1, envs_idx=_gp_default_2):
         if self._requires_grad:
             _gp_from = _gp_origin()
-            if (_gp_from is _gp_ENTITY or _gp_from is _gp_GENESIS) and not _gp_parameter and (not kp.requires_grad if kp.__class__ is _gp_Tensor else not _gp_tracked_tensor(kp)):
+            if _gp_from is _gp_GENESIS and not _gp_parameter and (not kp.requires_grad if kp.__class__ is _gp_Tensor else not _gp_tracked_tensor(kp)):
                 return _gp_stock(self, kp, dofs_idx, envs_idx)
         elif (not kp.requires_grad if kp.__class__ is _gp_Tensor else not _gp_tracks(kp)):
             return _gp_stock(self, kp, dofs_idx, envs_idx)
@@ -649,8 +644,7 @@ def RigidSolver__set_dofs_kp__solver(_gp_names):
 
 
 def RigidSolver__set_dofs_kv__solver(_gp_names):
-    """RigidSolver.set_dofs_kv, solver front (source fe927147aaf9f86f)."""
-    _gp_ENTITY = _gp_names['_gp_ENTITY']
+    """RigidSolver.set_dofs_kv, solver front (source daabd8a245cdf754)."""
     _gp_GENESIS = _gp_names['_gp_GENESIS']
     _gp_Tensor = _gp_names['_gp_Tensor']
     _gp_default_1 = _gp_names['_gp_default_1']
@@ -665,7 +659,7 @@ def RigidSolver__set_dofs_kv__solver(_gp_names):
     def set_dofs_kv(self, kv, dofs_idx=_gp_default_1, envs_idx=_gp_default_2):
         if self._requires_grad:
             _gp_from = _gp_origin()
-            if (_gp_from is _gp_ENTITY or _gp_from is _gp_GENESIS) and not _gp_parameter and (not kv.requires_grad if kv.__class__ is _gp_Tensor else not _gp_tracked_tensor(kv)):
+            if _gp_from is _gp_GENESIS and not _gp_parameter and (not kv.requires_grad if kv.__class__ is _gp_Tensor else not _gp_tracked_tensor(kv)):
                 return _gp_stock(self, kv, dofs_idx, envs_idx)
         elif (not kv.requires_grad if kv.__class__ is _gp_Tensor else not _gp_tracks(kv)):
             return _gp_stock(self, kv, dofs_idx, envs_idx)
@@ -675,8 +669,7 @@ def RigidSolver__set_dofs_kv__solver(_gp_names):
 
 
 def RigidSolver__set_dofs_damping__solver(_gp_names):
-    """RigidSolver.set_dofs_damping, solver front (source 1095e5d3f871270f)."""
-    _gp_ENTITY = _gp_names['_gp_ENTITY']
+    """RigidSolver.set_dofs_damping, solver front (source 8a48af11d9185593)."""
     _gp_GENESIS = _gp_names['_gp_GENESIS']
     _gp_Tensor = _gp_names['_gp_Tensor']
     _gp_default_1 = _gp_names['_gp_default_1']
@@ -691,7 +684,7 @@ def RigidSolver__set_dofs_damping__solver(_gp_names):
     def set_dofs_damping(self, damping, dofs_idx=_gp_default_1, envs_idx=_gp_default_2):
         if self._requires_grad:
             _gp_from = _gp_origin()
-            if (_gp_from is _gp_ENTITY or _gp_from is _gp_GENESIS) and not _gp_parameter and (not damping.requires_grad if damping.__class__ is _gp_Tensor else not _gp_tracked_tensor(damping)):
+            if _gp_from is _gp_GENESIS and not _gp_parameter and (not damping.requires_grad if damping.__class__ is _gp_Tensor else not _gp_tracked_tensor(damping)):
                 return _gp_stock(self, damping, dofs_idx, envs_idx)
         elif (not damping.requires_grad if damping.__class__ is _gp_Tensor else not _gp_tracks(damping)):
             return _gp_stock(self, damping, dofs_idx, envs_idx)
@@ -701,8 +694,7 @@ def RigidSolver__set_dofs_damping__solver(_gp_names):
 
 
 def RigidSolver__set_dofs_armature__solver(_gp_names):
-    """RigidSolver.set_dofs_armature, solver front (source 5eb554bcc91e128a)."""
-    _gp_ENTITY = _gp_names['_gp_ENTITY']
+    """RigidSolver.set_dofs_armature, solver front (source 15c9073f7a88a637)."""
     _gp_GENESIS = _gp_names['_gp_GENESIS']
     _gp_Tensor = _gp_names['_gp_Tensor']
     _gp_default_1 = _gp_names['_gp_default_1']
@@ -717,7 +709,7 @@ def RigidSolver__set_dofs_armature__solver(_gp_names):
     def set_dofs_armature(self, armature, dofs_idx=_gp_default_1, envs_idx=_gp_default_2):
         if self._requires_grad:
             _gp_from = _gp_origin()
-            if (_gp_from is _gp_ENTITY or _gp_from is _gp_GENESIS) and not _gp_parameter and (not armature.requires_grad if armature.__class__ is _gp_Tensor else not _gp_tracked_tensor(armature)):
+            if _gp_from is _gp_GENESIS and not _gp_parameter and (not armature.requires_grad if armature.__class__ is _gp_Tensor else not _gp_tracked_tensor(armature)):
                 return _gp_stock(self, armature, dofs_idx, envs_idx)
         elif (not armature.requires_grad if armature.__class__ is _gp_Tensor else not _gp_tracks(armature)):
             return _gp_stock(self, armature, dofs_idx, envs_idx)
@@ -727,8 +719,7 @@ def RigidSolver__set_dofs_armature__solver(_gp_names):
 
 
 def RigidSolver__set_dofs_stiffness__solver(_gp_names):
-    """RigidSolver.set_dofs_stiffness, solver front (source f68ab5876e5cfc54)."""
-    _gp_ENTITY = _gp_names['_gp_ENTITY']
+    """RigidSolver.set_dofs_stiffness, solver front (source b139cc7fb0f60a95)."""
     _gp_GENESIS = _gp_names['_gp_GENESIS']
     _gp_Tensor = _gp_names['_gp_Tensor']
     _gp_default_1 = _gp_names['_gp_default_1']
@@ -743,7 +734,7 @@ def RigidSolver__set_dofs_stiffness__solver(_gp_names):
     def set_dofs_stiffness(self, stiffness, dofs_idx=_gp_default_1, envs_idx=_gp_default_2):
         if self._requires_grad:
             _gp_from = _gp_origin()
-            if (_gp_from is _gp_ENTITY or _gp_from is _gp_GENESIS) and not _gp_parameter and (not stiffness.requires_grad if stiffness.__class__ is _gp_Tensor else not _gp_tracked_tensor(stiffness)):
+            if _gp_from is _gp_GENESIS and not _gp_parameter and (not stiffness.requires_grad if stiffness.__class__ is _gp_Tensor else not _gp_tracked_tensor(stiffness)):
                 return _gp_stock(self, stiffness, dofs_idx, envs_idx)
         elif (not stiffness.requires_grad if stiffness.__class__ is _gp_Tensor else not _gp_tracks(stiffness)):
             return _gp_stock(self, stiffness, dofs_idx, envs_idx)
@@ -753,8 +744,7 @@ def RigidSolver__set_dofs_stiffness__solver(_gp_names):
 
 
 def RigidSolver__set_links_mass__solver(_gp_names):
-    """RigidSolver.set_links_mass, solver front (source c7a4c4e18734424b)."""
-    _gp_ENTITY = _gp_names['_gp_ENTITY']
+    """RigidSolver.set_links_mass, solver front (source 8be762214fb168b4)."""
     _gp_GENESIS = _gp_names['_gp_GENESIS']
     _gp_Tensor = _gp_names['_gp_Tensor']
     _gp_default_1 = _gp_names['_gp_default_1']
@@ -770,7 +760,7 @@ def RigidSolver__set_links_mass__solver(_gp_names):
     def set_links_mass(self, mass, links_idx=_gp_default_1, envs_idx=_gp_default_2, scale_inertia=_gp_default_3):
         if self._requires_grad:
             _gp_from = _gp_origin()
-            if (_gp_from is _gp_ENTITY or _gp_from is _gp_GENESIS) and not _gp_parameter and (not mass.requires_grad if mass.__class__ is _gp_Tensor else not _gp_tracked_tensor(mass)) and (not scale_inertia.requires_grad if scale_inertia.__class__ is _gp_Tensor else not _gp_tracked_tensor(scale_inertia)):
+            if _gp_from is _gp_GENESIS and not _gp_parameter and (not mass.requires_grad if mass.__class__ is _gp_Tensor else not _gp_tracked_tensor(mass)) and (not scale_inertia.requires_grad if scale_inertia.__class__ is _gp_Tensor else not _gp_tracked_tensor(scale_inertia)):
                 return _gp_stock(self, mass, links_idx, envs_idx, scale_inertia)
         elif (not mass.requires_grad if mass.__class__ is _gp_Tensor else not _gp_tracks(mass)) and (not scale_inertia.requires_grad if scale_inertia.__class__ is _gp_Tensor else not _gp_tracks(scale_inertia)):
             return _gp_stock(self, mass, links_idx, envs_idx, scale_inertia)
@@ -780,8 +770,7 @@ def RigidSolver__set_links_mass__solver(_gp_names):
 
 
 def RigidSolver__set_links_inertia__solver(_gp_names):
-    """RigidSolver.set_links_inertia, solver front (source 4782e47f32a1ddf9)."""
-    _gp_ENTITY = _gp_names['_gp_ENTITY']
+    """RigidSolver.set_links_inertia, solver front (source 20f1b66e4b42ab33)."""
     _gp_GENESIS = _gp_names['_gp_GENESIS']
     _gp_Tensor = _gp_names['_gp_Tensor']
     _gp_default_1 = _gp_names['_gp_default_1']
@@ -796,7 +785,7 @@ def RigidSolver__set_links_inertia__solver(_gp_names):
     def set_links_inertia(self, inertia, links_idx=_gp_default_1, envs_idx=_gp_default_2):
         if self._requires_grad:
             _gp_from = _gp_origin()
-            if (_gp_from is _gp_ENTITY or _gp_from is _gp_GENESIS) and not _gp_parameter and (not inertia.requires_grad if inertia.__class__ is _gp_Tensor else not _gp_tracked_tensor(inertia)):
+            if _gp_from is _gp_GENESIS and not _gp_parameter and (not inertia.requires_grad if inertia.__class__ is _gp_Tensor else not _gp_tracked_tensor(inertia)):
                 return _gp_stock(self, inertia, links_idx, envs_idx)
         elif (not inertia.requires_grad if inertia.__class__ is _gp_Tensor else not _gp_tracks(inertia)):
             return _gp_stock(self, inertia, links_idx, envs_idx)
@@ -806,8 +795,7 @@ def RigidSolver__set_links_inertia__solver(_gp_names):
 
 
 def RigidSolver__set_links_COM__solver(_gp_names):
-    """RigidSolver.set_links_COM, solver front (source bab87d7ff37c7731)."""
-    _gp_ENTITY = _gp_names['_gp_ENTITY']
+    """RigidSolver.set_links_COM, solver front (source ace82cae1999082a)."""
     _gp_GENESIS = _gp_names['_gp_GENESIS']
     _gp_Tensor = _gp_names['_gp_Tensor']
     _gp_default_1 = _gp_names['_gp_default_1']
@@ -822,7 +810,7 @@ def RigidSolver__set_links_COM__solver(_gp_names):
     def set_links_COM(self, com, links_idx=_gp_default_1, envs_idx=_gp_default_2):
         if self._requires_grad:
             _gp_from = _gp_origin()
-            if (_gp_from is _gp_ENTITY or _gp_from is _gp_GENESIS) and not _gp_parameter and (not com.requires_grad if com.__class__ is _gp_Tensor else not _gp_tracked_tensor(com)):
+            if _gp_from is _gp_GENESIS and not _gp_parameter and (not com.requires_grad if com.__class__ is _gp_Tensor else not _gp_tracked_tensor(com)):
                 return _gp_stock(self, com, links_idx, envs_idx)
         elif (not com.requires_grad if com.__class__ is _gp_Tensor else not _gp_tracks(com)):
             return _gp_stock(self, com, links_idx, envs_idx)
@@ -832,8 +820,7 @@ def RigidSolver__set_links_COM__solver(_gp_names):
 
 
 def RigidSolver__set_qpos__solver(_gp_names):
-    """RigidSolver.set_qpos, solver front (source 22e709863433c954)."""
-    _gp_ENTITY = _gp_names['_gp_ENTITY']
+    """RigidSolver.set_qpos, solver front (source 7dc3ccd45e12319c)."""
     _gp_GENESIS = _gp_names['_gp_GENESIS']
     _gp_Tensor = _gp_names['_gp_Tensor']
     _gp_default_1 = _gp_names['_gp_default_1']
@@ -849,7 +836,7 @@ def RigidSolver__set_qpos__solver(_gp_names):
     def set_qpos(self, qpos, qs_idx=_gp_default_1, envs_idx=_gp_default_2, *, skip_forward=_gp_default_3):
         if self._requires_grad:
             _gp_from = _gp_origin()
-            if (_gp_from is _gp_ENTITY or _gp_from is _gp_GENESIS) and not _gp_parameter and (not qpos.requires_grad if qpos.__class__ is _gp_Tensor else not _gp_tracked_tensor(qpos)) and (not skip_forward.requires_grad if skip_forward.__class__ is _gp_Tensor else not _gp_tracked_tensor(skip_forward)):
+            if _gp_from is _gp_GENESIS and not _gp_parameter and (not qpos.requires_grad if qpos.__class__ is _gp_Tensor else not _gp_tracked_tensor(qpos)) and (not skip_forward.requires_grad if skip_forward.__class__ is _gp_Tensor else not _gp_tracked_tensor(skip_forward)):
                 return _gp_stock(self, qpos, qs_idx, envs_idx, skip_forward=skip_forward)
         elif (not qpos.requires_grad if qpos.__class__ is _gp_Tensor else not _gp_tracks(qpos)) and (not skip_forward.requires_grad if skip_forward.__class__ is _gp_Tensor else not _gp_tracks(skip_forward)):
             return _gp_stock(self, qpos, qs_idx, envs_idx, skip_forward=skip_forward)
@@ -859,8 +846,7 @@ def RigidSolver__set_qpos__solver(_gp_names):
 
 
 def RigidSolver__set_dofs_position__solver(_gp_names):
-    """RigidSolver.set_dofs_position, solver front (source c43df8e4d05b3b46)."""
-    _gp_ENTITY = _gp_names['_gp_ENTITY']
+    """RigidSolver.set_dofs_position, solver front (source a1409922ba7ebe87)."""
     _gp_GENESIS = _gp_names['_gp_GENESIS']
     _gp_Tensor = _gp_names['_gp_Tensor']
     _gp_default_1 = _gp_names['_gp_default_1']
@@ -875,7 +861,7 @@ def RigidSolver__set_dofs_position__solver(_gp_names):
     def set_dofs_position(self, position, dofs_idx=_gp_default_1, envs_idx=_gp_default_2):
         if self._requires_grad:
             _gp_from = _gp_origin()
-            if (_gp_from is _gp_ENTITY or _gp_from is _gp_GENESIS) and not _gp_parameter and (not position.requires_grad if position.__class__ is _gp_Tensor else not _gp_tracked_tensor(position)):
+            if _gp_from is _gp_GENESIS and not _gp_parameter and (not position.requires_grad if position.__class__ is _gp_Tensor else not _gp_tracked_tensor(position)):
                 return _gp_stock(self, position, dofs_idx, envs_idx)
         elif (not position.requires_grad if position.__class__ is _gp_Tensor else not _gp_tracks(position)):
             return _gp_stock(self, position, dofs_idx, envs_idx)
@@ -1243,8 +1229,7 @@ def RigidEntity__set_friction_ratio__entity(_gp_names):
 
 
 def RigidSolver__set_geoms_friction__solver(_gp_names):
-    """RigidSolver.set_geoms_friction, solver front (source 1538c0d6e5c1ff5f)."""
-    _gp_ENTITY = _gp_names['_gp_ENTITY']
+    """RigidSolver.set_geoms_friction, solver front (source 1aff260ed94554a1)."""
     _gp_GENESIS = _gp_names['_gp_GENESIS']
     _gp_Tensor = _gp_names['_gp_Tensor']
     _gp_default_1 = _gp_names['_gp_default_1']
@@ -1258,7 +1243,7 @@ def RigidSolver__set_geoms_friction__solver(_gp_names):
     def set_geoms_friction(self, friction, geoms_idx=_gp_default_1):
         if self._requires_grad:
             _gp_from = _gp_origin()
-            if (_gp_from is _gp_ENTITY or _gp_from is _gp_GENESIS) and not _gp_parameter and (not friction.requires_grad if friction.__class__ is _gp_Tensor else not _gp_tracked_tensor(friction)):
+            if _gp_from is _gp_GENESIS and not _gp_parameter and (not friction.requires_grad if friction.__class__ is _gp_Tensor else not _gp_tracked_tensor(friction)):
                 return _gp_stock(self, friction, geoms_idx)
         elif (not friction.requires_grad if friction.__class__ is _gp_Tensor else not _gp_tracks(friction)):
             return _gp_stock(self, friction, geoms_idx)
@@ -1268,8 +1253,7 @@ def RigidSolver__set_geoms_friction__solver(_gp_names):
 
 
 def RigidSolver__set_geom_friction__solver(_gp_names):
-    """RigidSolver.set_geom_friction, solver front (source a4da50f796664c6a)."""
-    _gp_ENTITY = _gp_names['_gp_ENTITY']
+    """RigidSolver.set_geom_friction, solver front (source ab5221cb924c76fb)."""
     _gp_GENESIS = _gp_names['_gp_GENESIS']
     _gp_Tensor = _gp_names['_gp_Tensor']
     _gp_origin = _gp_names['_gp_origin']
@@ -1282,7 +1266,7 @@ def RigidSolver__set_geom_friction__solver(_gp_names):
     def set_geom_friction(self, friction, geoms_idx):
         if self._requires_grad:
             _gp_from = _gp_origin()
-            if (_gp_from is _gp_ENTITY or _gp_from is _gp_GENESIS) and not _gp_parameter and (not friction.requires_grad if friction.__class__ is _gp_Tensor else not _gp_tracked_tensor(friction)):
+            if _gp_from is _gp_GENESIS and not _gp_parameter and (not friction.requires_grad if friction.__class__ is _gp_Tensor else not _gp_tracked_tensor(friction)):
                 return _gp_stock(self, friction, geoms_idx)
         elif (not friction.requires_grad if friction.__class__ is _gp_Tensor else not _gp_tracks(friction)):
             return _gp_stock(self, friction, geoms_idx)
@@ -1292,8 +1276,7 @@ def RigidSolver__set_geom_friction__solver(_gp_names):
 
 
 def RigidSolver__set_geoms_friction_ratio__solver(_gp_names):
-    """RigidSolver.set_geoms_friction_ratio, solver front (source 0240e37c0270a647)."""
-    _gp_ENTITY = _gp_names['_gp_ENTITY']
+    """RigidSolver.set_geoms_friction_ratio, solver front (source 56ba3bccf4922a92)."""
     _gp_GENESIS = _gp_names['_gp_GENESIS']
     _gp_Tensor = _gp_names['_gp_Tensor']
     _gp_default_1 = _gp_names['_gp_default_1']
@@ -1308,7 +1291,7 @@ def RigidSolver__set_geoms_friction_ratio__solver(_gp_names):
     def set_geoms_friction_ratio(self, friction_ratio, geoms_idx=_gp_default_1, envs_idx=_gp_default_2):
         if self._requires_grad:
             _gp_from = _gp_origin()
-            if (_gp_from is _gp_ENTITY or _gp_from is _gp_GENESIS) and not _gp_parameter and (not friction_ratio.requires_grad if friction_ratio.__class__ is _gp_Tensor else not _gp_tracked_tensor(friction_ratio)):
+            if _gp_from is _gp_GENESIS and not _gp_parameter and (not friction_ratio.requires_grad if friction_ratio.__class__ is _gp_Tensor else not _gp_tracked_tensor(friction_ratio)):
                 return _gp_stock(self, friction_ratio, geoms_idx, envs_idx)
         elif (not friction_ratio.requires_grad if friction_ratio.__class__ is _gp_Tensor else not _gp_tracks(friction_ratio)):
             return _gp_stock(self, friction_ratio, geoms_idx, envs_idx)
@@ -1370,8 +1353,7 @@ def RigidEntity__set_friction_rolling__entity(_gp_names):
 
 
 def RigidSolver__set_geoms_friction_torsional__solver(_gp_names):
-    """RigidSolver.set_geoms_friction_torsional, solver front (source 6bc9ed0d2a650235)."""
-    _gp_ENTITY = _gp_names['_gp_ENTITY']
+    """RigidSolver.set_geoms_friction_torsional, solver front (source e168f45ca99b8ec1)."""
     _gp_GENESIS = _gp_names['_gp_GENESIS']
     _gp_Tensor = _gp_names['_gp_Tensor']
     _gp_default_1 = _gp_names['_gp_default_1']
@@ -1385,7 +1367,7 @@ def RigidSolver__set_geoms_friction_torsional__solver(_gp_names):
     def set_geoms_friction_torsional(self, friction_torsional, geoms_idx=_gp_default_1):
         if self._requires_grad:
             _gp_from = _gp_origin()
-            if (_gp_from is _gp_ENTITY or _gp_from is _gp_GENESIS) and not _gp_parameter and (not friction_torsional.requires_grad if friction_torsional.__class__ is _gp_Tensor else not _gp_tracked_tensor(friction_torsional)):
+            if _gp_from is _gp_GENESIS and not _gp_parameter and (not friction_torsional.requires_grad if friction_torsional.__class__ is _gp_Tensor else not _gp_tracked_tensor(friction_torsional)):
                 return _gp_stock(self, friction_torsional, geoms_idx)
         elif (not friction_torsional.requires_grad if friction_torsional.__class__ is _gp_Tensor else not _gp_tracks(friction_torsional)):
             return _gp_stock(self, friction_torsional, geoms_idx)
@@ -1395,8 +1377,7 @@ def RigidSolver__set_geoms_friction_torsional__solver(_gp_names):
 
 
 def RigidSolver__set_geom_friction_torsional__solver(_gp_names):
-    """RigidSolver.set_geom_friction_torsional, solver front (source 1a2ca665f2cefba4)."""
-    _gp_ENTITY = _gp_names['_gp_ENTITY']
+    """RigidSolver.set_geom_friction_torsional, solver front (source e13e7b991017cf52)."""
     _gp_GENESIS = _gp_names['_gp_GENESIS']
     _gp_Tensor = _gp_names['_gp_Tensor']
     _gp_origin = _gp_names['_gp_origin']
@@ -1409,7 +1390,7 @@ def RigidSolver__set_geom_friction_torsional__solver(_gp_names):
     def set_geom_friction_torsional(self, friction_torsional, geoms_idx):
         if self._requires_grad:
             _gp_from = _gp_origin()
-            if (_gp_from is _gp_ENTITY or _gp_from is _gp_GENESIS) and not _gp_parameter and (not friction_torsional.requires_grad if friction_torsional.__class__ is _gp_Tensor else not _gp_tracked_tensor(friction_torsional)):
+            if _gp_from is _gp_GENESIS and not _gp_parameter and (not friction_torsional.requires_grad if friction_torsional.__class__ is _gp_Tensor else not _gp_tracked_tensor(friction_torsional)):
                 return _gp_stock(self, friction_torsional, geoms_idx)
         elif (not friction_torsional.requires_grad if friction_torsional.__class__ is _gp_Tensor else not _gp_tracks(friction_torsional)):
             return _gp_stock(self, friction_torsional, geoms_idx)
@@ -1419,8 +1400,7 @@ def RigidSolver__set_geom_friction_torsional__solver(_gp_names):
 
 
 def RigidSolver__set_geoms_friction_rolling__solver(_gp_names):
-    """RigidSolver.set_geoms_friction_rolling, solver front (source 55bdaa7f47880448)."""
-    _gp_ENTITY = _gp_names['_gp_ENTITY']
+    """RigidSolver.set_geoms_friction_rolling, solver front (source 164b69fdc5bb8e46)."""
     _gp_GENESIS = _gp_names['_gp_GENESIS']
     _gp_Tensor = _gp_names['_gp_Tensor']
     _gp_default_1 = _gp_names['_gp_default_1']
@@ -1434,7 +1414,7 @@ def RigidSolver__set_geoms_friction_rolling__solver(_gp_names):
     def set_geoms_friction_rolling(self, friction_rolling, geoms_idx=_gp_default_1):
         if self._requires_grad:
             _gp_from = _gp_origin()
-            if (_gp_from is _gp_ENTITY or _gp_from is _gp_GENESIS) and not _gp_parameter and (not friction_rolling.requires_grad if friction_rolling.__class__ is _gp_Tensor else not _gp_tracked_tensor(friction_rolling)):
+            if _gp_from is _gp_GENESIS and not _gp_parameter and (not friction_rolling.requires_grad if friction_rolling.__class__ is _gp_Tensor else not _gp_tracked_tensor(friction_rolling)):
                 return _gp_stock(self, friction_rolling, geoms_idx)
         elif (not friction_rolling.requires_grad if friction_rolling.__class__ is _gp_Tensor else not _gp_tracks(friction_rolling)):
             return _gp_stock(self, friction_rolling, geoms_idx)
@@ -1444,8 +1424,7 @@ def RigidSolver__set_geoms_friction_rolling__solver(_gp_names):
 
 
 def RigidSolver__set_geom_friction_rolling__solver(_gp_names):
-    """RigidSolver.set_geom_friction_rolling, solver front (source b8f7db1ea8045d91)."""
-    _gp_ENTITY = _gp_names['_gp_ENTITY']
+    """RigidSolver.set_geom_friction_rolling, solver front (source 671da5f4f1da7d26)."""
     _gp_GENESIS = _gp_names['_gp_GENESIS']
     _gp_Tensor = _gp_names['_gp_Tensor']
     _gp_origin = _gp_names['_gp_origin']
@@ -1458,7 +1437,7 @@ def RigidSolver__set_geom_friction_rolling__solver(_gp_names):
     def set_geom_friction_rolling(self, friction_rolling, geoms_idx):
         if self._requires_grad:
             _gp_from = _gp_origin()
-            if (_gp_from is _gp_ENTITY or _gp_from is _gp_GENESIS) and not _gp_parameter and (not friction_rolling.requires_grad if friction_rolling.__class__ is _gp_Tensor else not _gp_tracked_tensor(friction_rolling)):
+            if _gp_from is _gp_GENESIS and not _gp_parameter and (not friction_rolling.requires_grad if friction_rolling.__class__ is _gp_Tensor else not _gp_tracked_tensor(friction_rolling)):
                 return _gp_stock(self, friction_rolling, geoms_idx)
         elif (not friction_rolling.requires_grad if friction_rolling.__class__ is _gp_Tensor else not _gp_tracks(friction_rolling)):
             return _gp_stock(self, friction_rolling, geoms_idx)
@@ -1496,8 +1475,7 @@ def RigidEntity__set_dofs_frictionloss__entity(_gp_names):
 
 
 def RigidSolver__set_dofs_frictionloss__solver(_gp_names):
-    """RigidSolver.set_dofs_frictionloss, solver front (source d2cfb4d8f0d857c0)."""
-    _gp_ENTITY = _gp_names['_gp_ENTITY']
+    """RigidSolver.set_dofs_frictionloss, solver front (source a40093fb309afc32)."""
     _gp_GENESIS = _gp_names['_gp_GENESIS']
     _gp_Tensor = _gp_names['_gp_Tensor']
     _gp_default_1 = _gp_names['_gp_default_1']
@@ -1512,7 +1490,7 @@ def RigidSolver__set_dofs_frictionloss__solver(_gp_names):
     def set_dofs_frictionloss(self, frictionloss, dofs_idx=_gp_default_1, envs_idx=_gp_default_2):
         if self._requires_grad:
             _gp_from = _gp_origin()
-            if (_gp_from is _gp_ENTITY or _gp_from is _gp_GENESIS) and not _gp_parameter and (not frictionloss.requires_grad if frictionloss.__class__ is _gp_Tensor else not _gp_tracked_tensor(frictionloss)):
+            if _gp_from is _gp_GENESIS and not _gp_parameter and (not frictionloss.requires_grad if frictionloss.__class__ is _gp_Tensor else not _gp_tracked_tensor(frictionloss)):
                 return _gp_stock(self, frictionloss, dofs_idx, envs_idx)
         elif (not frictionloss.requires_grad if frictionloss.__class__ is _gp_Tensor else not _gp_tracks(frictionloss)):
             return _gp_stock(self, frictionloss, dofs_idx, envs_idx)
@@ -1550,8 +1528,7 @@ def RigidEntity__set_dofs_limit__entity(_gp_names):
 
 
 def RigidSolver__set_dofs_limit__solver(_gp_names):
-    """RigidSolver.set_dofs_limit, solver front (source 9db43ef965bd8826)."""
-    _gp_ENTITY = _gp_names['_gp_ENTITY']
+    """RigidSolver.set_dofs_limit, solver front (source 7fe76f4277fe1ab0)."""
     _gp_GENESIS = _gp_names['_gp_GENESIS']
     _gp_Tensor = _gp_names['_gp_Tensor']
     _gp_default_2 = _gp_names['_gp_default_2']
@@ -1566,7 +1543,7 @@ def RigidSolver__set_dofs_limit__solver(_gp_names):
     def set_dofs_limit(self, lower, upper, dofs_idx=_gp_default_2, envs_idx=_gp_default_3):
         if self._requires_grad:
             _gp_from = _gp_origin()
-            if (_gp_from is _gp_ENTITY or _gp_from is _gp_GENESIS) and not _gp_parameter and (not lower.requires_grad if lower.__class__ is _gp_Tensor else not _gp_tracked_tensor(lower)) and (not upper.requires_grad if upper.__class__ is _gp_Tensor else not _gp_tracked_tensor(upper)):
+            if _gp_from is _gp_GENESIS and not _gp_parameter and (not lower.requires_grad if lower.__class__ is _gp_Tensor else not _gp_tracked_tensor(lower)) and (not upper.requires_grad if upper.__class__ is _gp_Tensor else not _gp_tracked_tensor(upper)):
                 return _gp_stock(self, lower, upper, dofs_idx, envs_idx)
         elif (not lower.requires_grad if lower.__class__ is _gp_Tensor else not _gp_tracks(lower)) and (not upper.requires_grad if upper.__class__ is _gp_Tensor else not _gp_tracks(upper)):
             return _gp_stock(self, lower, upper, dofs_idx, envs_idx)
@@ -1576,8 +1553,7 @@ def RigidSolver__set_dofs_limit__solver(_gp_names):
 
 
 def RigidSolver__set_sol_params__solver(_gp_names):
-    """RigidSolver.set_sol_params, solver front (source a12b46678dc94107)."""
-    _gp_ENTITY = _gp_names['_gp_ENTITY']
+    """RigidSolver.set_sol_params, solver front (source aacb80fd6ecda244)."""
     _gp_GENESIS = _gp_names['_gp_GENESIS']
     _gp_Tensor = _gp_names['_gp_Tensor']
     _gp_default_1 = _gp_names['_gp_default_1']
@@ -1594,7 +1570,7 @@ def RigidSolver__set_sol_params__solver(_gp_names):
     def set_sol_params(self, sol_params, geoms_idx=_gp_default_1, envs_idx=_gp_default_2, *, joints_idx=_gp_default_3, eqs_idx=_gp_default_4):
         if self._requires_grad:
             _gp_from = _gp_origin()
-            if (_gp_from is _gp_ENTITY or _gp_from is _gp_GENESIS) and not _gp_parameter and (not sol_params.requires_grad if sol_params.__class__ is _gp_Tensor else not _gp_tracked_tensor(sol_params)) and (not joints_idx.requires_grad if joints_idx.__class__ is _gp_Tensor else not _gp_tracked_tensor(joints_idx)) and (not eqs_idx.requires_grad if eqs_idx.__class__ is _gp_Tensor else not _gp_tracked_tensor(eqs_idx)):
+            if _gp_from is _gp_GENESIS and not _gp_parameter and (not sol_params.requires_grad if sol_params.__class__ is _gp_Tensor else not _gp_tracked_tensor(sol_params)) and (not joints_idx.requires_grad if joints_idx.__class__ is _gp_Tensor else not _gp_tracked_tensor(joints_idx)) and (not eqs_idx.requires_grad if eqs_idx.__class__ is _gp_Tensor else not _gp_tracked_tensor(eqs_idx)):
                 return _gp_stock(self, sol_params, geoms_idx, envs_idx, joints_idx=joints_idx, eqs_idx=eqs_idx)
         elif (not sol_params.requires_grad if sol_params.__class__ is _gp_Tensor else not _gp_tracks(sol_params)) and (not joints_idx.requires_grad if joints_idx.__class__ is _gp_Tensor else not _gp_tracks(joints_idx)) and (not eqs_idx.requires_grad if eqs_idx.__class__ is _gp_Tensor else not _gp_tracks(eqs_idx)):
             return _gp_stock(self, sol_params, geoms_idx, envs_idx, joints_idx=joints_idx, eqs_idx=eqs_idx)
@@ -1604,8 +1580,7 @@ def RigidSolver__set_sol_params__solver(_gp_names):
 
 
 def RigidSolver__set_global_sol_params__solver(_gp_names):
-    """RigidSolver.set_global_sol_params, solver front (source d7fdace7a8a232f2)."""
-    _gp_ENTITY = _gp_names['_gp_ENTITY']
+    """RigidSolver.set_global_sol_params, solver front (source 011e16fdfeb2e6c4)."""
     _gp_GENESIS = _gp_names['_gp_GENESIS']
     _gp_Tensor = _gp_names['_gp_Tensor']
     _gp_origin = _gp_names['_gp_origin']
@@ -1618,7 +1593,7 @@ def RigidSolver__set_global_sol_params__solver(_gp_names):
     def set_global_sol_params(self, sol_params):
         if self._requires_grad:
             _gp_from = _gp_origin()
-            if (_gp_from is _gp_ENTITY or _gp_from is _gp_GENESIS) and not _gp_parameter and (not sol_params.requires_grad if sol_params.__class__ is _gp_Tensor else not _gp_tracked_tensor(sol_params)):
+            if _gp_from is _gp_GENESIS and not _gp_parameter and (not sol_params.requires_grad if sol_params.__class__ is _gp_Tensor else not _gp_tracked_tensor(sol_params)):
                 return _gp_stock(self, sol_params)
         elif (not sol_params.requires_grad if sol_params.__class__ is _gp_Tensor else not _gp_tracks(sol_params)):
             return _gp_stock(self, sol_params)
@@ -1628,8 +1603,7 @@ def RigidSolver__set_global_sol_params__solver(_gp_names):
 
 
 def RigidSolver__set_dofs_velocity__solver(_gp_names):
-    """RigidSolver.set_dofs_velocity, solver front (source c2f4273da2b3a29d)."""
-    _gp_ENTITY = _gp_names['_gp_ENTITY']
+    """RigidSolver.set_dofs_velocity, solver front (source caae188f6a7e3afd)."""
     _gp_GENESIS = _gp_names['_gp_GENESIS']
     _gp_Tensor = _gp_names['_gp_Tensor']
     _gp_default_1 = _gp_names['_gp_default_1']
@@ -1645,7 +1619,7 @@ def RigidSolver__set_dofs_velocity__solver(_gp_names):
     def set_dofs_velocity(self, velocity, dofs_idx=_gp_default_1, envs_idx=_gp_default_2, *, skip_forward=_gp_default_3):
         if self._requires_grad:
             _gp_from = _gp_origin()
-            if (_gp_from is _gp_ENTITY or _gp_from is _gp_GENESIS) and not _gp_parameter and (not velocity.requires_grad if velocity.__class__ is _gp_Tensor else not _gp_tracked_tensor(velocity)) and (not skip_forward.requires_grad if skip_forward.__class__ is _gp_Tensor else not _gp_tracked_tensor(skip_forward)):
+            if _gp_from is _gp_GENESIS and not _gp_parameter and (not velocity.requires_grad if velocity.__class__ is _gp_Tensor else not _gp_tracked_tensor(velocity)) and (not skip_forward.requires_grad if skip_forward.__class__ is _gp_Tensor else not _gp_tracked_tensor(skip_forward)):
                 return _gp_stock(self, velocity, dofs_idx, envs_idx, skip_forward=skip_forward)
         elif (not velocity.requires_grad if velocity.__class__ is _gp_Tensor else not _gp_tracks(velocity)) and (not skip_forward.requires_grad if skip_forward.__class__ is _gp_Tensor else not _gp_tracks(skip_forward)):
             return _gp_stock(self, velocity, dofs_idx, envs_idx, skip_forward=skip_forward)
@@ -1655,8 +1629,7 @@ def RigidSolver__set_dofs_velocity__solver(_gp_names):
 
 
 def RigidSolver__set_base_links_pos__solver(_gp_names):
-    """RigidSolver.set_base_links_pos, solver front (source 9f861c03a149eaf1)."""
-    _gp_ENTITY = _gp_names['_gp_ENTITY']
+    """RigidSolver.set_base_links_pos, solver front (source b7aa80a01a396588)."""
     _gp_GENESIS = _gp_names['_gp_GENESIS']
     _gp_Tensor = _gp_names['_gp_Tensor']
     _gp_default_1 = _gp_names['_gp_default_1']
@@ -1673,7 +1646,7 @@ def RigidSolver__set_base_links_pos__solver(_gp_names):
     def set_base_links_pos(self, pos, links_idx=_gp_default_1, envs_idx=_gp_default_2, *, relative=_gp_default_3, skip_forward=_gp_default_4):
         if self._requires_grad:
             _gp_from = _gp_origin()
-            if (_gp_from is _gp_ENTITY or _gp_from is _gp_GENESIS) and not _gp_parameter and (not pos.requires_grad if pos.__class__ is _gp_Tensor else not _gp_tracked_tensor(pos)) and (not relative.requires_grad if relative.__class__ is _gp_Tensor else not _gp_tracked_tensor(relative)) and (not skip_forward.requires_grad if skip_forward.__class__ is _gp_Tensor else not _gp_tracked_tensor(skip_forward)):
+            if _gp_from is _gp_GENESIS and not _gp_parameter and (not pos.requires_grad if pos.__class__ is _gp_Tensor else not _gp_tracked_tensor(pos)) and (not relative.requires_grad if relative.__class__ is _gp_Tensor else not _gp_tracked_tensor(relative)) and (not skip_forward.requires_grad if skip_forward.__class__ is _gp_Tensor else not _gp_tracked_tensor(skip_forward)):
                 return _gp_stock(self, pos, links_idx, envs_idx, relative=relative, skip_forward=skip_forward)
         elif (not pos.requires_grad if pos.__class__ is _gp_Tensor else not _gp_tracks(pos)) and (not relative.requires_grad if relative.__class__ is _gp_Tensor else not _gp_tracks(relative)) and (not skip_forward.requires_grad if skip_forward.__class__ is _gp_Tensor else not _gp_tracks(skip_forward)):
             return _gp_stock(self, pos, links_idx, envs_idx, relative=relative, skip_forward=skip_forward)
@@ -1683,8 +1656,7 @@ def RigidSolver__set_base_links_pos__solver(_gp_names):
 
 
 def RigidSolver__set_base_links_quat__solver(_gp_names):
-    """RigidSolver.set_base_links_quat, solver front (source 4e586b1d3eea77ec)."""
-    _gp_ENTITY = _gp_names['_gp_ENTITY']
+    """RigidSolver.set_base_links_quat, solver front (source 86059f7691411990)."""
     _gp_GENESIS = _gp_names['_gp_GENESIS']
     _gp_Tensor = _gp_names['_gp_Tensor']
     _gp_default_1 = _gp_names['_gp_default_1']
@@ -1701,7 +1673,7 @@ def RigidSolver__set_base_links_quat__solver(_gp_names):
     def set_base_links_quat(self, quat, links_idx=_gp_default_1, envs_idx=_gp_default_2, *, relative=_gp_default_3, skip_forward=_gp_default_4):
         if self._requires_grad:
             _gp_from = _gp_origin()
-            if (_gp_from is _gp_ENTITY or _gp_from is _gp_GENESIS) and not _gp_parameter and (not quat.requires_grad if quat.__class__ is _gp_Tensor else not _gp_tracked_tensor(quat)) and (not relative.requires_grad if relative.__class__ is _gp_Tensor else not _gp_tracked_tensor(relative)) and (not skip_forward.requires_grad if skip_forward.__class__ is _gp_Tensor else not _gp_tracked_tensor(skip_forward)):
+            if _gp_from is _gp_GENESIS and not _gp_parameter and (not quat.requires_grad if quat.__class__ is _gp_Tensor else not _gp_tracked_tensor(quat)) and (not relative.requires_grad if relative.__class__ is _gp_Tensor else not _gp_tracked_tensor(relative)) and (not skip_forward.requires_grad if skip_forward.__class__ is _gp_Tensor else not _gp_tracked_tensor(skip_forward)):
                 return _gp_stock(self, quat, links_idx, envs_idx, relative=relative, skip_forward=skip_forward)
         elif (not quat.requires_grad if quat.__class__ is _gp_Tensor else not _gp_tracks(quat)) and (not relative.requires_grad if relative.__class__ is _gp_Tensor else not _gp_tracks(relative)) and (not skip_forward.requires_grad if skip_forward.__class__ is _gp_Tensor else not _gp_tracks(skip_forward)):
             return _gp_stock(self, quat, links_idx, envs_idx, relative=relative, skip_forward=skip_forward)
@@ -1711,8 +1683,7 @@ def RigidSolver__set_base_links_quat__solver(_gp_names):
 
 
 def RigidSolver__set_links_pos__solver(_gp_names):
-    """RigidSolver.set_links_pos, solver front (source b31c44d1caff2aae)."""
-    _gp_ENTITY = _gp_names['_gp_ENTITY']
+    """RigidSolver.set_links_pos, solver front (source eb1b0850fdde38a4)."""
     _gp_GENESIS = _gp_names['_gp_GENESIS']
     _gp_Tensor = _gp_names['_gp_Tensor']
     _gp_default_1 = _gp_names['_gp_default_1']
@@ -1727,7 +1698,7 @@ def RigidSolver__set_links_pos__solver(_gp_names):
     def set_links_pos(self, pos, links_idx=_gp_default_1, envs_idx=_gp_default_2):
         if self._requires_grad:
             _gp_from = _gp_origin()
-            if (_gp_from is _gp_ENTITY or _gp_from is _gp_GENESIS) and not _gp_parameter and (not pos.requires_grad if pos.__class__ is _gp_Tensor else not _gp_tracked_tensor(pos)):
+            if _gp_from is _gp_GENESIS and not _gp_parameter and (not pos.requires_grad if pos.__class__ is _gp_Tensor else not _gp_tracked_tensor(pos)):
                 return _gp_stock(self, pos, links_idx, envs_idx)
         elif (not pos.requires_grad if pos.__class__ is _gp_Tensor else not _gp_tracks(pos)):
             return _gp_stock(self, pos, links_idx, envs_idx)
@@ -1737,8 +1708,7 @@ def RigidSolver__set_links_pos__solver(_gp_names):
 
 
 def RigidSolver__set_links_quat__solver(_gp_names):
-    """RigidSolver.set_links_quat, solver front (source af97180f329aa2d2)."""
-    _gp_ENTITY = _gp_names['_gp_ENTITY']
+    """RigidSolver.set_links_quat, solver front (source 754b9bbf90a3638c)."""
     _gp_GENESIS = _gp_names['_gp_GENESIS']
     _gp_Tensor = _gp_names['_gp_Tensor']
     _gp_default_1 = _gp_names['_gp_default_1']
@@ -1753,7 +1723,7 @@ def RigidSolver__set_links_quat__solver(_gp_names):
     def set_links_quat(self, quat, links_idx=_gp_default_1, envs_idx=_gp_default_2):
         if self._requires_grad:
             _gp_from = _gp_origin()
-            if (_gp_from is _gp_ENTITY or _gp_from is _gp_GENESIS) and not _gp_parameter and (not quat.requires_grad if quat.__class__ is _gp_Tensor else not _gp_tracked_tensor(quat)):
+            if _gp_from is _gp_GENESIS and not _gp_parameter and (not quat.requires_grad if quat.__class__ is _gp_Tensor else not _gp_tracked_tensor(quat)):
                 return _gp_stock(self, quat, links_idx, envs_idx)
         elif (not quat.requires_grad if quat.__class__ is _gp_Tensor else not _gp_tracks(quat)):
             return _gp_stock(self, quat, links_idx, envs_idx)
@@ -1763,8 +1733,7 @@ def RigidSolver__set_links_quat__solver(_gp_names):
 
 
 def RigidSolver__set_dofs_act_gain__solver(_gp_names):
-    """RigidSolver.set_dofs_act_gain, solver front (source 5b0a16b1c529e028)."""
-    _gp_ENTITY = _gp_names['_gp_ENTITY']
+    """RigidSolver.set_dofs_act_gain, solver front (source 8ac9281e4f270224)."""
     _gp_GENESIS = _gp_names['_gp_GENESIS']
     _gp_Tensor = _gp_names['_gp_Tensor']
     _gp_default_1 = _gp_names['_gp_default_1']
@@ -1779,7 +1748,7 @@ def RigidSolver__set_dofs_act_gain__solver(_gp_names):
     def set_dofs_act_gain(self, act_gain, dofs_idx=_gp_default_1, envs_idx=_gp_default_2):
         if self._requires_grad:
             _gp_from = _gp_origin()
-            if (_gp_from is _gp_ENTITY or _gp_from is _gp_GENESIS) and not _gp_parameter and (not act_gain.requires_grad if act_gain.__class__ is _gp_Tensor else not _gp_tracked_tensor(act_gain)):
+            if _gp_from is _gp_GENESIS and not _gp_parameter and (not act_gain.requires_grad if act_gain.__class__ is _gp_Tensor else not _gp_tracked_tensor(act_gain)):
                 return _gp_stock(self, act_gain, dofs_idx, envs_idx)
         elif (not act_gain.requires_grad if act_gain.__class__ is _gp_Tensor else not _gp_tracks(act_gain)):
             return _gp_stock(self, act_gain, dofs_idx, envs_idx)
@@ -1789,8 +1758,7 @@ def RigidSolver__set_dofs_act_gain__solver(_gp_names):
 
 
 def RigidSolver__set_dofs_act_bias__solver(_gp_names):
-    """RigidSolver.set_dofs_act_bias, solver front (source 557d9c77319cb1c9)."""
-    _gp_ENTITY = _gp_names['_gp_ENTITY']
+    """RigidSolver.set_dofs_act_bias, solver front (source ba87d62466fff4ce)."""
     _gp_GENESIS = _gp_names['_gp_GENESIS']
     _gp_Tensor = _gp_names['_gp_Tensor']
     _gp_default_3 = _gp_names['_gp_default_3']
@@ -1805,7 +1773,7 @@ def RigidSolver__set_dofs_act_bias__solver(_gp_names):
     def set_dofs_act_bias(self, bias0, bias1, bias2, dofs_idx=_gp_default_3, envs_idx=_gp_default_4):
         if self._requires_grad:
             _gp_from = _gp_origin()
-            if (_gp_from is _gp_ENTITY or _gp_from is _gp_GENESIS) and not _gp_parameter and (not bias0.requires_grad if bias0.__class__ is _gp_Tensor else not _gp_tracked_tensor(bias0)) and (not bias1.requires_grad if bias1.__class__ is _gp_Tensor else not _gp_tracked_tensor(bias1)) and (not bias2.requires_grad if bias2.__class__ is _gp_Tensor else not _gp_tracked_tensor(bias2)):
+            if _gp_from is _gp_GENESIS and not _gp_parameter and (not bias0.requires_grad if bias0.__class__ is _gp_Tensor else not _gp_tracked_tensor(bias0)) and (not bias1.requires_grad if bias1.__class__ is _gp_Tensor else not _gp_tracked_tensor(bias1)) and (not bias2.requires_grad if bias2.__class__ is _gp_Tensor else not _gp_tracked_tensor(bias2)):
                 return _gp_stock(self, bias0, bias1, bias2, dofs_idx, envs_idx)
         elif (not bias0.requires_grad if bias0.__class__ is _gp_Tensor else not _gp_tracks(bias0)) and (not bias1.requires_grad if bias1.__class__ is _gp_Tensor else not _gp_tracks(bias1)) and (not bias2.requires_grad if bias2.__class__ is _gp_Tensor else not _gp_tracks(bias2)):
             return _gp_stock(self, bias0, bias1, bias2, dofs_idx, envs_idx)
@@ -1815,8 +1783,7 @@ def RigidSolver__set_dofs_act_bias__solver(_gp_names):
 
 
 def RigidSolver__set_dofs_force_range__solver(_gp_names):
-    """RigidSolver.set_dofs_force_range, solver front (source caed9952dc2669de)."""
-    _gp_ENTITY = _gp_names['_gp_ENTITY']
+    """RigidSolver.set_dofs_force_range, solver front (source 0b167a5d55b822eb)."""
     _gp_GENESIS = _gp_names['_gp_GENESIS']
     _gp_Tensor = _gp_names['_gp_Tensor']
     _gp_default_2 = _gp_names['_gp_default_2']
@@ -1831,7 +1798,7 @@ def RigidSolver__set_dofs_force_range__solver(_gp_names):
     def set_dofs_force_range(self, lower, upper, dofs_idx=_gp_default_2, envs_idx=_gp_default_3):
         if self._requires_grad:
             _gp_from = _gp_origin()
-            if (_gp_from is _gp_ENTITY or _gp_from is _gp_GENESIS) and not _gp_parameter and (not lower.requires_grad if lower.__class__ is _gp_Tensor else not _gp_tracked_tensor(lower)) and (not upper.requires_grad if upper.__class__ is _gp_Tensor else not _gp_tracked_tensor(upper)):
+            if _gp_from is _gp_GENESIS and not _gp_parameter and (not lower.requires_grad if lower.__class__ is _gp_Tensor else not _gp_tracked_tensor(lower)) and (not upper.requires_grad if upper.__class__ is _gp_Tensor else not _gp_tracked_tensor(upper)):
                 return _gp_stock(self, lower, upper, dofs_idx, envs_idx)
         elif (not lower.requires_grad if lower.__class__ is _gp_Tensor else not _gp_tracks(lower)) and (not upper.requires_grad if upper.__class__ is _gp_Tensor else not _gp_tracks(upper)):
             return _gp_stock(self, lower, upper, dofs_idx, envs_idx)
@@ -1841,8 +1808,7 @@ def RigidSolver__set_dofs_force_range__solver(_gp_names):
 
 
 def RigidSolver__apply_links_external_wrench__solver(_gp_names):
-    """RigidSolver.apply_links_external_wrench, solver front (source ba501c9d24e9db08)."""
-    _gp_ENTITY = _gp_names['_gp_ENTITY']
+    """RigidSolver.apply_links_external_wrench, solver front (source 0a88c1d1cf93c36b)."""
     _gp_GENESIS = _gp_names['_gp_GENESIS']
     _gp_Tensor = _gp_names['_gp_Tensor']
     _gp_default_0 = _gp_names['_gp_default_0']
@@ -1862,7 +1828,7 @@ def RigidSolver__apply_links_external_wrench__solver(_gp_names):
     def apply_links_external_wrench(self, force=_gp_default_0, torque=_gp_default_1, links_idx=_gp_default_2, envs_idx=_gp_default_3, *, pos=_gp_default_4, ref=_gp_default_5, local=_gp_default_6):
         if self._requires_grad:
             _gp_from = _gp_origin()
-            if (_gp_from is _gp_ENTITY or _gp_from is _gp_GENESIS) and not _gp_parameter and (not force.requires_grad if force.__class__ is _gp_Tensor else not _gp_tracked_tensor(force)) and (not torque.requires_grad if torque.__class__ is _gp_Tensor else not _gp_tracked_tensor(torque)) and (not pos.requires_grad if pos.__class__ is _gp_Tensor else not _gp_tracked_tensor(pos)) and (not ref.requires_grad if ref.__class__ is _gp_Tensor else not _gp_tracked_tensor(ref)) and (not local.requires_grad if local.__class__ is _gp_Tensor else not _gp_tracked_tensor(local)):
+            if _gp_from is _gp_GENESIS and not _gp_parameter and (not force.requires_grad if force.__class__ is _gp_Tensor else not _gp_tracked_tensor(force)) and (not torque.requires_grad if torque.__class__ is _gp_Tensor else not _gp_tracked_tensor(torque)) and (not pos.requires_grad if pos.__class__ is _gp_Tensor else not _gp_tracked_tensor(pos)) and (not ref.requires_grad if ref.__class__ is _gp_Tensor else not _gp_tracked_tensor(ref)) and (not local.requires_grad if local.__class__ is _gp_Tensor else not _gp_tracked_tensor(local)):
                 return _gp_stock(self, force, torque, links_idx, envs_idx, pos=pos, ref=ref, local=local)
         elif (not force.requires_grad if force.__class__ is _gp_Tensor else not _gp_tracks(force)) and (not torque.requires_grad if torque.__class__ is _gp_Tensor else not _gp_tracks(torque)) and (not pos.requires_grad if pos.__class__ is _gp_Tensor else not _gp_tracks(pos)) and (not ref.requires_grad if ref.__class__ is _gp_Tensor else not _gp_tracks(ref)) and (not local.requires_grad if local.__class__ is _gp_Tensor else not _gp_tracks(local)):
             return _gp_stock(self, force, torque, links_idx, envs_idx, pos=pos, ref=ref, local=local)

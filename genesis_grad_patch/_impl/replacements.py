@@ -27,7 +27,7 @@ _origin = callers.get
 _tracked_epochs = records.tracked_epochs
 _set_origin = callers.set_origin
 _reset_origin = callers.reset
-_ENTITY, _GENESIS = Origin.ENTITY, Origin.GENESIS
+_GENESIS = Origin.GENESIS
 # Where a full replacement finds the frame of the call: above the front that called it.
 _CALLER = 2
 
@@ -50,7 +50,7 @@ _ENTITY_FRONT = """\
 _SOLVER_FRONT = """\
     if {self}._requires_grad:
         _gp_from = _gp_origin()
-        if (_gp_from is _gp_ENTITY or _gp_from is _gp_GENESIS) and not _gp_parameter and {untracked_tensors}:
+        if _gp_from is _gp_GENESIS and not _gp_parameter and {untracked_tensors}:
             return _gp_stock({self}, {call})
     elif {untracked}:
         return _gp_stock({self}, {call})
@@ -76,7 +76,6 @@ def _fronted(stock: Callable, slow: Callable, kind: str, body: str, **names) -> 
         "_gp_stock": stock,
         "_gp_slow": slow,
         "_gp_origin": _origin,
-        "_gp_ENTITY": _ENTITY,
         "_gp_GENESIS": _GENESIS,
         "_gp_epochs": _tracked_epochs,
         "_gp_breaks": breaks,
@@ -98,16 +97,17 @@ def _entity_input(row: Method, stock: Callable) -> Callable:
     def run(self, origin: Origin | None, *args, **kwargs):
         """
         A call in a differentiable scene, not unsupported nor Genesis's replay, whose tracked inputs (if any) were
-        checked and recorded already: the stock method with the entity origin, taken off the tape again if it raises.
+        checked and recorded already: the stock method, its solver call marked as Genesis's own, taken off the tape
+        again if it raises.
 
         The front calls it directly for an untracked input (the steady state of a policy loop): an input of the user's
         needs looking at only while a detach is on record or its line was not scanned in this rollout (what
         `_detached_source` could name).
         """
-        token = _set_origin(_ENTITY)
+        token = _set_origin(_GENESIS)
         try:
             # Genesis replays its tape with taping off, or calls for itself: nothing to check.
-            if origin is _ENTITY or origin is _GENESIS or not self._update_tgt_while_set:
+            if origin is _GENESIS or not self._update_tgt_while_set:
                 return stock(self, *args, **kwargs)
             if origin is None and breaks.checking:
                 frame = sys._getframe(_CALLER)
@@ -144,7 +144,7 @@ def _entity_input(row: Method, stock: Callable) -> Callable:
             # segfaults (stock 1.4.5, `set_dofs_armature`). Reported here: the solver method the stock entity method
             # calls is Genesis's call.
             args, kwargs = detached_args(args, kwargs)
-            token = _set_origin(_ENTITY)
+            token = _set_origin(_GENESIS)
             try:
                 return stock(self, *args, **kwargs)
             finally:
@@ -165,12 +165,12 @@ def _entity_input(row: Method, stock: Callable) -> Callable:
                         type(self).__name__, name, category, solver, arguments(names, args, kwargs), frame, True
                     )
                 args, kwargs = detached_args(args, kwargs)
-            token = _set_origin(_ENTITY)
+            token = _set_origin(_GENESIS)
             try:
                 return stock(self, *args, **kwargs)
             finally:
                 _reset_origin(token)
-        if not tracked or origin is _ENTITY or origin is _GENESIS or not self._update_tgt_while_set:
+        if not tracked or origin is _GENESIS or not self._update_tgt_while_set:
             return run(self, origin, *args, **kwargs)
         # The plugin's own calls (a routed solver call) were checked where the user made them: recorded only.
         if breaks.checking:
@@ -213,7 +213,7 @@ def _solver_input(row: Method, stock: Callable, impl: Callable | None) -> Callab
             args, kwargs = detached_args(args, kwargs)
             return stock(self, *args, **kwargs)
         origin = _origin()
-        if origin is _ENTITY or origin is _GENESIS:
+        if origin is _GENESIS:
             # The solver half of an entity method (checked at the entity), or Genesis's own call: the stock method,
             # except that parameters are taped whoever sets them.
             if parameter:
@@ -291,7 +291,7 @@ def _unsupported_read(row: Method, stock: Callable) -> Callable:
         solver = self._solver if entity_level else self
         input_checks.report_non_differentiable_read(solver, f"{type(self).__name__}.{name}", cause)
         # The solver getter the entity getter calls is Genesis's call, not the user's.
-        token = _set_origin(_ENTITY)
+        token = _set_origin(_GENESIS)
         try:
             return stock(self, *args, **kwargs)
         finally:
