@@ -23,6 +23,7 @@ Usage: python benchmarks/overhead.py [--scene report|batched|contacts] [--steps 
 """
 
 import argparse
+import gc
 import statistics
 import subprocess
 import sys
@@ -62,7 +63,9 @@ def build(requires_grad: bool, n_envs: int, car_file: str):
 
 def timed(fn) -> float:
     """Process CPU time of `fn()`: steadier than wall-clock time on a shared machine (another process's work does not
-    count), and the same measure on both sides of a ratio."""
+    count), and the same measure on both sides of a ratio. The garbage of the previous run (and of an `install`) is
+    collected first, so that a full collection does not land in one side's run."""
+    gc.collect()
     start = time.process_time()
     fn()
     return time.process_time() - start
