@@ -20,7 +20,10 @@ ppo`` in two processes, then ``--stage report``), ``--stage all`` runs them one 
   references of the ``held_out`` split at that constant speed; ``--eval-random`` held-out random references and
   tracks with varying speed; the hand-made tracks (``paths.hand_made_tracks()``) and 3 held-out random tracks.
 - Training cost: env-steps and process CPU time to reach lateral-RMS levels on ``--monitor`` random references and
-  tracks of the ``train`` split outside the training set.
+  tracks of the ``train`` split outside the training set, evaluated ``--evals`` times along each learned controller's
+  run (the same number for the MLP and PPO); the CPU time is the training's own up to that evaluation, evaluations
+  excluded. ``--reuse DIR`` takes the classical tuning and PPO's setting selection (both deterministic for the same
+  grids, references and budgets) from an earlier run instead of redoing them.
 
 Usage: python benchmarks/steering.py [--stage all|grad|ppo|report] [--seeds 0,1,2] [--out out/benchmark]
 """
@@ -84,12 +87,43 @@ def metrics_json(metrics) -> list[dict]:
     return [m.as_dict() for m in metrics]
 
 
+class TrainingClock:
+    """
+    Process CPU time of a training run, its evaluations excluded, read at each evaluation: ``timed(eval_fn)`` is the
+    evaluation to hand to the trainer, ``at_evals`` the training CPU seconds spent before each of its calls.
+    """
+
+    def __init__(self) -> None:
+        self.start = time.process_time()
+        self.in_evals = 0.0
+        self.at_evals: list[float] = []
+
+    def timed(self, eval_fn):
+        def timed_eval(*args):
+            t0 = time.process_time()
+            self.at_evals.append(t0 - self.start - self.in_evals)
+            value = eval_fn(*args)
+            self.in_evals += time.process_time() - t0
+            return value
+
+        return timed_eval
+
+    def training_cpu(self) -> float:
+        return time.process_time() - self.start - self.in_evals
+
+
 def grad_stage(args, refs, out: Path) -> None:
     """Classical tuning (on the tuning set and on each track) and the MLP's seeds."""
     sim = SteeringSim(n_envs=args.eval_envs, requires_grad=False)
     eval_paths = [p for ps in refs["groups"].values() for p in ps]
     result = {"classical": {}, "mlp": {}}
+    if args.reuse:
+        # The tuning is deterministic: the same grids on the same references give the same gains and scores.
+        result["classical"] = json.loads((Path(args.reuse) / "grad.json").read_text())["classical"]
+        result["classical_from"] = args.reuse
     for label, (gains_class, controller_class, grid) in TUNED.items():
+        if label in result["classical"]:
+            continue
         t0 = time.process_time()
         best, scores = tune_gains(sim, refs["tune"], gains_class, controller_class, grid)
         entry = {"gains": vars(best), "sets": len(scores), "cpu_s": time.process_time() - t0}
@@ -108,22 +142,23 @@ def grad_stage(args, refs, out: Path) -> None:
     for seed in args.seeds:
         torch.manual_seed(seed)
         policy = SteeringMLP()
-        t0 = time.process_time()
+        clock = TrainingClock()
         history = train_gradient(
             policy,
             grad_sim,
             refs["train"],
             iterations=args.grad_iterations,
             cfg=TrainConfig(seed=seed),
-            eval_fn=lambda p: mean_lateral_rms(evaluate_policy(sim, p, refs["monitor"])[0]),
+            eval_fn=clock.timed(lambda p: mean_lateral_rms(evaluate_policy(sim, p, refs["monitor"])[0])),
             eval_every_env_steps=budget // args.evals,
             progress=False,
         )
-        cpu = time.process_time() - t0
+        cpu = clock.training_cpu()
         save_policy(policy, out / f"policy_grad_seed{seed}.pt")
         result["mlp"][str(seed)] = {
             "history": history.as_dict(),
             "cpu_s": cpu,
+            "eval_cpu_s": clock.at_evals,
             "groups": metrics_json(evaluate_policy(sim, policy, eval_paths)[0]),
             "tracks": metrics_json(evaluate_policy(sim, policy, refs["tracks"])[0]),
         }
@@ -147,6 +182,12 @@ def ppo_stage(args, refs, out: Path) -> None:
     names = list(PPO_GRID)
     settings = [dict(zip(names, values, strict=True)) for values in itertools.product(*PPO_GRID.values())]
     result = {"selection": [], "seeds": {}}
+    if args.reuse:
+        # The same settings at the same budget, seed 0: a previous run's selection is this run's.
+        previous = json.loads((Path(args.reuse) / "ppo.json").read_text())
+        result["selection"] = previous["selection"]
+        result["selection_from"] = args.reuse
+        settings = []
     for setting in settings:
         t0 = time.process_time()
         controller, _ = train_ppo(
@@ -159,21 +200,22 @@ def ppo_stage(args, refs, out: Path) -> None:
     result["best"] = best["setting"]
     budget = int(args.ppo_factor * grad_budget)
     for seed in args.seeds:
-        t0 = time.process_time()
+        clock = TrainingClock()
         controller, history = train_ppo(
             sim,
             refs["train"],
             budget,
             cfg,
             PPOConfig(**best["setting"]),
-            eval_fn=monitor,
+            eval_fn=clock.timed(monitor),
             eval_every_env_steps=budget // args.evals,
             seed=seed,
         )
         controllers = lambda ref, idx, controller=controller: controller  # noqa: E731
         result["seeds"][str(seed)] = {
             "history": history.as_dict(),
-            "cpu_s": time.process_time() - t0,
+            "cpu_s": clock.training_cpu(),
+            "eval_cpu_s": clock.at_evals,
             "groups": metrics_json(
                 run_paths(sim, eval_paths, controllers, preview_distances=controller.preview_distances)[0]
             ),
@@ -262,13 +304,16 @@ def report(args, refs, out: Path) -> None:
                 h = r["history"]
                 s = steps_to_reach(h["eval_env_steps"], h["eval_lateral_rms"], level)
                 steps.append(s)
-                # The CPU time of that evaluation point, as a share of the run's training CPU time.
-                frac = (
-                    (h["eval_wall_clock"][h["eval_env_steps"].index(int(s))] / h["wall_clock"][-1])
-                    if math.isfinite(s)
-                    else math.nan
-                )
-                cpu.append(frac * r["cpu_s"])
+                if not math.isfinite(s):
+                    cpu.append(math.nan)
+                elif "eval_cpu_s" in r:
+                    # The training CPU time spent before that evaluation, evaluations excluded (measured).
+                    cpu.append(r["eval_cpu_s"][h["eval_env_steps"].index(int(s))])
+                else:
+                    # Older results: that evaluation's share of the run's training wall-clock time.
+                    cpu.append(
+                        h["eval_wall_clock"][h["eval_env_steps"].index(int(s))] / h["wall_clock"][-1] * r["cpu_s"]
+                    )
             cols.append((float(np.mean(steps)), float(np.mean(cpu))))
         (gs_, gc), (ps_, pc) = cols
 
@@ -277,6 +322,12 @@ def report(args, refs, out: Path) -> None:
 
         print(f"| {level:.4f} | {gs_:.0f} | {gc:.0f} | {ps_:.0f} | {pc:.0f} | {ratio(ps_, gs_)} | {ratio(pc, gc)} |")
     print(f"\nPPO settings tried: {len(ppo['selection'])}; best {ppo['best']}")
+    for name, source in (
+        ("PPO setting selection", ppo.get("selection_from")),
+        ("classical tuning", grad.get("classical_from")),
+    ):
+        if source:
+            print(f"({name} taken from the earlier run in {source})")
     for entry in ppo["selection"]:
         print(f"- {entry['setting']}: monitor {entry['monitor']:.4f} m")
     for label in (STANLEY, PURSUIT):
@@ -294,7 +345,12 @@ def main() -> None:
     parser.add_argument("--eval-envs", type=int, default=64)
     parser.add_argument("--eval-random", type=int, default=4)
     parser.add_argument("--monitor", type=int, default=2)
-    parser.add_argument("--evals", type=int, default=8, help="monitor evaluations along each training run")
+    parser.add_argument("--evals", type=int, default=32, help="monitor evaluations along each training run")
+    parser.add_argument(
+        "--reuse",
+        metavar="DIR",
+        help="take the classical tuning and the PPO setting selection from an earlier run's grad.json / ppo.json",
+    )
     parser.add_argument("--out", default="out/benchmark")
     args = parser.parse_args()
     args.seeds = [int(s) for s in args.seeds.split(",")]
