@@ -19,7 +19,7 @@ class Origin(enum.Enum):
     """Who a call to a replaced method comes from; `None` (the default) is the user."""
 
     #: The plugin calls Genesis for a user call it has already checked (a solver-level control split into entity
-    #: calls, the doctor or gradcheck reading state): record, do not report again.
+    #: calls, `control.py`): record the tracked inputs, do not report them again.
     PLUGIN = "plugin"
     #: Genesis's own work: its step (sensors, viewer, recorders, the tape it replays), its reverse pass, and the calls
     #: one Genesis method makes to another on the user's behalf (`entity.control_dofs_position` calls
