@@ -104,6 +104,8 @@ def _entity_input(row: Method, stock: Callable) -> Callable:
         needs looking at only while a detach is on record or its line was not scanned in this rollout (what
         `_detached_source` could name).
         """
+        # The origin set by hand, not `callers.calling_as`: `run` is on a policy loop's every call, and a context
+        # manager costs a generator and two more calls.
         token = _set_origin(_GENESIS)
         try:
             # Genesis replays its tape with taping off, or calls for itself: nothing to check.
@@ -144,11 +146,8 @@ def _entity_input(row: Method, stock: Callable) -> Callable:
             # segfaults (stock 1.4.5, `set_dofs_armature`). Reported here: the solver method the stock entity method
             # calls is Genesis's call.
             args, kwargs = detached_args(args, kwargs)
-            token = _set_origin(_GENESIS)
-            try:
+            with callers.calling_as(_GENESIS):
                 return stock(self, *args, **kwargs)
-            finally:
-                _reset_origin(token)
         origin = _origin()
         if origin is _GENESIS and not unsupported:
             # Genesis replaying its tape at the step (once per taped call and step), or calling for itself: the stock
@@ -165,11 +164,8 @@ def _entity_input(row: Method, stock: Callable) -> Callable:
                         type(self).__name__, name, category, solver, arguments(names, args, kwargs), frame, True
                     )
                 args, kwargs = detached_args(args, kwargs)
-            token = _set_origin(_GENESIS)
-            try:
+            with callers.calling_as(_GENESIS):
                 return stock(self, *args, **kwargs)
-            finally:
-                _reset_origin(token)
         if not tracked or origin is _GENESIS or not self._update_tgt_while_set:
             return run(self, origin, *args, **kwargs)
         # The plugin's own calls (a routed solver call) were checked where the user made them: recorded only.
@@ -291,11 +287,8 @@ def _unsupported_read(row: Method, stock: Callable) -> Callable:
         solver = self._solver if entity_level else self
         input_checks.report_non_differentiable_read(solver, f"{type(self).__name__}.{name}", cause)
         # The solver getter the entity getter calls is Genesis's call, not the user's.
-        token = _set_origin(_GENESIS)
-        try:
+        with callers.calling_as(_GENESIS):
             return stock(self, *args, **kwargs)
-        finally:
-            _reset_origin(token)
 
     solver = "{self}._solver" if entity_level else "{self}"
     return _fronted(stock, replacement, "unsupported_read", _UNSUPPORTED_READ_FRONT.replace("SOLVER", solver))
