@@ -304,16 +304,15 @@ def report(args, refs, out: Path) -> None:
                 h = r["history"]
                 s = steps_to_reach(h["eval_env_steps"], h["eval_lateral_rms"], level)
                 steps.append(s)
-                if not math.isfinite(s):
+                i = h["eval_env_steps"].index(int(s)) if math.isfinite(s) else None
+                if i is None:
                     cpu.append(math.nan)
                 elif "eval_cpu_s" in r:
                     # The training CPU time spent before that evaluation, evaluations excluded (measured).
-                    cpu.append(r["eval_cpu_s"][h["eval_env_steps"].index(int(s))])
+                    cpu.append(r["eval_cpu_s"][i])
                 else:
                     # Older results: that evaluation's share of the run's training wall-clock time.
-                    cpu.append(
-                        h["eval_wall_clock"][h["eval_env_steps"].index(int(s))] / h["wall_clock"][-1] * r["cpu_s"]
-                    )
+                    cpu.append(h["eval_wall_clock"][i] / h["wall_clock"][-1] * r["cpu_s"])
             cols.append((float(np.mean(steps)), float(np.mean(cpu))))
         (gs_, gc), (ps_, pc) = cols
 

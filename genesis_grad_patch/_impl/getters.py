@@ -132,6 +132,8 @@ _STATE_FIELDS = tuple(
         ("links_root_COM", "dyn_state.links.root_COM"),
     )
 )
+# The fields forward kinematics writes besides those four: without zero-copy, the plugin's kernel adds their gradients.
+_KINEMATICS_FIELDS = _STATE_FIELDS[4:]
 
 
 def _read_getter_state(solver: RigidSolver) -> GetterState:
@@ -163,7 +165,7 @@ def add_grad_from_state(self: RigidSolver, state) -> None:
     if not gs.use_zerocopy:
         # No torch view of the fields to add to: Genesis's kernel for the first four, the plugin's for the others.
         patching.original(RigidSolver, "add_grad_from_state")(self, state)
-        grads = (getattr(state, name) for name, _, _ in _STATE_FIELDS[4:])
+        grads = (getattr(state, name) for name, _, _ in _KINEMATICS_FIELDS)
         grads = [torch.zeros_like(tensor) if tensor.grad is None else tensor.grad for tensor in grads]
         kernels.kernel_add_kinematics_grad(*grads, self.dyn_state, self.rigid_config)
         return
