@@ -8,7 +8,8 @@ ppo`` in two processes, then ``--stage report``), ``--stage all`` runs them one 
 
 - Training set of the learned controllers: ``recipe.training_set()`` (the built-in paths at 0.5, 1.5 and 3 m/s, 32
   smooth random references and 32 random tracks with corners, all of the ``train`` split).
-- MLP: ``recipe.ITERATIONS`` windows x 16 envs x 100 steps, ``TrainConfig`` defaults (1 setting), ``--seeds`` seeds.
+- MLP: ``recipe.ITERATIONS`` windows x ``recipe.N_ENVS`` envs x 100 steps at ``recipe.LR`` (1 setting), ``--seeds``
+  seeds.
 - PPO: the same references, observation and per-step loss (as minus the reward). Tuning: the 8 settings of
   ``ppo.PPO_GRID`` trained with seed 0 for ``--ppo-select-factor`` x the MLP's env-steps each, scored on the monitor
   references; the best one trained with every seed for ``--ppo-factor`` x the MLP's env-steps.
@@ -137,8 +138,8 @@ def grad_stage(args, refs, out: Path) -> None:
         result["classical"][label] = entry
         print(f"{label}: {len(scores)} gain sets, best {best}, {entry['cpu_s']:.0f} s CPU", flush=True)
 
-    grad_sim = SteeringSim(n_envs=16, requires_grad=True)
-    budget = args.grad_iterations * 16 * 100
+    grad_sim = SteeringSim(n_envs=args.grad_envs, requires_grad=True)
+    budget = args.grad_iterations * args.grad_envs * 100
     for seed in args.seeds:
         torch.manual_seed(seed)
         policy = SteeringMLP()
@@ -148,7 +149,7 @@ def grad_stage(args, refs, out: Path) -> None:
             grad_sim,
             refs["train"],
             iterations=args.grad_iterations,
-            cfg=TrainConfig(seed=seed),
+            cfg=TrainConfig(lr=args.grad_lr, seed=seed),
             eval_fn=clock.timed(lambda p: mean_lateral_rms(evaluate_policy(sim, p, refs["monitor"])[0])),
             eval_every_env_steps=budget // args.evals,
             progress=False,
@@ -170,7 +171,7 @@ def ppo_stage(args, refs, out: Path) -> None:
     """PPO: the settings of ``PPO_GRID`` with seed 0, then the best one with every seed."""
     sim = SteeringSim(n_envs=args.ppo_envs, requires_grad=False)
     eval_paths = [p for ps in refs["groups"].values() for p in ps]
-    grad_budget = args.grad_iterations * 16 * 100
+    grad_budget = args.grad_iterations * args.grad_envs * 100
     cfg = TrainConfig()
 
     def monitor(controller) -> float:
@@ -338,8 +339,10 @@ def main() -> None:
     parser.add_argument("--stage", choices=("all", "grad", "ppo", "report"), default="all")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--grad-iterations", type=int, default=recipe.ITERATIONS)
-    parser.add_argument("--ppo-factor", type=float, default=5.0, help="PPO env-steps per seed, x the MLP's")
-    parser.add_argument("--ppo-select-factor", type=float, default=1.0, help="env-steps per PPO setting tried")
+    parser.add_argument("--grad-envs", type=int, default=recipe.N_ENVS)
+    parser.add_argument("--grad-lr", type=float, default=recipe.LR)
+    parser.add_argument("--ppo-factor", type=float, default=2.5, help="PPO env-steps per seed, x the MLP's")
+    parser.add_argument("--ppo-select-factor", type=float, default=0.5, help="env-steps per PPO setting tried")
     parser.add_argument("--ppo-envs", type=int, default=64)
     parser.add_argument("--eval-envs", type=int, default=64)
     parser.add_argument("--eval-random", type=int, default=4)

@@ -256,8 +256,11 @@ def test_valid_flags_parse_to_typed_values():
     assert args.speed == [0.5, 1.5, 3.0] and args.paths == ["sine", "circle"] and args.seed == 7
     defaults = build_parser().parse_args(["demo"])
     assert defaults.reference is None and defaults.iterations == 100 and defaults.wheels == "cylinder"
+    assert (defaults.n_envs, defaults.lr) == (16, 3e-3)  # the demo's short run: a small batch at its rate
     train = build_parser().parse_args(["train"])
-    assert train.speed == [0.5, 1.5, 3.0] and train.random_default == 32 and train.iterations == 400
+    assert train.speed == [0.5, 1.5, 3.0] and train.random_default == 32 and train.iterations == 200
+    # The default recipe's batch and learning rate go together: the rate suits the batch of 64.
+    assert (train.n_envs, train.lr) == (64, 1e-2)
 
 
 # ------------------------------------------------------------------ reference CSVs

@@ -170,7 +170,7 @@ def _add_wheels_argument(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_train_arguments(p: argparse.ArgumentParser, iterations: int) -> None:
+def _add_train_arguments(p: argparse.ArgumentParser, iterations: int, n_envs: int, lr: float) -> None:
     p.add_argument(
         "--iterations",
         type=positive_int,
@@ -180,9 +180,14 @@ def _add_train_arguments(p: argparse.ArgumentParser, iterations: int) -> None:
     p.add_argument(
         "--horizon", type=positive_int, default=100, help="steps per truncated BPTT window (default %(default)s)"
     )
-    p.add_argument("--n-envs", type=positive_int, default=16, help="parallel environments (default %(default)s)")
+    p.add_argument("--n-envs", type=positive_int, default=n_envs, help="parallel environments (default %(default)s)")
     _add_wheels_argument(p)
-    p.add_argument("--lr", type=positive_float, default=3e-3, help="Adam learning rate (default 3e-3)")
+    p.add_argument(
+        "--lr",
+        type=positive_float,
+        default=lr,
+        help="Adam learning rate, cosine-decayed to 3e-4 over the run (default %(default)g)",
+    )
     p.add_argument("--seed", type=random_seed, default=0, help=f"random seed, 0 to {SEED_LIMIT - 1} (default 0)")
     p.add_argument(
         "--out", type=output_dir, default="out", help="output directory (checkpoints, plots, metrics; default out)"
@@ -291,13 +296,13 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
 
     p.epilog = (
         f"Without flags: the default recipe, one policy for 0.5-5 m/s and tracks with corners ({recipe.ITERATIONS} "
-        "windows on the built-in paths at 0.5, 1.5 and 3 m/s, 32 random references and 32 random tracks): about 8 "
-        "minutes on 2 CPU cores (1.2 s per window of 16 envs x 100 steps, forward and backward), plus 1-2 minutes "
-        "compiling Genesis's kernels on a first run."
+        f"windows of {recipe.N_ENVS} envs x 100 steps on the built-in paths at 0.5, 1.5 and 3 m/s, 32 random "
+        "references and 32 random tracks): about 9 minutes of CPU time (2.5 s per window, forward and backward), "
+        "plus 1-2 minutes compiling Genesis's kernels on a first run. With fewer envs, give a lower --lr."
     )
     _add_path_arguments(p, ",".join(recipe.PATHS), default_speed=",".join(f"{v:g}" for v in recipe.SPEEDS))
     _add_random_argument(p, "train", default=recipe.RANDOM)
-    _add_train_arguments(p, iterations=recipe.ITERATIONS)
+    _add_train_arguments(p, iterations=recipe.ITERATIONS, n_envs=recipe.N_ENVS, lr=recipe.LR)
     p.add_argument(
         "--resume",
         action="store_true",
@@ -439,7 +444,8 @@ def _demo_arguments(p: argparse.ArgumentParser) -> None:
         help="the track to drive (a reference CSV); default: the hand-made user_track shipped with the package "
         "(corners of 1.3-1.6 m radius, close to the car's 1.1 m limit, at 1.2-1.8 m/s)",
     )
-    _add_train_arguments(p, iterations=100)
+    # A short run from scratch: a smaller batch (at the learning rate that suits it) keeps the demo to minutes.
+    _add_train_arguments(p, iterations=100, n_envs=16, lr=3e-3)
 
 
 def _cmd_demo(args) -> int:
@@ -492,6 +498,7 @@ def _cmd_demo(args) -> int:
     default_policy, record = load_policy(DEFAULT_POLICY)
     default_metrics, default_runs = evaluate_policy(sim, default_policy, [track])
     windows = record.get("iteration", recipe.ITERATIONS)
+    env_steps = record.get("env_steps", windows * recipe.N_ENVS * 100)
 
     rows = [
         (f"MLP, default recipe ({windows} windows, shipped)", default_metrics[0]),
@@ -513,7 +520,7 @@ def _cmd_demo(args) -> int:
         {rows[0][0]: default_runs[0], rows[1][0]: short_runs[0], **{f"{k} (tuned)": v[1] for k, v in tuned.items()}},
         history,
         {f"{k} tuned on the track": v[0].lateral_rms for k, v in tuned.items()},
-        (recipe.ITERATIONS * args.n_envs * args.horizon, default_metrics[0].lateral_rms),
+        (env_steps, default_metrics[0].lateral_rms),
         out / "demo.png",
     )
     results = {
