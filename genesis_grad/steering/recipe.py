@@ -9,7 +9,7 @@ range 0.5-5 m/s and the tracks people draw, on 2 CPU cores in about 10 minutes.
   (cosine-decayed to ``TrainConfig.lr_final``), the other ``TrainConfig`` defaults. A batch of 64 costs half as much
   CPU time per env-step as one of 16 (the reverse pass's fixed cost per step is shared by more cars), and its less
   noisy gradient takes the higher learning rate. Against 400 windows of 16 envs at 3e-3 (3 seeds each, the same
-  held-out references): better at 0.5, 1.5 and 5 m/s and on the user's track, worse at 3 m/s, with 1.3x less CPU time
+  held-out references): better at 0.5, 1.5 and 5 m/s and on the user's track, worse at 3 m/s, with 1.2x less CPU time
   and 1.5x more env-steps to the tuned PPO's level (``docs/steering.md``).
 
 Light on purpose: the CLI reads these constants while parsing its arguments.
