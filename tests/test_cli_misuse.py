@@ -561,8 +561,8 @@ def test_resume_refuses_other_flags_or_nothing_to_resume(tmp_path, capsys):
     (out / "checkpoints").mkdir(parents=True)
     args = build_parser().parse_args(["train", "--out", str(out)])
     torch.save({"iteration": 3, "run_config": run_config(args)}, out / "checkpoints" / "training_state.pt")
-    assert run_cli(["train", "--out", str(out), "--resume", "--lr", "0.01"]) == 2
-    assert "--resume needs the flags of the run it continues: --lr 0.003 -> 0.01" in one_stderr_line(capsys)
+    assert run_cli(["train", "--out", str(out), "--resume", "--lr", "0.003"]) == 2
+    assert "--resume needs the flags of the run it continues: --lr 0.01 -> 0.003" in one_stderr_line(capsys)
     with pytest.raises(SceneBuilt):  # the same flags: the command goes on to build the scene
         run_cli(["train", "--out", str(out), "--resume"])
 
