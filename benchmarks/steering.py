@@ -84,6 +84,11 @@ def reference_sets(eval_random: int, monitor: int) -> dict:
     }
 
 
+def mlp_env_steps(args) -> int:
+    """The MLP's training budget in env-steps: PPO's budgets are multiples of it."""
+    return args.grad_iterations * args.grad_envs * TrainConfig.horizon
+
+
 def metrics_json(metrics) -> list[dict]:
     return [m.as_dict() for m in metrics]
 
@@ -139,7 +144,7 @@ def grad_stage(args, refs, out: Path) -> None:
         print(f"{label}: {len(scores)} gain sets, best {best}, {entry['cpu_s']:.0f} s CPU", flush=True)
 
     grad_sim = SteeringSim(n_envs=args.grad_envs, requires_grad=True)
-    budget = args.grad_iterations * args.grad_envs * 100
+    budget = mlp_env_steps(args)
     for seed in args.seeds:
         torch.manual_seed(seed)
         policy = SteeringMLP()
@@ -171,7 +176,7 @@ def ppo_stage(args, refs, out: Path) -> None:
     """PPO: the settings of ``PPO_GRID`` with seed 0, then the best one with every seed."""
     sim = SteeringSim(n_envs=args.ppo_envs, requires_grad=False)
     eval_paths = [p for ps in refs["groups"].values() for p in ps]
-    grad_budget = args.grad_iterations * args.grad_envs * 100
+    grad_budget = mlp_env_steps(args)
     cfg = TrainConfig()
 
     def monitor(controller) -> float:
