@@ -160,7 +160,8 @@ def grad_stage(args, refs, out: Path) -> None:
             progress=False,
         )
         cpu = clock.training_cpu()
-        save_policy(policy, out / f"policy_grad_seed{seed}.pt")
+        # With its budget, as the shipped policy (a copy of seed 0's) carries it for the demo's plot.
+        save_policy(policy, out / f"policy_grad_seed{seed}.pt", iteration=args.grad_iterations, env_steps=budget)
         result["mlp"][str(seed)] = {
             "history": history.as_dict(),
             "cpu_s": cpu,
